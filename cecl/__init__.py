@@ -1,0 +1,1 @@
+"""CECL reproducibility pipeline library."""

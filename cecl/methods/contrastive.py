@@ -1,0 +1,25 @@
+"""Contrastive methods: encoder -> projection head (L2-normalised) -> a loss from cecl.losses.
+
+cecl, supcon and simclr differ only in the loss; simclr's loss ignores the labels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cecl.methods.base import Method
+from cecl.models import Encoder, ProjectionHead
+
+
+class ContrastiveMethod(Method):
+    def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, n_views: int = 2) -> None:
+        super().__init__(encoder)
+        self.head = head
+        self.loss = loss
+        self.n_views = n_views
+
+    def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch, n_views = views.shape[:2]
+        projected = self.head(self.encoder(views.flatten(0, 1)))
+        return self.loss(projected.view(batch, n_views, -1), labels)

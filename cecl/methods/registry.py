@@ -1,0 +1,69 @@
+"""Methods by name. Each builder receives its own validated options section from params.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cecl import losses
+from cecl.config import Params
+from cecl.methods.base import Method
+from cecl.methods.contrastive import ContrastiveMethod
+from cecl.methods.cross_entropy import CrossEntropyMethod
+from cecl.models import ProjectionHead, build_encoder
+
+Builder = Callable[[Params, BaseModel, int], Method]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def wrap(builder: Builder) -> Builder:
+        _BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def method_options(params: Params, name: str, overrides: dict[str, Any] | None = None) -> BaseModel:
+    """The method's options section, with sweep overrides applied and re-validated."""
+    options: BaseModel = getattr(params.method_options, name)
+    if not overrides:
+        return options
+    try:
+        return type(options).model_validate({**options.model_dump(), **overrides})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"method_options.{name}.{key}: {first['msg']}") from None
+
+
+def build_method(
+    params: Params, name: str, n_classes: int, overrides: dict[str, Any] | None = None
+) -> Method:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name](params, method_options(params, name, overrides), n_classes)
+
+
+def available() -> tuple[str, ...]:
+    return tuple(_BUILDERS)
+
+
+def _contrastive(loss_name: str, params: Params, options: BaseModel, _n_classes: int) -> Method:
+    """Encoder + projection head + the loss of the same name, built from the method's options."""
+    encoder = build_encoder(params.model.backbone, params.model.width)
+    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
+    loss = losses.build(loss_name, **options.model_dump())
+    return ContrastiveMethod(encoder, head, loss, n_views=params.pretrain.views)
+
+
+@register("ce")
+def _ce(params: Params, _options: BaseModel, n_classes: int) -> Method:
+    return CrossEntropyMethod(build_encoder(params.model.backbone, params.model.width), n_classes)
+
+
+for _loss_name in ("simclr", "supcon", "cecl"):
+    register(_loss_name)(partial(_contrastive, _loss_name))

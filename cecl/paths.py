@@ -1,0 +1,34 @@
+"""Where each stage reads and writes, relative to the repository root; the only place paths are formatted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path("data/biased_mnist")
+MODELS_DIR = Path("models")
+PROBE_DIR = Path("probe")
+REPORTS_DIR = Path("reports")
+SWEEP_DIR = Path("sweep")
+CHECKPOINT_DIR = Path("checkpoints")
+
+
+def rho_name(rho: float) -> str:
+    """``rho_0.99``: the folder name of one training rho (``:g`` keeps 0.997 and drops 1.0's zero)."""
+    return f"rho_{rho:g}"
+
+
+def stage_name(stage: str, rho: float, method: str) -> str:
+    """The DVC matrix stage name, e.g. ``pretrain@0.99-cecl`` (also the MLflow run name)."""
+    return f"{stage}@{rho:g}-{method}"
+
+
+def model_dir(rho: float, method: str) -> Path:
+    return MODELS_DIR / rho_name(rho) / method
+
+
+def probe_dir(rho: float, method: str) -> Path:
+    return PROBE_DIR / rho_name(rho) / method
+
+
+def checkpoint_path(rho: float, method: str) -> Path:
+    return CHECKPOINT_DIR / "pretrain" / f"{rho_name(rho)}-{method}" / "last.pt"

@@ -1,0 +1,160 @@
+"""MLflow tracking: the one place that opens runs, tags them and logs params, metrics and artifacts.
+
+Every DVC stage execution is one MLflow run named after the stage (``pretrain@0.99-cecl``) in the
+experiment from ``params.yaml: tracking.experiment``. The tracking URI defaults to
+``sqlite:///<repo>/mlflow.db`` (MLflow 3 refuses ``./mlruns`` file stores by default) and is
+overridden by ``MLFLOW_TRACKING_URI``. :func:`check_reachable` runs before any training so an
+unreachable server fails the stage in seconds, not after the work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking backend cannot be reached; the message is one line."""
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else the sqlite database at the repository root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(root or Path.cwd()) / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one line, when the tracking backend cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise TrackingUnavailable(f"MLflow server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        return
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.parent.is_dir():
+            raise TrackingUnavailable(f"MLflow database folder {db.parent} does not exist (from {uri})")
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingUnavailable(f"MLflow database {db} is not writable (from {uri})")
+        return
+    if uri.startswith(("file:", "./", "/")) or "://" not in uri:
+        raise TrackingUnavailable(
+            f"MLflow tracking URI {uri!r} is a file store; use sqlite:///path/mlflow.db or an http server"
+        )
+
+
+def git_commit(root: Path) -> str:
+    """The checked-out commit (with a '-dirty' suffix when the tree has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': value}, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunLogger:
+    """Thin handle on an active MLflow run: metrics with step = epoch, artifacts, tags."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def _experiment_id(experiment: str, root: Path) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    # Artifacts next to the database, not in whatever the current directory happens to be.
+    location = (root / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    experiment: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    root: Path | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[RunLogger]:
+    """Open one MLflow run for one stage execution; marks it FAILED if the body raises.
+
+    Tags always include the git commit and the DVC stage name; callers add dataset, method, seed,
+    device. ``parent_run_id`` makes this a nested child run (used by the sweep's trials).
+    """
+    root = root or Path.cwd()
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _experiment_id(experiment, root)
+    all_tags = {"git_commit": git_commit(root), "dvc_stage": stage, **(tags or {})}
+    with mlflow.start_run(
+        run_name=stage,
+        experiment_id=experiment_id,
+        tags={k: str(v) for k, v in all_tags.items()},
+        parent_run_id=parent_run_id,
+    ) as run:
+        if params:
+            flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+            items = list(flat.items())
+            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[start : start + 100]))
+        yield RunLogger(run.info.run_id)

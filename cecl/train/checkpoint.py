@@ -1,0 +1,37 @@
+"""Atomic per-epoch checkpoints keyed by a fingerprint of everything that determines the run.
+
+A checkpoint whose fingerprint differs from the current run (params, data or code inputs changed)
+is ignored and replaced, so a stale file can never leak into a new result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def fingerprint(payload: Any) -> str:
+    """Stable SHA-256 of a JSON-serialisable description of the run."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path | None, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The saved state if it exists and belongs to this run, else None."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != expected_fingerprint:
+        return None
+    return state

@@ -1,0 +1,168 @@
+"""The one pretraining loop, for every method and dataset.
+
+Each epoch: shuffle, make the method's augmented views in batch, step the optimiser on the method's
+loss, then fit a fresh linear probe on frozen features of the training split and score it on the
+validation split (the convergence curve), and save a checkpoint. All randomness of epoch ``e``
+comes from generators seeded by (seed, e), so a run resumed from the checkpoint of epoch e-1 is
+identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cecl.config import Params
+from cecl.data.augment import BatchAugment, make_views
+from cecl.methods import Method, build_method
+from cecl.train.checkpoint import load_checkpoint, save_checkpoint
+from cecl.train.probe import TensorSplit, extract_features, fit_linear_probe, predict
+from cecl.train.schedule import learning_rate
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    online_probe_val_accuracy: float
+    lr: float
+    seconds: float
+
+
+EpochCallback = Callable[[EpochRecord], None]
+
+
+def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def online_probe_accuracy(
+    method: Method, train: TensorSplit, val: TensorSplit, params: Params, seed: int
+) -> float:
+    """Validation accuracy of a linear probe fitted on frozen features of the training split."""
+    opts = params.pretrain.online_probe
+    probe = fit_linear_probe(
+        extract_features(method.encoder, train.images),
+        train.labels,
+        n_classes=int(train.labels.max()) + 1,
+        epochs=opts.epochs,
+        lr=opts.lr,
+        batch_size=opts.batch_size,
+        seed=seed,
+    )
+    preds = predict(probe, extract_features(method.encoder, val.images))
+    return float((preds == val.labels).float().mean())
+
+
+def _make_optimizer(method: Method, params: Params) -> torch.optim.Optimizer:
+    opt = params.pretrain.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            method.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+        )
+    return torch.optim.Adam(method.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def run_pretraining(
+    params: Params,
+    method_name: str,
+    train: TensorSplit,
+    val: TensorSplit,
+    device: torch.device,
+    fingerprint: str,
+    checkpoint_path: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[Method, list[EpochRecord]]:
+    """Pretrain ``method_name`` and return the trained method and its per-epoch history.
+
+    ``on_epoch`` is called for every epoch in order, including epochs restored from a checkpoint,
+    so a resumed run logs the complete curve. ``overrides`` replace method options (the sweep).
+    """
+    cfg = params.pretrain
+    total_epochs = epochs or cfg.epochs
+    seed = cfg.seed
+    n_classes = int(train.labels.max()) + 1
+    torch.manual_seed(seed)
+    method = build_method(params, method_name, n_classes, overrides).to(device)
+    optimizer = _make_optimizer(method, params)
+    augment = BatchAugment(params.augment)
+    history: list[EpochRecord] = []
+
+    state = load_checkpoint(checkpoint_path, fingerprint)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [EpochRecord(**record) for record in state["history"]]
+        print(f"resumed {method_name} from {checkpoint_path} after epoch {len(history)}", flush=True)
+        for record in history:
+            if on_epoch is not None:
+                on_epoch(record)
+
+    batch_size = min(cfg.batch_size, len(train))
+    steps = len(train) // batch_size  # drop the last incomplete batch: contrastive batches stay full
+    for epoch in range(len(history), total_epochs):
+        started = time.perf_counter()
+        method.train()
+        generator = _epoch_generator(seed, epoch, device)
+        order = torch.randperm(len(train), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        bar = tqdm(
+            range(steps),
+            desc=f"{method_name} epoch {epoch + 1}/{total_epochs}",
+            leave=False,
+            disable=not progress,
+            mininterval=2.0,
+        )
+        for step in bar:
+            lr = learning_rate(cfg.optimizer, epoch, step, steps, total_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            views = make_views(train.images[idx], method.n_views, augment, generator)
+            loss = method.training_loss(views, train.labels[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{method_name}: non-finite loss at epoch {epoch + 1}, step {step + 1}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            method.after_step()
+            loss_sum += loss.detach()
+        accuracy = online_probe_accuracy(method, train, val, params, seed + epoch)
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=float(loss_sum) / steps,
+            online_probe_val_accuracy=accuracy,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+        )
+        history.append(record)
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "fingerprint": fingerprint,
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": [asdict(r) for r in history],
+                },
+            )
+        if progress:
+            print(
+                f"{method_name} epoch {record.epoch}/{total_epochs}: loss {record.train_loss:.4f}, "
+                f"online probe val acc {record.online_probe_val_accuracy:.4f} ({record.seconds:.1f}s)",
+                flush=True,
+            )
+        if on_epoch is not None:
+            on_epoch(record)
+    return method, history

@@ -1,0 +1,88 @@
+"""Linear probing on frozen encoder features, shared by the online (per-epoch) and the final probe.
+
+Features are extracted once (eval mode, no augmentation) and standardised with the training split's
+mean and std, then a linear classifier is trained with Adam on them. Training on cached features
+rather than on augmented images is what makes a per-epoch probe affordable on a CPU; it is the
+usual linear-evaluation shortcut and is documented as such in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """One split on a device: images uint8 [N, 3, H, W], labels and colours int64 [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    colours: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Encoder outputs for uint8 images, in eval mode (BN running statistics), restored afterwards."""
+    was_training = encoder.training
+    encoder.eval()
+    chunks = [encoder(images[i : i + batch_size].float() / 255.0) for i in range(0, len(images), batch_size)]
+    encoder.train(was_training)
+    return torch.cat(chunks)
+
+
+class LinearProbe(nn.Module):
+    """Standardise with fixed training statistics, then one linear layer."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = nn.Linear(mean.numel(), n_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.std)
+
+
+def fit_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    after_epoch: Callable[[LinearProbe, int], None] | None = None,
+) -> LinearProbe:
+    """Train a linear classifier on fixed features; ``after_epoch(probe, epoch)`` is called 1-based."""
+    generator = torch.Generator().manual_seed(seed)
+    mean = features.mean(0)
+    std = features.std(0).clamp_min(1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = LinearProbe(mean, std, n_classes).to(features.device)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(labels), generator=generator).to(features.device)
+        for start in range(0, len(labels), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(probe(features[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if after_epoch is not None:
+            after_epoch(probe, epoch)
+    return probe
+
+
+@torch.no_grad()
+def predict(probe: LinearProbe, features: torch.Tensor) -> torch.Tensor:
+    return probe(features).argmax(dim=1)
