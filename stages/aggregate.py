@@ -1,7 +1,7 @@
 """DVC stage aggregate: the paper-style tables, the convergence plot and the claims, from metric files.
 
 Reads probe/rho_*/*/metrics.json and models/rho_*/*/history.csv for the rhos and methods in
-params.yaml, writes reports/ (Markdown, CSV and LaTeX tables, convergence PNG + DVC plot data,
+params.yaml and the sweep's sensitivity table, writes reports/ (Markdown, CSV and LaTeX tables, convergence PNG + DVC plot data,
 claims.md, report.md) and logs them to MLflow.
 """
 
@@ -24,7 +24,8 @@ def main() -> None:
     logged = {"rhos": rhos, "methods": methods}
     with stage_run("aggregate", params.tracking.experiment, logged, tags) as run:
         with atomic_dir(paths.REPORTS_DIR) as tmp:
-            written = write_all(probe, histories, tmp)
+            sensitivity = (paths.SWEEP_DIR / "sensitivity.md").read_text()
+            written = write_all(probe, histories, tmp, extra_sections=[sensitivity])
         for path in written.values():
             run.log_artifact(paths.REPORTS_DIR / path.name)
 

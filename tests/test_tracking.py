@@ -59,7 +59,10 @@ def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None
 def test_failed_body_marks_run_failed_and_children_nest(tmp_path, sqlite_uri) -> None:
     with stage_run("sweep", "exp", root=tmp_path) as parent:
         pass
-    with pytest.raises(RuntimeError), stage_run("trial", "exp", root=tmp_path, parent_run_id=parent.run_id) as child:
+    with (
+        pytest.raises(RuntimeError),
+        stage_run("trial", "exp", root=tmp_path, parent_run_id=parent.run_id) as child,
+    ):
         raise RuntimeError("boom")
     client = MlflowClient(sqlite_uri)
     logged = client.get_run(child.run_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -37,7 +39,7 @@ def test_registry_lists_the_pipeline_methods() -> None:
 
 
 def test_overrides_are_validated() -> None:
-    with pytest.raises(ValueError, match="method_options.cecl.weight"):
+    with pytest.raises(ValueError, match=r"method_options\.cecl\.weight"):
         build_method(tiny_params(), "cecl", 10, overrides={"weight": 2.0})
 
 
@@ -79,11 +81,15 @@ def test_stale_checkpoint_is_ignored(tmp_path) -> None:
 
 
 def test_warmup_then_cosine_schedule() -> None:
-    opt = tiny_params(pretrain={"optimizer": {"name": "sgd", "lr": 0.5, "warmup_epochs": 2}}).pretrain.optimizer
+    opt = tiny_params(
+        pretrain={"optimizer": {"name": "sgd", "lr": 0.5, "warmup_epochs": 2}}
+    ).pretrain.optimizer
     lrs = [learning_rate(opt, e, s, 4, 10) for e in range(10) for s in range(4)]
     assert lrs[0] == pytest.approx(0.01)
-    assert all(a < b for a, b in zip(lrs[:8], lrs[1:8], strict=False))  # warm-up rises
-    assert lrs[8] == pytest.approx(0.5 * 1e-3 + (0.5 - 0.5e-3) * (1 + torch.cos(torch.tensor(0.2 * torch.pi))) / 2)
+    assert all(a < b for a, b in itertools.pairwise(lrs[:8]))  # warm-up rises
+    assert lrs[8] == pytest.approx(
+        0.5 * 1e-3 + (0.5 - 0.5e-3) * (1 + torch.cos(torch.tensor(0.2 * torch.pi))) / 2
+    )
     assert lrs[-1] < lrs[8]
 
 
@@ -93,7 +99,13 @@ def test_linear_probe_learns_separable_features() -> None:
     features = torch.randn(300, 5, generator=g) + 4.0 * torch.nn.functional.one_hot(labels, 5).float()
     epochs_seen: list[int] = []
     probe = fit_linear_probe(
-        features, labels, 3, epochs=20, lr=0.05, batch_size=64, seed=0,
+        features,
+        labels,
+        3,
+        epochs=20,
+        lr=0.05,
+        batch_size=64,
+        seed=0,
         after_epoch=lambda _p, e: epochs_seen.append(e),
     )
     assert epochs_seen == list(range(1, 21))

@@ -13,8 +13,17 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from cecl.losses.barlow_twins import BarlowTwinsLoss
 from cecl.losses.cecl import CECLLoss
+from cecl.losses.dcl import DCLLoss, DCLWLoss
+from cecl.losses.eps_supinfonce import EpsSupInfoNCELoss
+from cecl.losses.hcl import HCLLoss
+from cecl.losses.negative_cosine import NegativeCosineSimilarity
+from cecl.losses.npair import NPairLoss
 from cecl.losses.supcon import SimCLRLoss, SupConLoss
+from cecl.losses.supcon_in import SupConInLoss
+from cecl.losses.triplet import BatchHardTripletLoss
+from cecl.losses.vicreg import VICRegLoss
 
 Factory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Factory)
@@ -49,3 +58,14 @@ def available() -> tuple[str, ...]:
 register("cecl")(CECLLoss)
 register("supcon")(SupConLoss)
 register("simclr")(SimCLRLoss)
+register("dcl")(DCLLoss)
+register("dclw")(DCLWLoss)
+register("hcl")(HCLLoss)
+register("supcon_in")(SupConInLoss)
+register("eps_supinfonce")(EpsSupInfoNCELoss)
+register("triplet")(BatchHardTripletLoss)
+register("npair")(NPairLoss)
+register("barlow_twins")(BarlowTwinsLoss)
+register("vicreg")(VICRegLoss)
+# Not a [B, V, D] loss: forward(p [..., D], z [..., D]), a building block for SimSiam / BYOL.
+register("negative_cosine")(NegativeCosineSimilarity)

@@ -1,0 +1,195 @@
+"""Batched tensor augmentations for contrastive views: every image and every view gets its own draw.
+
+Why hand-written: ``torchvision.transforms.v2`` applied to a batch tensor draws ONE set of random
+parameters (one crop box, one jitter factor) for the whole batch, while contrastive learning needs
+independent draws per image and per view; the per-sample alternative (a PIL / tensor transform in a
+Python loop over images) is slow. Here the parameters are sampled as [B] tensors and applied in one
+shot: RandomResizedCrop through ``affine_grid`` + ``grid_sample`` (one box per sample), colour
+jitter and grayscale as per-sample arithmetic, so it is fast on CPU and GPU alike.
+
+Randomness comes only from the ``torch.Generator`` passed in, with every random tensor created on
+the images' device; the generator must live on that device too (a CPU generator for CPU images, a
+CUDA generator for CUDA images). The same generator state gives the same augmentations.
+
+There is no horizontal flip: mirrored digits are not digits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cecl.config import AugmentParams
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.2989, 0.587, 0.114)
+# RGB <-> YIQ (NTSC); Y is luma, hue is the angle in the (I, Q) plane.
+_RGB_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    dtype=torch.float64,
+)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; floating images are returned as float32 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.is_floating_point():
+        return images.float()
+    raise TypeError(f"expected uint8 or floating images, got {images.dtype}")
+
+
+def _uniform(low: float, high: float, n: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+    return low + (high - low) * u
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] luma."""
+    weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+class BatchAugment:
+    """Per-sample RandomResizedCrop, then colour jitter (probability ``color_jitter_p``), then grayscale."""
+
+    def __init__(self, params: AugmentParams) -> None:
+        self.params = params
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """float [B, 3, H, W] in [0, 1] -> augmented float [B, 3, H, W] in [0, 1]."""
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"expected float images [B, 3, H, W], got {images.dtype} {list(images.shape)}")
+        if generator.device.type != images.device.type:
+            raise ValueError(
+                f"the generator is on {generator.device} but the images on {images.device}: "
+                "create the generator on the images' device"
+            )
+        out = self.random_resized_crop(images, generator)
+        p = self.params
+        if p.color_jitter > 0 and p.color_jitter_p > 0:
+            out = self.color_jitter(out, generator)
+        if p.grayscale_p > 0:
+            apply = torch.rand(len(out), generator=generator, device=out.device) < p.grayscale_p
+            gray = _grayscale(out).expand_as(out)
+            out = torch.where(apply.view(-1, 1, 1, 1), gray, out)
+        return out.clamp_(0.0, 1.0)
+
+    def random_resized_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A crop box per sample (:meth:`sample_boxes`), resized back to H x W (:func:`crop_resize`)."""
+        b, _, h, w = images.shape
+        return crop_resize(images, self.sample_boxes(b, h, w, images, generator))
+
+    def sample_boxes(
+        self, b: int, h: int, w: int, like: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """[B, 4] crop boxes (left, top, width, height) as fractions of the image's width / height.
+
+        Like torchvision: area fraction ~ U[scale], aspect ratio log-uniform in [ratio]. Instead of
+        torchvision's up-to-10 rejection tries the box is clipped into the image, and its size and
+        position are continuous (sub-pixel), not rounded to whole pixels.
+        """
+        p = self.params
+        area = _uniform(*p.crop_scale, b, like, generator)
+        ratio = _uniform(math.log(p.crop_ratio[0]), math.log(p.crop_ratio[1]), b, like, generator).exp()
+        # (box_w * W) * (box_h * H) = area * W * H and (box_w * W) / (box_h * H) = ratio:
+        box_w = torch.sqrt(area * ratio * h / w).clamp(max=1.0)
+        box_h = torch.sqrt(area / ratio * w / h).clamp(max=1.0)
+        left = torch.rand(b, generator=generator, device=like.device, dtype=like.dtype) * (1 - box_w)
+        top = torch.rand(b, generator=generator, device=like.device, dtype=like.dtype) * (1 - box_h)
+        return torch.stack([left, top, box_w, box_h], dim=1)
+
+    def color_jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """torchvision's ColorJitter(0.4s, 0.4s, 0.4s, 0.1s), per sample, applied with probability p.
+
+        Brightness, contrast and saturation factors ~ U[1 - 0.4s, 1 + 0.4s], hue shift ~ U[-0.1s, 0.1s]
+        (fraction of the colour circle), applied in a random order per sample like torchvision.
+        The hue shift is a rotation of the chroma plane in YIQ space: an approximation of
+        torchvision's HSV hue shift (same idea, not bit-identical), which needs no branchy HSV code.
+        """
+        b = len(images)
+        s = self.params.color_jitter
+        apply = torch.rand(b, generator=generator, device=images.device) < self.params.color_jitter_p
+        factors = [_uniform(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, b, images, generator) for _ in range(3)]
+        hue = _uniform(-0.1 * s, 0.1 * s, b, images, generator)
+        order = torch.rand(b, 4, generator=generator, device=images.device).argsort(dim=1)
+        ops = (
+            lambda x: _brightness(x, factors[0]),
+            lambda x: _contrast(x, factors[1]),
+            lambda x: _saturation(x, factors[2]),
+            lambda x: _hue(x, hue),
+        )
+        out = images
+        for step in range(4):
+            stepped = out
+            for index, op in enumerate(ops):
+                chosen = (order[:, step] == index).view(-1, 1, 1, 1)  # no .any(): avoids a GPU sync
+                stepped = torch.where(chosen, op(out), stepped)
+            out = stepped
+        return torch.where(apply.view(-1, 1, 1, 1), out, images)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each image to its box ([B, 4] left, top, width, height as fractions) and resize to H x W.
+
+    One bilinear ``grid_sample`` (align_corners=False), i.e. torchvision's crop + bilinear resize
+    for the upsampling a crop needs; the one difference is the outermost output row/column, which
+    interpolates towards the real neighbouring pixel where torchvision replicates the crop's edge.
+    """
+    b, c, h, w = images.shape
+    left, top, box_w, box_h = boxes.to(images.dtype).unbind(dim=1)
+    # affine_grid maps output coords in [-1, 1] to input coords: x_in = box_w * x_out + centre_x.
+    theta = images.new_zeros(b, 2, 3)
+    theta[:, 0, 0] = box_w
+    theta[:, 0, 2] = 2 * left + box_w - 1
+    theta[:, 1, 1] = box_h
+    theta[:, 1, 2] = 2 * top + box_h - 1
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (images * factor.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    f = factor.view(-1, 1, 1, 1)
+    return (f * images + (1 - f) * mean).clamp(0.0, 1.0)
+
+
+def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * images + (1 - f) * _grayscale(images)).clamp(0.0, 1.0)
+
+
+def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the (I, Q) chroma by ``2 pi shift`` (the YIQ approximation of an HSV hue shift)."""
+    to_yiq = _RGB_TO_YIQ.to(images)
+    to_rgb = _YIQ_TO_RGB.to(images)
+    angle = 2 * math.pi * shift
+    cos, sin = angle.cos(), angle.sin()
+    rotation = images.new_zeros(len(images), 3, 3)
+    rotation[:, 0, 0] = 1.0
+    rotation[:, 1, 1] = cos
+    rotation[:, 1, 2] = -sin
+    rotation[:, 2, 1] = sin
+    rotation[:, 2, 2] = cos
+    transform = to_rgb @ rotation @ to_yiq  # [B, 3, 3], RGB -> RGB
+    out = torch.einsum("bij,bjhw->bihw", transform, images)
+    return out.clamp(0.0, 1.0)
+
+
+def make_views(
+    images: torch.Tensor, n_views: int, augment: BatchAugment, generator: torch.Generator
+) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, V, 3, H, W]: V independently augmented views of each image."""
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    x = to_float(images)
+    b = len(x)
+    repeated = x.unsqueeze(1).expand(b, n_views, *x.shape[1:]).reshape(b * n_views, *x.shape[1:])
+    return augment(repeated, generator).reshape(b, n_views, *x.shape[1:])

@@ -1,0 +1,220 @@
+"""Momentum-queue methods: MoCo v2 and supervised MoCo (SupMoCo), behind the ``Method`` interface.
+
+Both use two views per image: view 0 goes through the trained encoder + projection head (the query
+q_i), view 1 through a momentum copy of them (the key k_i, no gradient). A FIFO queue holds the K most
+recent keys (of earlier steps, gathered from all processes) as extra contrast samples. All vectors are
+L2-normalised; s(a, b) = a . b / tau. Logits and log-sum-exps are computed in float32 (float64 for
+float64 input) with autocast disabled.
+
+MoCo v2 (He et al., CVPR 2020, "Momentum Contrast for Unsupervised Visual Representation Learning";
+Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", arXiv 2003.04297: MLP head,
+tau = 0.2, stronger augmentation), InfoNCE over the key and the queue:
+
+  loss_i = -log( exp(s(q_i, k_i)) / [ exp(s(q_i, k_i)) + sum_{j=1..K} exp(s(q_i, u_j)) ] )
+
+SupMoCo (supervised MoCo). The form implemented here is SupCon's L_out (Khosla et al. 2020) with the
+contrast set of MoCo: anchor q_i, contrast set A(i) = {k_i} u queue, positives P(i) = {k_i} u
+{u_j : y(u_j) = y_i} (the own key plus the same-label keys in the queue; the queue stores labels):
+
+  loss_i = -1/|P(i)| * sum_{p in P(i)} [ s(q_i, p) - log sum_{a in A(i)} exp(s(q_i, a)) ]
+
+This follows the supervised momentum-contrast idea of Majumder et al. 2021 ("Supervised Momentum
+Contrastive Learning for Few-Shot Classification"), written here as above; other keys of the current batch
+are not in A(i) (they enter the queue after the step). With no same-label key in the queue it equals MoCo
+v2's loss. The initial queue holds random unit vectors with label -1 (negatives for every anchor), as in
+MoCo.
+
+The loss is the mean of loss_i over the *global* batch: per-sample losses are gathered across processes
+with ``gather_with_grad``, so under DDP every process returns the same loss and the averaged gradients
+equal one process's on the concatenated batch (see ``cecl.train.distributed``). Keys and labels are
+gathered across processes in ``training_loss`` and enqueued, in rank order, in ``after_step``, right after
+the momentum update theta_k <- m * theta_k + (1 - m) * theta_q (parameters only; the key networks keep
+their own BatchNorm statistics). Not implemented: MoCo's shuffling BN and the symmetrised loss.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cecl.losses._common import autocast_disabled, compute_dtype
+from cecl.methods.base import Method
+from cecl.models import Encoder
+from cecl.train.distributed import gather_no_grad, gather_with_grad
+
+
+def moco_logits(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """[B, 1 + K] logits: column 0 is s(q_i, k_i), columns 1..K are s(q_i, u_j) over the queue."""
+    positive = torch.linalg.vecdot(queries, keys).unsqueeze(1)
+    return torch.cat([positive, queries @ queue.T], dim=1) / temperature
+
+
+def info_nce_loss(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """MoCo's per-sample InfoNCE [B]: logsumexp of the logits minus the positive logit."""
+    logits = moco_logits(queries, keys, queue, temperature)
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+
+def supmoco_loss(
+    queries: Tensor, keys: Tensor, labels: Tensor, queue: Tensor, queue_labels: Tensor, temperature: float
+) -> Tensor:
+    """SupMoCo's per-sample loss [B]: SupCon L_out over [own key, queue] (module docstring)."""
+    logits = moco_logits(queries, keys, queue, temperature)
+    own = torch.ones_like(labels, dtype=torch.bool).unsqueeze(1)
+    positives = torch.cat([own, labels.unsqueeze(1) == queue_labels.unsqueeze(0)], dim=1)
+    mean_positive = (logits * positives).sum(1) / positives.sum(1)
+    return torch.logsumexp(logits, dim=1) - mean_positive
+
+
+def _output_dim(head: nn.Module) -> int:
+    """Output size of a head: the ``out_features`` of its last Linear layer."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("cannot infer the head's output size (no nn.Linear); pass key_dim")
+    return linears[-1].out_features
+
+
+class MomentumQueueMethod(Method):
+    """Shared machinery: momentum key networks, the key queue, the gathered global-batch loss."""
+
+    n_views = 2
+    stores_labels = False
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: nn.Module,
+        temperature: float = 0.2,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        *,
+        key_dim: int | None = None,
+    ) -> None:
+        super().__init__(encoder)
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.head = head
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.key_encoder = copy.deepcopy(encoder)
+        self.key_head = copy.deepcopy(head)
+        for param in (*self.key_encoder.parameters(), *self.key_head.parameters()):
+            param.requires_grad_(False)
+        dim = key_dim or _output_dim(head)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        if self.stores_labels:
+            self.register_buffer("queue_labels", torch.full((queue_size,), -1, dtype=torch.long))
+        self._pending: list[tuple[Tensor, Tensor | None]] = []
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, queue_size={self.queue.shape[0]}, momentum={self.momentum}"
+
+    @property
+    def queue_size(self) -> int:
+        return int(self.queue.shape[0])
+
+    def per_sample_loss(self, queries: Tensor, keys: Tensor, labels: Tensor) -> Tensor:
+        """Per-sample losses [B] of this method; ``queries``/``keys`` normalised, compute dtype."""
+        raise NotImplementedError
+
+    def training_loss(self, views: Tensor, labels: Tensor) -> Tensor:
+        if views.dim() != 5 or views.shape[1] != 2:
+            raise ValueError(f"{type(self).__name__} needs views [B, 2, C, H, W], got {tuple(views.shape)}")
+        query_out = self.head(self.encoder(views[:, 0]))
+        with torch.no_grad():
+            key_out = self.key_head(self.key_encoder(views[:, 1]))
+        with autocast_disabled(views.device.type):
+            dtype = compute_dtype(query_out.dtype)
+            queries = F.normalize(query_out.to(dtype), dim=1)
+            keys = F.normalize(key_out.to(dtype), dim=1)
+            per_sample = self.per_sample_loss(queries, keys, labels)
+            loss = gather_with_grad(per_sample).mean()
+        if self.training:
+            global_labels = gather_no_grad(labels) if self.stores_labels else None
+            self._pending.append((gather_no_grad(keys), global_labels))
+        return loss
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q for the key encoder and key head parameters."""
+        m = self.momentum
+        pairs = [(self.encoder, self.key_encoder), (self.head, self.key_head)]
+        for online, target in pairs:
+            for param_q, param_k in zip(online.parameters(), target.parameters(), strict=True):
+                param_k.mul_(m).add_(param_q.detach(), alpha=1.0 - m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor | None = None) -> None:
+        """Write ``keys`` (and labels) into the ring buffer at the pointer, overwriting the oldest entries.
+
+        Equivalent to appending the keys one by one to a FIFO of length K: with more than K keys, only the
+        last K survive, at the positions sequential writing would leave them.
+        """
+        size = self.queue_size
+        count = keys.shape[0]
+        ptr = int(self.queue_ptr)
+        start = ptr
+        if count > size:
+            keys = keys[-size:]
+            labels = labels[-size:] if labels is not None else None
+            start = (ptr + count - size) % size
+        index = (start + torch.arange(keys.shape[0], device=self.queue.device)) % size
+        self.queue[index] = keys.to(self.queue.dtype)
+        if self.stores_labels:
+            if labels is None:
+                raise ValueError(f"{type(self).__name__} stores labels: enqueue needs them")
+            self.queue_labels[index] = labels.to(self.queue_labels.device, self.queue_labels.dtype)
+        self.queue_ptr.fill_((ptr + count) % size)
+
+    def after_step(self) -> None:
+        """Momentum update of the key networks, then enqueue the keys of the step (all processes)."""
+        self.momentum_update()
+        for keys, labels in self._pending:
+            self.enqueue(keys, labels)
+        self._pending.clear()
+
+
+class MoCoV2(MomentumQueueMethod):
+    """MoCo v2: InfoNCE of the query against its momentum key and the queue (labels unused)."""
+
+    def per_sample_loss(self, queries: Tensor, keys: Tensor, labels: Tensor) -> Tensor:
+        return info_nce_loss(queries, keys, self.queue.to(queries.dtype), self.temperature)
+
+
+class SupMoCo(MomentumQueueMethod):
+    """Supervised MoCo: positives are the own key and the same-label keys of the queue."""
+
+    stores_labels = True
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: nn.Module,
+        temperature: float = 0.1,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        *,
+        key_dim: int | None = None,
+    ) -> None:
+        super().__init__(encoder, head, temperature, queue_size, momentum, key_dim=key_dim)
+
+    def per_sample_loss(self, queries: Tensor, keys: Tensor, labels: Tensor) -> Tensor:
+        if labels is None:
+            raise ValueError("supmoco needs labels: pass an integer tensor of shape [B]")
+        queue_labels = self.queue_labels
+        return supmoco_loss(
+            queries,
+            keys,
+            labels.to(queue_labels.device),
+            self.queue.to(queries.dtype),
+            queue_labels,
+            self.temperature,
+        )

@@ -1,0 +1,220 @@
+"""The sweep's tables and figure: results.csv frame, τ × w heatmap (PNG + long CSV), sensitivity table.
+
+Every number is a trial's best online linear-probe accuracy on the **validation** split over the
+epochs it ran (the test split is never used for selection). The Markdown table says which
+configuration each cell is, marks trials ASHA stopped early and trials that failed, and lists the
+configuration chosen per method (the one in best.json). The aggregate stage can include
+sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+RESULT_COLUMNS = (
+    "method",
+    "temperature",
+    "weight",
+    "best_val_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "status",
+    "retries",
+    "trial_id",
+    "mlflow_run_id",
+)
+HEATMAP_COLUMNS = ("temperature", "weight", "best_val_accuracy")
+GRID_METHOD = "cecl"  # the method swept over τ × w
+
+
+def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per trial in RESULT_COLUMNS order (weight blank for methods without a w axis)."""
+    frame = pd.DataFrame(list(rows), columns=list(RESULT_COLUMNS))
+    return frame.astype({"best_epoch": "Int64", "epochs_run": "Int64", "retries": "Int64"})
+
+
+def load_results(sweep_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """sweep/results.csv and sweep/best.json, as written by the sweep stage."""
+    sweep_dir = Path(sweep_dir)
+    frame = pd.read_csv(sweep_dir / "results.csv", dtype={"trial_id": str, "mlflow_run_id": str})
+    return frame, json.loads((sweep_dir / "best.json").read_text())
+
+
+def _grid_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["method"] == GRID_METHOD) & frame["weight"].notna()]
+
+
+def heatmap_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long format (temperature, weight, best_val_accuracy) of CECL's finished trials, for a DVC plot."""
+    rows = _grid_rows(frame)
+    rows = rows[rows["best_val_accuracy"].notna()]
+    return rows[list(HEATMAP_COLUMNS)].sort_values(["temperature", "weight"]).reset_index(drop=True)
+
+
+def _pct(value: Any) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+    )
+
+
+def _cell(row: pd.Series, bold: bool) -> str:
+    """``81.2``, ``**81.2**`` (the method's selected configuration), ``74.0 (2 ep)`` or ``failed``."""
+    if row["status"] != "TERMINATED" or pd.isna(row["best_val_accuracy"]):
+        return "failed"
+    text = _pct(float(row["best_val_accuracy"]))
+    if bold:
+        text = f"**{text}**"
+    if bool(row["stopped_early"]):
+        text += f" ({int(row['epochs_run'])} ep)"
+    return text
+
+
+def _is_best(row: pd.Series, best: dict[str, Any]) -> bool:
+    chosen = best.get("methods", {}).get(row["method"])
+    if not chosen:
+        return False
+    same_w = pd.isna(row["weight"]) or math.isclose(float(row["weight"]), float(chosen.get("weight", -1)))
+    return math.isclose(float(row["temperature"]), float(chosen["temperature"])) and same_w
+
+
+def _setting(best: dict[str, Any]) -> str:
+    size = best.get("train_size")
+    data = f"training ρ = {best['rho']:g}" + (f", {size} training images (seeded subsample)" if size else "")
+    stop = "ASHA early stopping" if best.get("scheduler") == "asha" else "no early stopping (full grid)"
+    return f"BiasedMNIST, {data}, up to {best['epochs']} pretraining epochs per trial, {stop}."
+
+
+def heatmap_title(best: dict[str, Any]) -> str:
+    return f"CECL validation accuracy (%) over τ × w, ρ = {best['rho']:g}, ≤ {best['epochs']} epochs"
+
+
+def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
+    """The sensitivity table: CECL's τ × w grid, the other methods per τ, the selected configurations."""
+    lines = [
+        "## Sensitivity to the temperature τ and the weight w (sweep)",
+        "",
+        _setting(best),
+        "Each number is one configuration's best online linear-probe accuracy (%) on the **validation**",
+        "split over the epochs it ran; the test split is never used. **Bold**: the configuration selected",
+        "for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after k epochs. `failed`: the",
+        "trial crashed on every retry. Source: sweep/results.csv; MLflow: the `sweep` run's nested runs.",
+        "",
+    ]
+    grid = _grid_rows(frame)
+    if not grid.empty:
+        weights = sorted(grid["weight"].unique())
+        lines += [
+            "### CECL: τ (rows) × w (columns)",
+            "",
+            "L = (τ/τ_base) · mean[w · L_a + (1 − w) · L_b]: w = 0 is pure NT-Xent (L_b), w = 1 pure L_a.",
+            "",
+            "| τ \\ w | " + " | ".join(f"{w:g}" for w in weights) + " |",
+            "|---|" + "---|" * len(weights),
+        ]
+        for tau in sorted(grid["temperature"].unique()):
+            cells = []
+            for w in weights:
+                match = grid[(grid["temperature"] == tau) & (grid["weight"] == w)]
+                cells.append("—" if match.empty else _cell(match.iloc[0], _is_best(match.iloc[0], best)))
+            lines.append(f"| {tau:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    others = frame.drop(grid.index)
+    if not others.empty:
+        methods = list(dict.fromkeys(others["method"]))
+        lines += [
+            "### " + ", ".join(methods) + ": τ",
+            "",
+            "| τ | " + " | ".join(methods) + " |",
+            "|---|" + "---|" * len(methods),
+        ]
+        for tau in sorted(others["temperature"].unique()):
+            cells = []
+            for method in methods:
+                match = others[(others["temperature"] == tau) & (others["method"] == method)]
+                cells.append("—" if match.empty else _cell(match.iloc[0], _is_best(match.iloc[0], best)))
+            lines.append(f"| {tau:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "### Selected configuration per method (highest validation accuracy)",
+        "",
+        "| method | τ | w | validation accuracy (%) | at epoch | epochs run | MLflow run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    tied = []
+    for method, chosen in best.get("methods", {}).items():
+        weight = f"{chosen['weight']:g}" if chosen.get("weight") is not None else "—"
+        lines.append(
+            f"| {method} | {chosen['temperature']:g} | {weight} | {_pct(chosen['best_val_accuracy'])} | "
+            f"{chosen['best_epoch']} | {chosen['epochs_run']} | {chosen.get('mlflow_run_id') or '—'} |"
+        )
+        if chosen.get("ties", 1) > 1:
+            tied.append(
+                f"{method}: {chosen['ties']} configurations tie at {_pct(chosen['best_val_accuracy'])}"
+            )
+    if tied:
+        lines += [
+            "",
+            "**Ties:** " + "; ".join(tied) + ". Among tied configurations the selection is simply the",
+            "first by (τ, w) and says nothing about which is better: the validation objective does not",
+            "separate them.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_heatmap(frame: pd.DataFrame, out_png: Path, title: str) -> Path:
+    """CECL's best validation accuracy over τ (rows) × w (columns), annotated; failed cells grey."""
+    grid = _grid_rows(frame)
+    n_w, n_tau = max(grid["weight"].nunique(), 2), max(grid["temperature"].nunique(), 2)
+    fig = Figure(figsize=(1.2 * n_w + 2.4, 0.6 * n_tau + 1.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if grid.empty:
+        ax.text(0.5, 0.5, "no CECL τ × w grid in this sweep", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        table = grid.pivot_table(
+            index="temperature", columns="weight", values="best_val_accuracy", aggfunc="max", dropna=False
+        )
+        values = 100 * table.to_numpy(dtype=float)
+        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(table.columns)), [f"{w:g}" for w in table.columns])
+        ax.set_yticks(range(len(table.index)), [f"{t:g}" for t in table.index])
+        ax.set_xlabel("weight w (0: NT-Xent only, 1: L_a only)")
+        ax.set_ylabel("temperature τ")
+        ax.set_facecolor("0.85")  # NaN (failed) cells
+        stopped = {
+            (float(r["temperature"]), float(r["weight"]))
+            for _, r in grid.iterrows()
+            if bool(r["stopped_early"])
+        }
+        for i, tau in enumerate(table.index):
+            for j, w in enumerate(table.columns):
+                value = values[i, j]
+                text = (
+                    "failed" if math.isnan(value) else f"{value:.1f}" + ("*" if (tau, w) in stopped else "")
+                )
+                ax.text(
+                    j, i, text, ha="center", va="center", color="white" if value < _mid(values) else "black"
+                )
+        fig.colorbar(image, ax=ax, label="validation accuracy (%)")
+        if stopped:
+            ax.set_title("* stopped early by ASHA", fontsize=8, loc="right")
+    fig.suptitle(title, fontsize=10)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    return out_png
+
+
+def _mid(values: Any) -> float:
+    finite = values[~pd.isna(values)]
+    return float((finite.min() + finite.max()) / 2) if finite.size else 0.0

@@ -1,0 +1,154 @@
+"""Batched augmentations: shapes, range, seeding, per-sample independence and the identity settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cecl.config import AugmentParams
+from cecl.data.augment import BatchAugment, _hue, make_views, to_float
+
+IDENTITY = AugmentParams(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0)
+STRONG = AugmentParams(crop_scale=(0.2, 1.0), color_jitter=1.0, color_jitter_p=0.8, grayscale_p=0.2)
+
+
+def _images(b: int = 16, seed: int = 0) -> torch.Tensor:
+    """uint8 [B, 3, 28, 28] with structure (a bright square) so crops are visible."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (b, 3, 28, 28), generator=g, dtype=torch.uint8)
+    images[:, :, 4:12, 6:20] = 255
+    return images
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_to_float() -> None:
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    assert torch.allclose(to_float(x), torch.tensor([0.0, 128 / 255, 1.0]))
+    assert to_float(x).dtype == torch.float32
+    with pytest.raises(TypeError, match="uint8 or floating"):
+        to_float(torch.zeros(3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("params", [AugmentParams(), STRONG, IDENTITY])
+def test_shapes_and_range(params: AugmentParams) -> None:
+    views = make_views(_images(), 3, BatchAugment(params), _gen())
+    assert views.shape == (16, 3, 3, 28, 28) and views.dtype == torch.float32
+    assert views.min() >= 0.0 and views.max() <= 1.0
+
+
+def test_same_seed_same_views_other_seed_other_views() -> None:
+    augment = BatchAugment(STRONG)
+    a = make_views(_images(), 2, augment, _gen(7))
+    b = make_views(_images(), 2, augment, _gen(7))
+    c = make_views(_images(), 2, augment, _gen(8))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_independent_draws_per_sample_and_per_view() -> None:
+    same = _images(1).expand(32, -1, -1, -1).contiguous()  # one image, 32 times
+    views = make_views(same, 2, BatchAugment(AugmentParams()), _gen())
+    flat = views.reshape(64, -1)
+    distances = torch.cdist(flat, flat)
+    off_diagonal = distances[~torch.eye(64, dtype=torch.bool)]
+    assert (off_diagonal > 1e-3).all()  # every sample and every view got its own crop
+    assert not torch.allclose(views[:, 0], views[:, 1])
+
+
+def test_full_scale_square_crop_without_jitter_is_identity() -> None:
+    x = to_float(_images())
+    out = BatchAugment(IDENTITY)(x, _gen())
+    assert torch.allclose(out, x, atol=1e-5)
+    views = make_views(_images(), 2, BatchAugment(IDENTITY), _gen())
+    assert torch.allclose(views, x.unsqueeze(1).expand_as(views), atol=1e-5)
+
+
+def test_crop_zooms_in() -> None:
+    """A small crop box enlarges the content: a thin centred square grows in the output."""
+    x = torch.zeros(64, 3, 28, 28)
+    x[:, :, 12:16, 12:16] = 1.0
+    params = AugmentParams(crop_scale=(0.25, 0.25), crop_ratio=(1.0, 1.0))
+    out = BatchAugment(params)(x, _gen())
+    assert out.sum(dim=(1, 2, 3)).max() > 2 * x[0].sum()  # at least one crop contains the square, enlarged
+
+
+def test_grayscale_always_gives_equal_channels() -> None:
+    params = IDENTITY.model_copy(update={"grayscale_p": 1.0, "crop_scale": (0.5, 1.0)})
+    out = BatchAugment(params)(to_float(_images()), _gen())
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+
+
+def test_zero_jitter_strength_changes_nothing() -> None:
+    x = to_float(_images())
+    no_jitter = IDENTITY.model_copy(update={"color_jitter": 0.0, "color_jitter_p": 1.0})
+    assert torch.allclose(BatchAugment(no_jitter)(x, _gen()), x, atol=1e-5)
+
+
+def test_jitter_changes_colours_per_sample_with_probability_p() -> None:
+    x = to_float(_images(64))
+    always = IDENTITY.model_copy(update={"color_jitter": 0.5, "color_jitter_p": 1.0})
+    out = BatchAugment(always)(x, _gen())
+    changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert changed.all()
+    sometimes = always.model_copy(update={"color_jitter_p": 0.5})
+    changed = (BatchAugment(sometimes)(x, _gen()) - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert 0 < int(changed.sum()) < 64
+
+
+def test_hue_rotation_keeps_luma_and_zero_is_identity() -> None:
+    x = to_float(_images(4)) * 0.5 + 0.25  # away from the clamp
+    assert torch.allclose(_hue(x, torch.zeros(4)), x, atol=1e-5)
+    shifted = _hue(x, torch.full((4,), 0.05))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose((shifted * luma).sum(1), (x * luma).sum(1), atol=1e-4)
+    assert not torch.allclose(shifted, x)
+
+
+def test_bad_inputs() -> None:
+    augment = BatchAugment(AugmentParams())
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        augment(torch.zeros(2, 1, 28, 28), _gen())
+    with pytest.raises(ValueError, match="n_views"):
+        make_views(_images(2), 0, augment, _gen())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_matches_seed_and_rejects_cpu_generator() -> None:
+    images = _images().cuda()
+    augment = BatchAugment(STRONG)
+    gen = torch.Generator(device="cuda")
+    a = make_views(images, 2, augment, gen.manual_seed(3))
+    b = make_views(images, 2, augment, gen.manual_seed(3))
+    assert a.device.type == "cuda" and torch.equal(a, b)
+    with pytest.raises(ValueError, match="generator"):
+        make_views(images, 2, augment, _gen())
+
+
+def test_crop_resize_matches_torchvision_resized_crop() -> None:
+    """For a whole-pixel box the crop equals torchvision's crop + bilinear resize (all but the outer ring)."""
+    import torchvision.transforms.v2.functional as TF
+
+    from cecl.data.augment import crop_resize
+
+    x = to_float(_images(2))
+    top, left, height, width = 4, 6, 14, 20
+    expected = TF.resized_crop(x, top, left, height, width, [28, 28], antialias=True)
+    boxes = torch.tensor([[left / 28, top / 28, width / 28, height / 28]]).expand(2, 4)
+    out = crop_resize(x, boxes)
+    assert torch.allclose(out[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5)
+
+
+def test_sampled_boxes_follow_scale_and_ratio() -> None:
+    params = AugmentParams(crop_scale=(0.3, 0.8), crop_ratio=(0.5, 2.0))
+    boxes = BatchAugment(params).sample_boxes(4096, 28, 28, torch.zeros(1), _gen())
+    left, top, width, height = boxes.unbind(1)
+    assert (left >= 0).all() and (top >= 0).all() and (left + width <= 1 + 1e-6).all()
+    assert (top + height <= 1 + 1e-6).all()
+    unclipped = (width < 1) & (height < 1)
+    area, ratio = (width * height)[unclipped], (width / height)[unclipped]
+    assert area.min() >= 0.3 - 1e-5 and area.max() <= 0.8 + 1e-5
+    assert ratio.min() >= 0.5 - 1e-5 and ratio.max() <= 2.0 + 1e-5
+    assert abs(ratio.log().mean().item()) < 0.05  # log-uniform around 1
