@@ -1,9 +1,8 @@
 """DVC stage aggregate: the paper-style tables, the convergence plot and the claims, from metric files.
 
-Reads probe/rho_*/*/metrics.json and models/rho_*/*/history.csv for the rhos and methods in
-params.yaml and
-the sweep's sensitivity table, writes reports/ (Markdown, CSV and LaTeX tables, convergence PNG + DVC plot data,
-claims.md, report.md) and logs them to MLflow.
+Reads probe/rho_*/*/metrics.json, models/rho_*/*/history.csv (the rhos and methods in params.yaml)
+and the sweep's sensitivity table; writes reports/ (Markdown, CSV and LaTeX tables, convergence PNG
+and DVC plot data, claims.md, report.md) and logs them to MLflow.
 """
 
 from __future__ import annotations
