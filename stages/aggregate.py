@@ -12,6 +12,7 @@ from cecl.cli import run_stage
 from cecl.config import load_params
 from cecl.io import atomic_dir
 from cecl.report import collect_histories, collect_probe_metrics, write_all
+from cecl.report.tables import configuration_markdown
 from cecl.tracking import stage_run
 
 
@@ -25,7 +26,9 @@ def main() -> None:
     with stage_run("aggregate", params.tracking.experiment, logged, tags) as run:
         with atomic_dir(paths.REPORTS_DIR) as tmp:
             sensitivity = (paths.SWEEP_DIR / "sensitivity.md").read_text()
-            written = write_all(probe, histories, tmp, extra_sections=[sensitivity])
+            heatmap = "![CECL validation accuracy over tau x w](../sweep/heatmap.png)\n"
+            sections = [configuration_markdown(probe), sensitivity + "\n" + heatmap]
+            written = write_all(probe, histories, tmp, extra_sections=sections)
         for path in written.values():
             run.log_artifact(paths.REPORTS_DIR / path.name)
 

@@ -283,3 +283,19 @@ def test_dvc_plots_show_renders_series(frames, tmp_path: Path) -> None:
     assert {d["series"] for d in spec["data"]["values"]} == {
         f"{m} (rho={r:g})" for m in METHODS for r in RHOS
     }
+
+
+def test_configuration_section_lists_each_rows_options() -> None:
+    import pandas as pd
+
+    from cecl.report.tables import configuration_markdown
+
+    df = pd.DataFrame(
+        [
+            {"method": "ce", "rho": 0.99, "seed": 0, "config.temperature": float("nan")},
+            {"method": "cecl", "rho": 0.997, "seed": 1, "config.temperature": 0.2},
+        ]
+    )
+    text = configuration_markdown(df)
+    assert "| ce | 0.99 | 0 | (no options) |" in text
+    assert "| cecl | 0.997 | 1 | temperature=0.2 |" in text

@@ -140,3 +140,13 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
         _latex(official_frame(df), f"Test accuracy (%): {HONEST_LABEL} vs {OFFICIAL_LABEL}")
     )
     return paths
+
+
+def configuration_markdown(df: pd.DataFrame) -> str:
+    """Which loss configuration each table row used (from the ``config`` block of metrics.json)."""
+    columns = [c for c in df.columns if c.startswith("config.")]
+    lines = ["## Configurations used", "", "| method | rho | seed | configuration |", "|---|---|---|---|"]
+    for _, row in df.iterrows():
+        settings = ", ".join(f"{c.removeprefix('config.')}={row[c]}" for c in columns if pd.notna(row[c]))
+        lines.append(f"| {row['method']} | {row['rho']:g} | {row['seed']} | {settings or '(no options)'} |")
+    return "\n".join(lines) + "\n"
