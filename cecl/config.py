@@ -13,7 +13,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("ce", "simclr", "supcon", "cecl")
+METHODS = (
+    "ce",
+    "simclr",
+    "supcon",
+    "cecl",
+    "supcon_in",
+    "eps_supinfonce",
+    "dcl",
+    "dclw",
+    "hcl",
+    "triplet",
+    "npair",
+    "barlow_twins",
+    "vicreg",
+    "moco_v2",
+    "supmoco",
+)
 
 
 class ConfigError(ValueError):
@@ -107,6 +123,56 @@ class CEOptions(_Strict):
     pass
 
 
+class EpsSupInfoNCEOptions(_Strict):
+    temperature: float = Field(0.1, gt=0.0)
+    base_temperature: float = Field(0.1, gt=0.0)
+    epsilon: float = Field(0.1, ge=0.0)
+
+
+class DCLOptions(_Strict):
+    temperature: float = Field(0.1, gt=0.0)
+
+
+class DCLWOptions(DCLOptions):
+    sigma: float = Field(0.5, gt=0.0)
+
+
+class HCLOptions(_Strict):
+    temperature: float = Field(0.5, gt=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    tau_plus: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TripletOptions(_Strict):
+    margin: float = Field(0.2, ge=0.0)
+    reduction: Literal["mean", "mean_nonzero"] = "mean"
+
+
+class NPairOptions(_Strict):
+    temperature: float = Field(1.0, gt=0.0)
+    symmetric: bool = True
+
+
+class BarlowTwinsOptions(_Strict):
+    lambda_param: float = Field(5e-3, ge=0.0)
+
+
+class VICRegOptions(_Strict):
+    lambda_param: float = Field(25.0, ge=0.0)
+    mu_param: float = Field(25.0, ge=0.0)
+    nu_param: float = Field(1.0, ge=0.0)
+
+
+class MoCoOptions(_Strict):
+    temperature: float = Field(0.2, gt=0.0)  # MoCo v2
+    queue_size: int = Field(4096, ge=1)  # keep it below the training-set size
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # 0.999 is MoCo's ImageNet value
+
+
+class SupMoCoOptions(MoCoOptions):
+    temperature: float = Field(0.1, gt=0.0)
+
+
 class MethodOptions(_Strict):
     """Per-method options; each method validates its own section."""
 
@@ -114,6 +180,17 @@ class MethodOptions(_Strict):
     simclr: SupConOptions = SupConOptions()
     supcon: SupConOptions = SupConOptions()
     cecl: CECLOptions = CECLOptions()
+    supcon_in: SupConOptions = SupConOptions()
+    eps_supinfonce: EpsSupInfoNCEOptions = EpsSupInfoNCEOptions()
+    dcl: DCLOptions = DCLOptions()
+    dclw: DCLWOptions = DCLWOptions()
+    hcl: HCLOptions = HCLOptions()
+    triplet: TripletOptions = TripletOptions()
+    npair: NPairOptions = NPairOptions()
+    barlow_twins: BarlowTwinsOptions = BarlowTwinsOptions()
+    vicreg: VICRegOptions = VICRegOptions()
+    moco_v2: MoCoOptions = MoCoOptions()
+    supmoco: SupMoCoOptions = SupMoCoOptions()
 
 
 class OptimizerParams(_Strict):

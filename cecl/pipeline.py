@@ -31,21 +31,22 @@ class Splits:
     test: TensorSplit
 
 
-def load_splits(rho: float, device: torch.device, data_dir: Path = DATA_DIR) -> Splits:
-    """The prepared train/val splits of one rho and the shared unbiased test split, on ``device``."""
+def load_tensor_split(rho: float, split: str, device: torch.device, data_dir: Path = DATA_DIR) -> TensorSplit:
+    """One prepared split ("train"/"val" of ``rho``, or the shared "test") as tensors on ``device``."""
     manifest = data_dir / "manifest.json"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
+    arrays = load_split(split_path(data_dir, rho, split))
+    return TensorSplit(
+        images=torch.from_numpy(arrays.images).to(device),
+        labels=torch.from_numpy(arrays.labels).long().to(device),
+        colours=torch.from_numpy(arrays.colours).long().to(device),
+    )
 
-    def tensors(split: str) -> TensorSplit:
-        arrays = load_split(split_path(data_dir, rho, split))
-        return TensorSplit(
-            images=torch.from_numpy(arrays.images).to(device),
-            labels=torch.from_numpy(arrays.labels).long().to(device),
-            colours=torch.from_numpy(arrays.colours).long().to(device),
-        )
 
-    return Splits(tensors("train"), tensors("val"), tensors("test"))
+def load_splits(rho: float, device: torch.device, data_dir: Path = DATA_DIR) -> Splits:
+    """The prepared train/val splits of one rho and the shared unbiased test split, on ``device``."""
+    return Splits(*(load_tensor_split(rho, name, device, data_dir) for name in ("train", "val", "test")))
 
 
 def check_rho_method(params: Params, rho: float, method: str) -> None:

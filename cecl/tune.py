@@ -214,21 +214,9 @@ class TrialSetup:
 
 def load_train_val(rho: float, device: torch.device, data_dir: Path) -> tuple[TensorSplit, TensorSplit]:
     """The training and validation splits of ``rho``. The test split is deliberately not loaded."""
-    from cecl.data.biased_mnist import load_split, split_path
+    from cecl.pipeline import load_tensor_split
 
-    manifest = data_dir / "manifest.json"
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
-
-    def tensors(split: str) -> TensorSplit:
-        arrays = load_split(split_path(data_dir, rho, split))
-        return TensorSplit(
-            images=torch.from_numpy(arrays.images).to(device),
-            labels=torch.from_numpy(arrays.labels).long().to(device),
-            colours=torch.from_numpy(arrays.colours).long().to(device),
-        )
-
-    return tensors("train"), tensors("val")
+    return load_tensor_split(rho, "train", device, data_dir), load_tensor_split(rho, "val", device, data_dir)
 
 
 def subsample(split: TensorSplit, size: int | None, seed: int) -> TensorSplit:

@@ -32,6 +32,22 @@ def test_every_method_trains_and_loss_falls(method: str) -> None:
     assert all(0.0 <= r.online_probe_val_accuracy <= 1.0 for r in history)
 
 
+@pytest.mark.parametrize(
+    "method",
+    ["supcon_in", "eps_supinfonce", "dcl", "dclw", "hcl", "triplet", "npair", "barlow_twins", "vicreg",
+     "moco_v2", "supmoco"],
+)  # fmt: skip
+def test_baseline_methods_run_through_the_same_loop(method: str) -> None:
+    params = tiny_params(
+        pretrain={"epochs": 2, "methods": [method]},
+        method_options={"moco_v2": {"queue_size": 64}, "supmoco": {"queue_size": 64}},
+    )
+    train, val = synthetic_split(128, 0), synthetic_split(64, 1)
+    _, history = run_pretraining(params, method, train, val, CPU, fingerprint="x", progress=False)
+    assert len(history) == 2
+    assert all(torch.isfinite(torch.tensor(r.train_loss)) for r in history)
+
+
 def test_registry_lists_the_pipeline_methods() -> None:
     assert {"ce", "simclr", "supcon", "cecl"} <= set(available())
     with pytest.raises(ValueError, match="unknown method 'nope'"):

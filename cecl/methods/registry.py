@@ -13,6 +13,7 @@ from cecl.config import Params
 from cecl.methods.base import Method
 from cecl.methods.contrastive import ContrastiveMethod
 from cecl.methods.cross_entropy import CrossEntropyMethod
+from cecl.methods.queue import MoCoV2, SupMoCo
 from cecl.models import ProjectionHead, build_encoder
 
 Builder = Callable[[Params, BaseModel, int], Method]
@@ -65,5 +66,23 @@ def _ce(params: Params, _options: BaseModel, n_classes: int) -> Method:
     return CrossEntropyMethod(build_encoder(params.model.backbone, params.model.width), n_classes)
 
 
-for _loss_name in ("simclr", "supcon", "cecl"):
+# Methods that are "encoder + projection head + a [B, V, D] loss" differ only in the loss.
+_LOSS_METHODS = (
+    "simclr", "supcon", "cecl", "supcon_in", "eps_supinfonce", "dcl", "dclw", "hcl", "triplet", "npair",
+    "barlow_twins", "vicreg",
+)  # fmt: skip
+for _loss_name in _LOSS_METHODS:
     register(_loss_name)(partial(_contrastive, _loss_name))
+
+
+def _queue(cls: type[Method], params: Params, options: BaseModel, _n_classes: int) -> Method:
+    """Momentum key encoder + queue methods (MoCo v2, supervised MoCo); two views."""
+    if params.pretrain.views != 2:
+        raise ValueError("pretrain.views must be 2 for moco_v2 and supmoco")
+    encoder = build_encoder(params.model.backbone, params.model.width)
+    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
+    return cls(encoder, head, **options.model_dump())
+
+
+register("moco_v2")(partial(_queue, MoCoV2))
+register("supmoco")(partial(_queue, SupMoCo))
