@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cecl.data.biased_mnist import rho_dir_name
+
 DATA_DIR = Path("data/biased_mnist")
 MODELS_DIR = Path("models")
 PROBE_DIR = Path("probe")
@@ -13,8 +15,8 @@ CHECKPOINT_DIR = Path("checkpoints")
 
 
 def rho_name(rho: float) -> str:
-    """``rho_0.99``: the folder name of one training rho (``:g`` keeps 0.997 and drops 1.0's zero)."""
-    return f"rho_{rho:g}"
+    """``rho_0.99``: the folder name of one training rho, the same rule as the data folders."""
+    return rho_dir_name(rho)
 
 
 def stage_name(stage: str, rho: float, method: str) -> str:
