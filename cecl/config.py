@@ -216,6 +216,7 @@ class PretrainParams(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=2)
     views: int = Field(2, ge=2)  # contrastive methods; ce trains on one view
+    processes: int = Field(1, ge=1)  # torchrun processes (one per GPU); batch_size is the global batch
     optimizer: OptimizerParams = OptimizerParams()
     online_probe: OnlineProbeParams = OnlineProbeParams()
     seed: int = 0
@@ -229,6 +230,16 @@ class PretrainParams(_Strict):
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods must be distinct, got {methods}")
         return methods
+
+    @model_validator(mode="after")
+    def _shards_hold_two_images(self) -> PretrainParams:
+        # Each process trains on its shard of the global batch; BatchNorm needs two images per shard.
+        if self.batch_size < 2 * self.processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} is too small for {self.processes} processes "
+                "(each process needs at least 2 images of the global batch)"
+            )
+        return self
 
 
 class ProbeParams(_Strict):

@@ -100,9 +100,7 @@ def _worker(process: int, out_dir: str, port: int) -> None:
     results = {}
     try:
         for case, name, size in CASES:
-            method = _build(name)
-            if isinstance(method, ContrastiveMethod):
-                method.loss = dist_utils.GatherLoss(method.loss)
+            method = _build(name)  # every method gathers the global batch itself
             ddp = DistributedDataParallel(dist_utils.TrainingLoss(method))
             views, labels = dist_utils.split_batch(list(_batch(size)))
             results[case] = _one_step(method, ddp, views, labels)

@@ -1,6 +1,9 @@
-"""Contrastive methods: encoder -> projection head (L2-normalised) -> a loss from cecl.losses.
+"""Contrastive methods: encoder -> projection head (L2-normalised) -> a [B, V, D] loss from cecl.losses.
 
-cecl, supcon and simclr differ only in the loss; simclr's loss ignores the labels.
+cecl, supcon, simclr and the other [B, V, D] losses differ only in the loss; simclr's ignores the labels.
+Under torchrun the projected features and labels of every process are gathered (with gradient) before the
+loss, so each process computes the loss of the global batch (see ``cecl.train.distributed``); in a single
+process the gather is the identity.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from torch import nn
 
 from cecl.methods.base import Method
 from cecl.models import Encoder, ProjectionHead
+from cecl.train.distributed import GatherLoss
 
 
 class ContrastiveMethod(Method):
     def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, n_views: int = 2) -> None:
         super().__init__(encoder)
         self.head = head
-        self.loss = loss
+        self.loss = GatherLoss(loss)
         self.n_views = n_views
 
     def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

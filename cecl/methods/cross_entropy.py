@@ -1,4 +1,8 @@
-"""Cross-entropy: the standard supervised reference (encoder + linear classifier, one view)."""
+"""Cross-entropy: the standard supervised reference (encoder + linear classifier, one view).
+
+The loss is the mean over the global batch: under torchrun the per-sample losses of every process are
+gathered with gradient, so uneven shards weigh each sample equally, as one process would.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import nn
 
 from cecl.methods.base import Method
 from cecl.models import Encoder
+from cecl.train.distributed import gather_with_grad
 
 
 class CrossEntropyMethod(Method):
@@ -18,4 +23,5 @@ class CrossEntropyMethod(Method):
         self.classifier = nn.Linear(encoder.feature_dim, n_classes)
 
     def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.classifier(self.encoder(views[:, 0])), labels)
+        logits = self.classifier(self.encoder(views[:, 0]))
+        return gather_with_grad(F.cross_entropy(logits, labels, reduction="none")).mean()

@@ -5,6 +5,13 @@ loss, then fit a fresh linear probe on frozen features of the training split and
 validation split (the convergence curve), and save a checkpoint. All randomness of epoch ``e``
 comes from generators seeded by (seed, e), so a run resumed from the checkpoint of epoch e-1 is
 identical to an uninterrupted one.
+
+Under torchrun (``cecl.train.distributed``) the same loop runs in every process: each process draws
+the same global batch and the same augmentations, keeps its contiguous shard, and runs the method in
+``DistributedDataParallel``. Every method computes its loss on the global batch (features or
+per-sample losses are gathered with gradient), so P processes train exactly like one process on the
+global batch, BatchNorm aside: BatchNorm layers become SyncBatchNorm on CUDA; on CPU (gloo) their
+statistics stay per process. Only rank 0 runs the online probe, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cecl.config import Params
 from cecl.data.augment import BatchAugment, make_views
 from cecl.methods import Method, build_method
+from cecl.train import distributed
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
 from cecl.train.probe import TensorSplit, extract_features, fit_linear_probe, predict
 from cecl.train.schedule import learning_rate
@@ -69,6 +79,18 @@ def _make_optimizer(method: Method, params: Params) -> torch.optim.Optimizer:
     return torch.optim.Adam(method.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
 
+def _training_module(method: Method, device: torch.device) -> nn.Module:
+    """``forward(views, labels) -> loss`` of ``method``: wrapped in DDP when running under torchrun."""
+    module = distributed.TrainingLoss(method)
+    if not distributed.is_distributed():
+        return module
+    if device.type == "cuda":
+        # In place on ``method``'s submodules; parameter and buffer names do not change.
+        nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        return DistributedDataParallel(module, device_ids=[device.index])
+    return DistributedDataParallel(module)
+
+
 def run_pretraining(
     params: Params,
     method_name: str,
@@ -86,6 +108,8 @@ def run_pretraining(
 
     ``on_epoch`` is called for every epoch in order, including epochs restored from a checkpoint,
     so a resumed run logs the complete curve. ``overrides`` replace method options (the sweep).
+    Under torchrun only rank 0 probes, checkpoints, prints and calls ``on_epoch``; the other ranks'
+    records carry NaN as online-probe accuracy.
     """
     cfg = params.pretrain
     total_epochs = epochs or cfg.epochs
@@ -93,6 +117,9 @@ def run_pretraining(
     n_classes = int(train.labels.max()) + 1
     torch.manual_seed(seed)
     method = build_method(params, method_name, n_classes, overrides).to(device)
+    trainer = _training_module(method, device)
+    main_process = distributed.is_main_process()
+    progress = progress and main_process
     optimizer = _make_optimizer(method, params)
     augment = BatchAugment(params.augment)
     history: list[EpochRecord] = []
@@ -102,9 +129,10 @@ def run_pretraining(
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         history = [EpochRecord(**record) for record in state["history"]]
-        print(f"resumed {method_name} from {checkpoint_path} after epoch {len(history)}", flush=True)
+        if main_process:
+            print(f"resumed {method_name} from {checkpoint_path} after epoch {len(history)}", flush=True)
         for record in history:
-            if on_epoch is not None:
+            if on_epoch is not None and main_process:
                 on_epoch(record)
 
     batch_size = min(cfg.batch_size, len(train))
@@ -128,7 +156,9 @@ def run_pretraining(
                 group["lr"] = lr
             idx = order[step * batch_size : (step + 1) * batch_size]
             views = make_views(train.images[idx], method.n_views, augment, generator)
-            loss = method.training_loss(views, train.labels[idx])
+            # The whole global batch is augmented in every process (same generator), then sharded.
+            views, labels = distributed.split_batch([views, train.labels[idx]])
+            loss = trainer(views, labels)  # the loss of the global batch, equal in every process
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{method_name}: non-finite loss at epoch {epoch + 1}, step {step + 1}"
@@ -138,7 +168,9 @@ def run_pretraining(
             optimizer.step()
             method.after_step()
             loss_sum += loss.detach()
-        accuracy = online_probe_accuracy(method, train, val, params, seed + epoch)
+        accuracy = float("nan")
+        if main_process:
+            accuracy = online_probe_accuracy(method, train, val, params, seed + epoch)
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=float(loss_sum) / steps,
@@ -147,7 +179,7 @@ def run_pretraining(
             seconds=time.perf_counter() - started,
         )
         history.append(record)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main_process:
             save_checkpoint(
                 checkpoint_path,
                 {
@@ -163,6 +195,6 @@ def run_pretraining(
                 f"online probe val acc {record.online_probe_val_accuracy:.4f} ({record.seconds:.1f}s)",
                 flush=True,
             )
-        if on_epoch is not None:
+        if on_epoch is not None and main_process:
             on_epoch(record)
     return method, history

@@ -1,0 +1,103 @@
+"""The training loop under torchrun: two gloo processes train like one process on the global batch.
+
+Each process runs ``run_pretraining`` exactly as ``stages/pretrain.py`` does under torchrun. The encoder is
+BatchNorm-free here because on CPU BatchNorm statistics are per process by design (SyncBatchNorm, which the
+loop uses on CUDA, needs a GPU); everything else (sharding of the global batch, the gathered global loss,
+DDP's gradient averaging, momentum updates and queues) must match one process within float32 round-off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from cecl.models import Encoder
+from cecl.train import distributed as dist_utils
+from tests.helpers import synthetic_split, tiny_params
+
+WORLD = 2
+# (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
+CASES = (("cecl", 31), ("ce", 32), ("supmoco", 32))
+TOLERANCE = 1e-4
+
+
+def _bn_free_encoder(_name: str, width: int = 4) -> Encoder:
+    return Encoder(nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.Tanh()), feature_dim=width)
+
+
+def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
+    import cecl.methods.registry as registry
+    from cecl.train.loop import run_pretraining
+
+    registry.build_encoder = _bn_free_encoder  # type: ignore[assignment]
+    params = tiny_params(
+        pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
+        method_options={"supmoco": {"queue_size": 48}},
+    )
+    trained, history = run_pretraining(
+        params,
+        method,
+        synthetic_split(128, seed=1),
+        synthetic_split(64, seed=2),
+        torch.device("cpu"),
+        fingerprint="test",
+        checkpoint_path=checkpoint,
+        progress=False,
+    )
+    return {
+        "losses": [r.train_loss for r in history],
+        "accuracies": [r.online_probe_val_accuracy for r in history],
+        "state": {k: v.detach().clone() for k, v in trained.state_dict().items()},
+        "checkpoint_written": checkpoint.exists(),
+    }
+
+
+def _worker(process: int, out_dir: str, port: int) -> None:
+    os.environ.update(
+        RANK=str(process),
+        LOCAL_RANK=str(process),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    assert dist_utils.init_from_env()
+    out = Path(out_dir)
+    try:
+        results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
+    finally:
+        dist_utils.cleanup()
+    torch.save(results, out / f"rank{process}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    torch.set_num_threads(1)
+    for method, size in CASES:
+        reference = _train(method, size, tmp_path / f"{method}-single.ckpt")
+        for r, got in enumerate(ranks):
+            got = got[method]
+            for a, b in zip(got["losses"], reference["losses"], strict=True):
+                assert a == pytest.approx(b, rel=TOLERANCE), (method, r, got["losses"], reference["losses"])
+            for key, value in reference["state"].items():
+                diff = float((got["state"][key].double() - value.double()).abs().max())
+                assert diff <= TOLERANCE, f"{method} rank {r}: {key} differs by {diff:.2e}"
+        # Rank 0 alone probes and checkpoints; its probe sees the same encoder as the single process.
+        assert ranks[0][method]["checkpoint_written"] and not ranks[1][method]["checkpoint_written"]
+        assert ranks[0][method]["accuracies"] == pytest.approx(reference["accuracies"], abs=1e-6)
+        assert all(math.isnan(a) for a in ranks[1][method]["accuracies"])
