@@ -190,6 +190,7 @@ def test_killed_pretraining_resumes_to_the_same_result(repro: Path) -> None:
         ({"method_options": {"cecl": {"temperature": -1}}}, "method_options.cecl.temperature"),
         ({"data": {"rhos": [1.5]}}, "data.rhos"),
         ({"pretrain": {"epoch": 3}}, "pretrain.epoch: unknown key"),
+        ({"pretrain": {"processes": 200}}, "too small for 200 processes"),
     ],
 )
 def test_bad_params_fail_fast_with_one_line(tmp_path, override: dict, expected: str) -> None:
@@ -214,3 +215,24 @@ def test_unreachable_tracking_server_fails_before_training(repro: Path) -> None:
     )
     assert result.returncode == 2
     assert "unreachable" in result.stderr and "epoch" not in result.stdout
+
+
+def test_pretrain_stage_relaunches_itself_under_torchrun(repro: Path) -> None:
+    """pretrain.processes: 2 runs the stage in two gloo processes; rank 0 alone logs and writes."""
+    from mlflow.tracking import MlflowClient
+
+    original = (repro / "params.yaml").read_text()
+    _write_params(repro, {"pretrain": {**TINY["pretrain"], "processes": 2}})
+    try:
+        result = _run([sys.executable, "-m", "stages.pretrain", "--rho", "0.99", "--method", "supcon"], repro)
+    finally:
+        (repro / "params.yaml").write_text(original)
+    assert result.stdout.count("supcon epoch 3/3") == 1, result.stdout  # rank 0 prints, rank 1 does not
+    history = _history_without_timing(repro / "models/rho_0.99/supcon/history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert all(0.0 <= float(r["online_probe_val_accuracy"]) <= 1.0 for r in history)
+    client = MlflowClient(f"sqlite:///{repro / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cecl-biased-mnist")
+    runs = client.search_runs([experiment.experiment_id], "tags.world_size = '2'", max_results=10)
+    assert [r.info.run_name for r in runs] == ["pretrain@0.99-supcon"]
+    assert runs[0].info.status == "FINISHED"
