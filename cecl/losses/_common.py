@@ -47,6 +47,24 @@ def check_positive(name: str, value: float) -> float:
     return number
 
 
+def check_nonnegative(name: str, value: float) -> float:
+    """A finite float >= 0 (margins, epsilon, beta)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not (0.0 <= number < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """A real bool (YAML's ``yes``/``1`` typos are rejected, not coerced)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_block_rows(block_rows: int | None) -> int | None:
     if block_rows is None:
         return None
@@ -88,6 +106,23 @@ def check_labels(labels: Tensor | None, batch: int, device: torch.device, *, req
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     return labels.to(device)
+
+
+def check_inputs(
+    features: Tensor, labels: Tensor | None, *, negatives_for: str | None = None
+) -> tuple[int, int, Tensor]:
+    """Validate [B, V, D] features and optional labels; returns (B, V, groups [N]) view-major, where
+    ``groups`` are the labels, or the source-image index when ``labels`` is None (self-supervised).
+    ``negatives_for`` names a loss that needs B >= 2 (other images as negatives)."""
+    batch, n_views, _ = check_features(features)
+    checked = check_labels(labels, batch, features.device, required=False)
+    if negatives_for and batch < 2:
+        raise ValueError(
+            f"{negatives_for} needs at least 2 source images (B >= 2) to have negatives, got B={batch}"
+        )
+    if checked is None:
+        checked = torch.arange(batch, device=features.device)
+    return batch, n_views, checked.repeat(n_views)
 
 
 # --------------------------------------------------------------------------- dtype, autocast, layout

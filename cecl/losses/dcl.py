@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from cecl.losses._common import (
     autocast_disabled,
     check_block_rows,
-    check_features,
-    check_labels,
+    check_bool,
+    check_inputs,
     check_positive,
     normalized_anchors,
     row_logsumexp,
@@ -62,9 +62,7 @@ class DCLLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
-        if not isinstance(weighted, bool):
-            raise ValueError(f"weighted must be a bool, got {weighted!r}")
-        self.weighted = weighted
+        self.weighted = check_bool("weighted", weighted)
         self.sigma = check_positive("sigma", sigma)
         self.block_rows = check_block_rows(block_rows)
 
@@ -76,10 +74,7 @@ class DCLLoss(nn.Module):
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Per-anchor losses [N], view-major."""
-        batch, n_views, _ = check_features(features)
-        check_labels(labels, batch, features.device, required=False)
-        if batch < 2:
-            raise ValueError(f"DCL needs at least 2 source images (B >= 2) to have negatives, got B={batch}")
+        batch, n_views, _ = check_inputs(features, labels, negatives_for="DCL")
         inv_tau = 1.0 / self.temperature
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)

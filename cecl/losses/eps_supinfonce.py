@@ -26,22 +26,20 @@ formed (O(N^2) memory) because every (anchor, positive) pair needs its own denom
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from cecl.losses._base import TemperatureScaledLoss
 from cecl.losses._common import (
     autocast_disabled,
-    check_features,
-    check_labels,
-    check_positive,
+    check_inputs,
+    check_nonnegative,
     masked_logsumexp,
     normalized_anchors,
 )
 
 
-class EpsSupInfoNCELoss(nn.Module):
+class EpsSupInfoNCELoss(TemperatureScaledLoss):
     """epsilon-SupInfoNCE; see the module docstring.
 
     Args:
@@ -53,36 +51,18 @@ class EpsSupInfoNCELoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, base_temperature: float = 0.1, epsilon: float = 0.1) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.base_temperature = check_positive("base_temperature", base_temperature)
-        try:
-            eps = float(epsilon)
-        except (TypeError, ValueError):
-            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}") from None
-        if not (0.0 <= eps < math.inf):
-            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-        self.epsilon = eps
+        super().__init__(temperature, base_temperature)
+        self.epsilon = check_nonnegative("epsilon", epsilon)
 
     def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
-            f"epsilon={self.epsilon}"
-        )
-
-    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
-        return (self.temperature / self.base_temperature) * self.per_anchor(features, labels).mean()
+        return f"{super().extra_repr()}, epsilon={self.epsilon}"
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Unscaled per-anchor losses [N], view-major."""
-        batch, n_views, _ = check_features(features)
-        checked = check_labels(labels, batch, features.device, required=False)
-        if checked is None:
-            checked = torch.arange(batch, device=features.device)
+        _, _, groups = check_inputs(features, labels)
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
             s = (z @ z.T) / self.temperature
-            groups = checked.repeat(n_views)
             same = groups[:, None] == groups[None, :]
             positive = same & ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
             lse_neg = masked_logsumexp(s, ~same, dim=1)

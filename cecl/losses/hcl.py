@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from cecl.losses._common import (
     autocast_disabled,
     check_block_rows,
-    check_features,
-    check_labels,
+    check_inputs,
+    check_nonnegative,
     check_positive,
     normalized_anchors,
     row_logsumexp,
@@ -64,15 +64,10 @@ class HCLLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
-        try:
-            b, t = float(beta), float(tau_plus)
-        except (TypeError, ValueError):
-            raise ValueError(f"beta and tau_plus must be numbers, got {beta!r}, {tau_plus!r}") from None
-        if not (0.0 <= b < math.inf):
-            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        if not (0.0 <= t < 1.0):
+        self.beta = check_nonnegative("beta", beta)
+        self.tau_plus = check_nonnegative("tau_plus", tau_plus)
+        if not self.tau_plus < 1.0:
             raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus!r}")
-        self.beta, self.tau_plus = b, t
         self.block_rows = check_block_rows(block_rows)
 
     def extra_repr(self) -> str:
@@ -83,10 +78,7 @@ class HCLLoss(nn.Module):
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Per-anchor losses [N], view-major."""
-        batch, n_views, _ = check_features(features)
-        check_labels(labels, batch, features.device, required=False)
-        if batch < 2:
-            raise ValueError(f"HCL needs at least 2 source images (B >= 2) to have negatives, got B={batch}")
+        batch, n_views, _ = check_inputs(features, labels, negatives_for="HCL")
         inv_tau = 1.0 / self.temperature
         n = batch * n_views
         log_m = math.log(n - n_views)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cecl.losses._common import autocast_disabled, compute_dtype
+from cecl.losses._common import autocast_disabled, check_bool, compute_dtype
 
 
 def _unit(name: str, x: Tensor) -> Tensor:
@@ -56,9 +56,7 @@ class NegativeCosineSimilarity(nn.Module):
 
     def __init__(self, stop_gradient: bool = True) -> None:
         super().__init__()
-        if not isinstance(stop_gradient, bool):
-            raise ValueError(f"stop_gradient must be a bool, got {stop_gradient!r}")
-        self.stop_gradient = stop_gradient
+        self.stop_gradient = check_bool("stop_gradient", stop_gradient)
 
     def extra_repr(self) -> str:
         return f"stop_gradient={self.stop_gradient}"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from cecl.losses._common import (
     autocast_disabled,
+    check_bool,
     check_features,
     check_labels,
     check_positive,
@@ -49,9 +50,7 @@ class NPairLoss(nn.Module):
     def __init__(self, temperature: float = 1.0, symmetric: bool = True) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
-        if not isinstance(symmetric, bool):
-            raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
-        self.symmetric = symmetric
+        self.symmetric = check_bool("symmetric", symmetric)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, symmetric={self.symmetric}"

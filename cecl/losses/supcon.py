@@ -15,14 +15,14 @@ Logits and log-sum-exps are computed in float32 (float64 for float64 input) with
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from cecl.losses._base import TemperatureScaledLoss
 from cecl.losses._common import (
     autocast_disabled,
     check_block_rows,
     check_features,
     check_labels,
-    check_positive,
     group_index,
     group_positive_dots,
     normalized_anchors,
@@ -31,7 +31,7 @@ from cecl.losses._common import (
 )
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(TemperatureScaledLoss):
     """SupCon L_out ("all" contrast mode); ``labels=None`` gives SimCLR's NT-Xent.
 
     Args:
@@ -45,16 +45,8 @@ class SupConLoss(nn.Module):
     def __init__(
         self, temperature: float = 0.1, base_temperature: float = 0.07, *, block_rows: int | None = None
     ) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.base_temperature = check_positive("base_temperature", base_temperature)
+        super().__init__(temperature, base_temperature)
         self.block_rows = check_block_rows(block_rows)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, base_temperature={self.base_temperature}"
-
-    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
-        return (self.temperature / self.base_temperature) * self.per_anchor(features, labels).mean()
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Unscaled per-anchor losses [N], view-major: -1/|P(i)| sum_p [s_ip - log sum_{k!=i} exp(s_ik)]."""

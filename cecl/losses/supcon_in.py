@@ -20,19 +20,13 @@ a masked log-sum-exp over the N x N similarity matrix, which this loss does form
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cecl.losses._common import (
-    autocast_disabled,
-    check_features,
-    check_labels,
-    check_positive,
-    masked_logsumexp,
-    normalized_anchors,
-)
+from cecl.losses._base import TemperatureScaledLoss
+from cecl.losses._common import autocast_disabled, check_inputs, masked_logsumexp, normalized_anchors
 
 
-class SupConInLoss(nn.Module):
+class SupConInLoss(TemperatureScaledLoss):
     """SupCon L_in; ``labels=None`` uses the other views of the same image as the positives.
 
     Args:
@@ -43,26 +37,14 @@ class SupConInLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, base_temperature: float = 0.07) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.base_temperature = check_positive("base_temperature", base_temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, base_temperature={self.base_temperature}"
-
-    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
-        return (self.temperature / self.base_temperature) * self.per_anchor(features, labels).mean()
+        super().__init__(temperature, base_temperature)
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Unscaled per-anchor losses [N], view-major: LSE_all(i) - LSE_pos(i) + log |P(i)|."""
-        batch, n_views, _ = check_features(features)
-        checked = check_labels(labels, batch, features.device, required=False)
-        if checked is None:
-            checked = torch.arange(batch, device=features.device)
+        _, _, groups = check_inputs(features, labels)
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
             s = (z @ z.T) / self.temperature
-            groups = checked.repeat(n_views)
             not_self = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
             positive = (groups[:, None] == groups[None, :]) & not_self
             lse_all = masked_logsumexp(s, not_self, dim=1)

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cecl.losses._common import autocast_disabled, check_features, check_labels, normalized_anchors
+from cecl.losses._common import autocast_disabled, check_inputs, check_nonnegative, normalized_anchors
 
 Reduction = Literal["mean", "mean_nonzero"]
 REDUCTIONS: tuple[str, ...] = ("mean", "mean_nonzero")
@@ -46,13 +46,7 @@ class BatchHardTripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, reduction: Reduction = "mean") -> None:
         super().__init__()
-        try:
-            m = float(margin)
-        except (TypeError, ValueError):
-            raise ValueError(f"margin must be a number >= 0, got {margin!r}") from None
-        if not (0.0 <= m < math.inf):
-            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-        self.margin = m
+        self.margin = check_nonnegative("margin", margin)
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; known: {', '.join(REDUCTIONS)}")
         self.reduction: str = reduction
@@ -67,13 +61,9 @@ class BatchHardTripletLoss(nn.Module):
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-anchor losses [N] (0 for invalid anchors) and the valid-anchor mask [N], view-major."""
-        batch, n_views, _ = check_features(features)
-        checked = check_labels(labels, batch, features.device, required=False)
-        if checked is None:
-            checked = torch.arange(batch, device=features.device)
+        _, _, groups = check_inputs(features, labels)
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
-            groups = checked.repeat(n_views)
             with torch.no_grad():
                 cos = z @ z.T
                 same = groups[:, None] == groups[None, :]

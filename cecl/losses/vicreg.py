@@ -19,22 +19,16 @@ Computed in float32 (float64 for float64 input) with autocast disabled.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from cecl.losses._common import autocast_disabled, check_features, check_labels, compute_dtype
-
-
-def _nonnegative(name: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not (0.0 <= number < math.inf):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
+from cecl.losses._common import (
+    autocast_disabled,
+    check_features,
+    check_labels,
+    check_nonnegative,
+    compute_dtype,
+)
 
 
 class VICRegLoss(nn.Module):
@@ -53,10 +47,10 @@ class VICRegLoss(nn.Module):
         self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0, eps: float = 1e-4
     ) -> None:
         super().__init__()
-        self.lambda_param = _nonnegative("lambda_param", lambda_param)
-        self.mu_param = _nonnegative("mu_param", mu_param)
-        self.nu_param = _nonnegative("nu_param", nu_param)
-        self.eps = _nonnegative("eps", eps)
+        self.lambda_param = check_nonnegative("lambda_param", lambda_param)
+        self.mu_param = check_nonnegative("mu_param", mu_param)
+        self.nu_param = check_nonnegative("nu_param", nu_param)
+        self.eps = check_nonnegative("eps", eps)
 
     def extra_repr(self) -> str:
         return (
