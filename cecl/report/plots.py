@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -23,20 +24,23 @@ CONVERGENCE_COLUMNS = ("epoch", "online_probe_val_accuracy", "method", "rho", "s
 def plot_convergence(histories_df: pd.DataFrame, out_png: Path) -> Path:
     """One subplot per rho, one line per method: online-probe validation accuracy vs pretraining epoch."""
     rhos, methods = ordered(histories_df, "rho"), ordered(histories_df, "method")
-    fig = Figure(figsize=(4.5 * len(rhos), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.5 * len(rhos) + 1.5, 3.6 + 0.1 * max(0, len(methods) - 10)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(rhos), sharey=True, squeeze=False)[0]
+    # tab20 keeps up to 20 methods apart (the default cycle repeats after 10); markers separate pairs.
+    palette, markers = colormaps["tab20"], "os^Dv"
     for ax, rho in zip(axes, rhos, strict=True):
-        for method in methods:
+        for index, method in enumerate(methods):
             rows = histories_df[(histories_df["rho"] == rho) & (histories_df["method"] == method)]
             rows = rows.sort_values("epoch")
-            ax.plot(rows["epoch"], 100 * rows["online_probe_val_accuracy"], marker="o", ms=3, label=method)
+            style = {"color": palette(index % 20), "marker": markers[index % len(markers)], "ms": 3}
+            ax.plot(rows["epoch"], 100 * rows["online_probe_val_accuracy"], label=method, **style)
         ax.set_title(f"training ρ = {rho:g}")
         ax.set_xlabel("pretraining epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("online-probe validation accuracy (%)")
-    axes[-1].legend(title="method")
+    axes[-1].legend(title="method", loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     fig.suptitle("Convergence on BiasedMNIST (validation split, same rho as training)")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
