@@ -29,6 +29,10 @@ METHODS = (
     "vicreg",
     "moco_v2",
     "supmoco",
+    "simsiam",
+    "byol",
+    "nnclr",
+    "swav",
 )
 
 
@@ -173,6 +177,33 @@ class SupMoCoOptions(MoCoOptions):
     temperature: float = Field(0.1, gt=0.0)
 
 
+class SimSiamOptions(_Strict):
+    pred_hidden: int = Field(32, ge=1)  # the paper's bottleneck: proj_dim / 4
+    batch_norm: bool = True  # BN in projector/predictor (the paper's heads; off = exact across processes)
+
+
+class BYOLOptions(_Strict):
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # constant (the paper ramps 0.996 -> 1)
+    proj_hidden: int = Field(512, ge=1)
+    pred_hidden: int = Field(512, ge=1)
+    batch_norm: bool = True
+
+
+class NNCLROptions(_Strict):
+    temperature: float = Field(0.1, gt=0.0)
+    queue_size: int = Field(4096, ge=1)  # support set; keep it below the training-set size
+    proj_hidden: int = Field(512, ge=1)
+    pred_hidden: int = Field(512, ge=1)
+    batch_norm: bool = True
+
+
+class SwAVOptions(_Strict):
+    n_prototypes: int = Field(30, ge=1)  # a few per class for 10-class digits (the paper: 3000 on ImageNet)
+    temperature: float = Field(0.1, gt=0.0)
+    sinkhorn_iterations: int = Field(3, ge=1)
+    sinkhorn_epsilon: float = Field(0.05, gt=0.0)
+
+
 class MethodOptions(_Strict):
     """Per-method options; each method validates its own section."""
 
@@ -191,6 +222,10 @@ class MethodOptions(_Strict):
     vicreg: VICRegOptions = VICRegOptions()
     moco_v2: MoCoOptions = MoCoOptions()
     supmoco: SupMoCoOptions = SupMoCoOptions()
+    simsiam: SimSiamOptions = SimSiamOptions()
+    byol: BYOLOptions = BYOLOptions()
+    nnclr: NNCLROptions = NNCLROptions()
+    swav: SwAVOptions = SwAVOptions()
 
 
 class OptimizerParams(_Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from cecl.config import Params, parse_params
@@ -33,3 +35,19 @@ def synthetic_split(n: int, seed: int) -> TensorSplit:
     images[:, :, :14, :14] += (labels * 19).to(torch.uint8)[:, None, None, None]
     colours = torch.randint(0, 10, (n,), generator=g)
     return TensorSplit(images=images, labels=labels, colours=colours)
+
+
+def adam_steps(
+    method: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr: float
+) -> list[float]:
+    """Train ``method`` (a cecl Method) with Adam, one step per (views, labels) batch; the loss history."""
+    optimizer = torch.optim.Adam(method.parameters(), lr=lr)
+    history = []
+    for views, labels in batches:
+        loss = method.training_loss(views, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+        history.append(float(loss.detach()))
+    return history

@@ -1,7 +1,9 @@
 """Exact multi-process training: two gloo processes on CPU reproduce one process on the concatenated batch.
 
 Also unit tests of the shard/gather helpers (single process) and of the momentum-queue methods
-(cecl.methods.queue): FIFO queue, stored labels, momentum formula, loss references, loss decrease.
+(cecl.methods.queue): FIFO queue, stored labels, momentum formula, loss references, loss decrease. The
+SimSiam / BYOL / NNCLR cases of the two-process test use BatchNorm-free heads (``batch_norm=False``); their
+unit tests are in tests/test_siamese.py.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from cecl import losses
 from cecl.methods.base import Method
 from cecl.methods.contrastive import ContrastiveMethod
+from cecl.methods.nnclr import NNCLR
 from cecl.methods.queue import MoCoV2, SupMoCo, info_nce_loss, moco_logits, supmoco_loss
+from cecl.methods.siamese import BYOL, SimSiam
 from cecl.models import Encoder, ProjectionHead
 from cecl.train import distributed as dist_utils
+from tests.helpers import adam_steps
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -37,6 +42,11 @@ CASES = (
     ("moco_v2", "moco_v2", 8),
     ("supmoco", "supmoco", 8),
     ("cecl_uneven", "cecl", 7),
+    ("simsiam", "simsiam", 8),
+    ("byol", "byol", 8),
+    ("nnclr", "nnclr", 8),
+    ("byol_uneven", "byol", 7),
+    ("nnclr_uneven", "nnclr", 7),
 )
 
 
@@ -49,7 +59,7 @@ def _tiny_encoder() -> Encoder:
 
 
 def _build(name: str) -> Method:
-    """A deterministic float64 method; queue methods get a deterministic pre-filled queue."""
+    """A deterministic float64 method; queue methods and NNCLR get a deterministic pre-filled queue."""
     torch.manual_seed(0)
     encoder, head = _tiny_encoder(), ProjectionHead(4, 6, 8)
     method: Method
@@ -61,6 +71,23 @@ def _build(name: str) -> Method:
         method.queue_ptr.fill_(7)  # the global batch of 8 wraps around the end of the ring buffer
         if isinstance(method, SupMoCo):
             method.queue_labels.copy_(torch.randint(0, 3, (12,), generator=g))
+    elif name == "simsiam":
+        method = SimSiam(encoder, proj_dim=6, pred_hidden=3, batch_norm=False)
+    elif name == "byol":
+        method = BYOL(encoder, momentum=0.9, proj_dim=6, proj_hidden=8, pred_hidden=8, batch_norm=False)
+    elif name == "nnclr":
+        method = NNCLR(
+            encoder,
+            temperature=0.5,
+            queue_size=12,
+            proj_dim=6,
+            proj_hidden=8,
+            pred_hidden=8,
+            batch_norm=False,
+        )
+        g = torch.Generator().manual_seed(1)
+        method.support_set.copy_(F.normalize(torch.randn(12, 6, generator=g), dim=1))
+        method.support_ptr.fill_(7)  # the global batch of 8 wraps around the end of the ring buffer
     else:
         method = ContrastiveMethod(encoder, head, losses.build(name, temperature=0.5))
     return method.double()
@@ -303,15 +330,7 @@ def test_queue_methods_loss_decreases_in_a_few_steps(cls: type) -> None:
         with torch.no_grad():
             method.training_loss(*batch(step))
         method.after_step()
-    optimizer = torch.optim.Adam(method.parameters(), lr=0.02)
-    history = []
-    for step in range(2, 32):
-        loss = method.training_loss(*batch(step))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        method.after_step()
-        history.append(float(loss.detach()))
+    history = adam_steps(method, (batch(step) for step in range(2, 32)), lr=0.02)
     assert all(math.isfinite(v) for v in history)
     assert sum(history[-3:]) / 3 < 0.9 * sum(history[:3]) / 3, history
 

@@ -28,13 +28,12 @@ The loss is the mean of loss_i over the *global* batch: per-sample losses are ga
 with ``gather_with_grad``, so under DDP every process returns the same loss and the averaged gradients
 equal one process's on the concatenated batch (see ``cecl.train.distributed``). Keys and labels are
 gathered across processes in ``training_loss`` and enqueued, in rank order, in ``after_step``, right after
-the momentum update theta_k <- m * theta_k + (1 - m) * theta_q (parameters only; the key networks keep
-their own BatchNorm statistics). Not implemented: MoCo's shuffling BN and the symmetrised loss.
+the momentum update theta_k <- m * theta_k + (1 - m) * theta_q (``cecl.methods.momentum``: parameters
+only; the key networks keep their own BatchNorm statistics). Not implemented: MoCo's shuffling BN and the
+symmetrised loss.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 
 from cecl.losses._common import autocast_disabled, compute_dtype
 from cecl.methods.base import Method
+from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
 from cecl.models import Encoder
 from cecl.train.distributed import gather_no_grad, gather_with_grad
 
@@ -69,6 +69,29 @@ def supmoco_loss(
     return torch.logsumexp(logits, dim=1) - mean_positive
 
 
+def check_queue_size(queue_size: int) -> int:
+    """A queue / support-set length: a positive int (bools rejected)."""
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
+    return queue_size
+
+
+@torch.no_grad()
+def fifo_slots(queue_ptr: Tensor, count: int, size: int) -> tuple[Tensor, int]:
+    """Ring-buffer slots for appending ``count`` rows to a FIFO of length ``size`` at ``queue_ptr``.
+
+    Returns (index, kept): write the last ``kept = min(count, size)`` rows to ``index``. Equivalent to
+    appending the rows one by one: with more than ``size`` rows only the last ``size`` survive, at the
+    positions sequential writing would leave them. Advances ``queue_ptr`` (a 0-d long tensor) in place.
+    """
+    ptr = int(queue_ptr)
+    kept = min(count, size)
+    start = (ptr + count - kept) % size
+    index = (start + torch.arange(kept, device=queue_ptr.device)) % size
+    queue_ptr.fill_((ptr + count) % size)
+    return index, kept
+
+
 def _output_dim(head: nn.Module) -> int:
     """Output size of a head: the ``out_features`` of its last Linear layer."""
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -78,35 +101,35 @@ def _output_dim(head: nn.Module) -> int:
 
 
 class MomentumQueueMethod(Method):
-    """Shared machinery: momentum key networks, the key queue, the gathered global-batch loss."""
+    """Shared machinery: momentum key networks, the key queue, the gathered global-batch loss.
+
+    ``temperature=None`` takes the class's ``default_temperature`` (MoCo v2 0.2, SupMoCo 0.1).
+    """
 
     n_views = 2
     stores_labels = False
+    default_temperature = 0.2
 
     def __init__(
         self,
         encoder: Encoder,
         head: nn.Module,
-        temperature: float = 0.2,
+        temperature: float | None = None,
         queue_size: int = 4096,
         momentum: float = 0.99,
         *,
         key_dim: int | None = None,
     ) -> None:
         super().__init__(encoder)
+        temperature = self.default_temperature if temperature is None else temperature
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        check_queue_size(queue_size)
         self.head = head
         self.temperature = float(temperature)
-        self.momentum = float(momentum)
-        self.key_encoder = copy.deepcopy(encoder)
-        self.key_head = copy.deepcopy(head)
-        for param in (*self.key_encoder.parameters(), *self.key_head.parameters()):
-            param.requires_grad_(False)
+        self.momentum = check_momentum(momentum)
+        self.key_encoder = momentum_copy(encoder)
+        self.key_head = momentum_copy(head)
         dim = key_dim or _output_dim(head)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -142,37 +165,26 @@ class MomentumQueueMethod(Method):
             self._pending.append((gather_no_grad(keys), global_labels))
         return loss
 
-    @torch.no_grad()
     def momentum_update(self) -> None:
         """theta_k <- m * theta_k + (1 - m) * theta_q for the key encoder and key head parameters."""
-        m = self.momentum
-        pairs = [(self.encoder, self.key_encoder), (self.head, self.key_head)]
-        for online, target in pairs:
-            for param_q, param_k in zip(online.parameters(), target.parameters(), strict=True):
-                param_k.mul_(m).add_(param_q.detach(), alpha=1.0 - m)
+        momentum_update(self.encoder, self.key_encoder, self.momentum)
+        momentum_update(self.head, self.key_head, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, labels: Tensor | None = None) -> None:
         """Write ``keys`` (and labels) into the ring buffer at the pointer, overwriting the oldest entries.
 
         Equivalent to appending the keys one by one to a FIFO of length K: with more than K keys, only the
-        last K survive, at the positions sequential writing would leave them.
+        last K survive, at the positions sequential writing would leave them (``fifo_slots``).
         """
-        size = self.queue_size
-        count = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        start = ptr
-        if count > size:
-            keys = keys[-size:]
-            labels = labels[-size:] if labels is not None else None
-            start = (ptr + count - size) % size
-        index = (start + torch.arange(keys.shape[0], device=self.queue.device)) % size
-        self.queue[index] = keys.to(self.queue.dtype)
+        if self.stores_labels and labels is None:
+            raise ValueError(f"{type(self).__name__} stores labels: enqueue needs them")
+        index, kept = fifo_slots(self.queue_ptr, keys.shape[0], self.queue_size)
+        self.queue[index] = keys[keys.shape[0] - kept :].to(self.queue.dtype)
         if self.stores_labels:
-            if labels is None:
-                raise ValueError(f"{type(self).__name__} stores labels: enqueue needs them")
-            self.queue_labels[index] = labels.to(self.queue_labels.device, self.queue_labels.dtype)
-        self.queue_ptr.fill_((ptr + count) % size)
+            assert labels is not None
+            kept_labels = labels[labels.shape[0] - kept :]
+            self.queue_labels[index] = kept_labels.to(self.queue_labels.device, self.queue_labels.dtype)
 
     def after_step(self) -> None:
         """Momentum update of the key networks, then enqueue the keys of the step (all processes)."""
@@ -193,18 +205,7 @@ class SupMoCo(MomentumQueueMethod):
     """Supervised MoCo: positives are the own key and the same-label keys of the queue."""
 
     stores_labels = True
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        head: nn.Module,
-        temperature: float = 0.1,
-        queue_size: int = 4096,
-        momentum: float = 0.99,
-        *,
-        key_dim: int | None = None,
-    ) -> None:
-        super().__init__(encoder, head, temperature, queue_size, momentum, key_dim=key_dim)
+    default_temperature = 0.1
 
     def per_sample_loss(self, queries: Tensor, keys: Tensor, labels: Tensor) -> Tensor:
         if labels is None:

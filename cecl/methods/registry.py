@@ -13,7 +13,9 @@ from cecl.config import Params
 from cecl.methods.base import Method
 from cecl.methods.contrastive import ContrastiveMethod
 from cecl.methods.cross_entropy import CrossEntropyMethod
+from cecl.methods.nnclr import NNCLR
 from cecl.methods.queue import MoCoV2, SupMoCo
+from cecl.methods.siamese import BYOL, SimSiam
 from cecl.models import ProjectionHead, build_encoder
 
 Builder = Callable[[Params, BaseModel, int], Method]
@@ -86,3 +88,16 @@ def _queue(cls: type[Method], params: Params, options: BaseModel, _n_classes: in
 
 register("moco_v2")(partial(_queue, MoCoV2))
 register("supmoco")(partial(_queue, SupMoCo))
+
+
+def _predictor_method(cls: type[Method], params: Params, options: BaseModel, _n_classes: int) -> Method:
+    """Encoder + projector + predictor (SimSiam, BYOL, NNCLR); the method builds its heads. Two views."""
+    if params.pretrain.views != 2:
+        raise ValueError(f"pretrain.views must be 2 for {cls.__name__}")
+    encoder = build_encoder(params.model.backbone, params.model.width)
+    return cls(encoder, proj_dim=params.model.proj_dim, **options.model_dump())
+
+
+register("simsiam")(partial(_predictor_method, SimSiam))
+register("byol")(partial(_predictor_method, BYOL))
+register("nnclr")(partial(_predictor_method, NNCLR))
