@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable
 
 import torch
@@ -51,3 +53,58 @@ def adam_steps(
         method.after_step()
         history.append(float(loss.detach()))
     return history
+
+
+# --------------------------------------------------------------------------- two-process (gloo) tests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def join_process_group(process: int, world: int, port: int) -> None:
+    """Set the environment torchrun would set for ``process`` and join the gloo group (one thread each)."""
+    from cecl.train import distributed
+
+    os.environ.update(
+        RANK=str(process),
+        LOCAL_RANK=str(process),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    assert distributed.init_from_env() and distributed.world_size() == world
+    assert distributed.rank() == process
+
+
+def one_step(
+    method: torch.nn.Module, loss_module: torch.nn.Module, views: torch.Tensor, labels: torch.Tensor
+) -> dict:
+    """Loss, parameter gradients, then one SGD step + after_step; returns everything to compare."""
+    loss = loss_module(views, labels)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
+    torch.optim.SGD(method.parameters(), lr=0.5).step()
+    method.after_step()
+    state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    return {"loss": loss.detach().clone(), "grads": grads, "state": state}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference between two dicts of tensors with the same keys."""
+    assert a.keys() == b.keys()
+    return max((float((a[k].double() - b[k].double()).abs().max()) for k in a), default=0.0)
+
+
+def sharded_step(method: torch.nn.Module, views: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``one_step`` as one torchrun process does it: this rank's shard of the global batch, under DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cecl.train import distributed
+
+    ddp = DistributedDataParallel(distributed.TrainingLoss(method))
+    local_views, local_labels = distributed.split_batch([views, labels])
+    return {**one_step(method, ddp, local_views, local_labels), "local_size": local_views.shape[0]}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import socket
 from collections import deque
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from cecl import losses
 from cecl.methods.base import Method
@@ -30,7 +27,7 @@ from cecl.methods.queue import MoCoV2, SupMoCo, info_nce_loss, moco_logits, supm
 from cecl.methods.siamese import BYOL, SimSiam
 from cecl.models import Encoder, ProjectionHead
 from cecl.train import distributed as dist_utils
-from tests.helpers import adam_steps
+from tests.helpers import adam_steps, free_port, join_process_group, max_diff, one_step, sharded_step
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -100,52 +97,16 @@ def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return views, labels
 
 
-def _one_step(method: Method, loss_module: nn.Module, views: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Loss, parameter gradients, then one SGD step + after_step; returns everything to compare."""
-    loss = loss_module(views, labels)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
-    torch.optim.SGD(method.parameters(), lr=0.5).step()
-    method.after_step()
-    state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-    return {"loss": loss.detach().clone(), "grads": grads, "state": state}
-
-
 def _worker(process: int, out_dir: str, port: int) -> None:
     """One torchrun-like process: init from env, shard the batch, DDP + gather, one step per case."""
-    os.environ.update(
-        RANK=str(process),
-        LOCAL_RANK=str(process),
-        WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    assert dist_utils.init_from_env()
-    assert dist_utils.is_distributed() and dist_utils.world_size() == WORLD
-    assert dist_utils.rank() == process
+    join_process_group(process, WORLD, port)
     results = {}
     try:
         for case, name, size in CASES:
-            method = _build(name)  # every method gathers the global batch itself
-            ddp = DistributedDataParallel(dist_utils.TrainingLoss(method))
-            views, labels = dist_utils.split_batch(list(_batch(size)))
-            results[case] = _one_step(method, ddp, views, labels)
-            results[case]["local_size"] = views.shape[0]
+            results[case] = sharded_step(_build(name), *_batch(size))  # each method gathers itself
     finally:
         dist_utils.cleanup()
     torch.save(results, Path(out_dir) / f"rank{process}.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((float((a[k].double() - b[k].double()).abs().max()) for k in a), default=0.0)
 
 
 # --------------------------------------------------------------------------- the two-process test
@@ -153,19 +114,19 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     report = []
     for case, name, size in CASES:
         method = _build(name)
-        reference = _one_step(method, dist_utils.TrainingLoss(method), *_batch(size))
+        reference = one_step(method, dist_utils.TrainingLoss(method), *_batch(size))
         sizes = [per_rank[r][case]["local_size"] for r in range(WORLD)]
         assert sum(sizes) == size
         for r in range(WORLD):
             got = per_rank[r][case]
             loss_diff = abs(float(got["loss"]) - float(reference["loss"]))
-            grad_diff = _max_diff(got["grads"], reference["grads"])
-            state_diff = _max_diff(got["state"], reference["state"])  # params, key nets, queue, pointer
+            grad_diff = max_diff(got["grads"], reference["grads"])
+            state_diff = max_diff(got["state"], reference["state"])  # params, key nets, queue, pointer
             report.append(
                 f"{case} rank {r}: loss {loss_diff:.1e}, grads {grad_diff:.1e}, state {state_diff:.1e}"
             )

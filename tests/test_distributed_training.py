@@ -9,8 +9,6 @@ DDP's gradient averaging, momentum updates and queues) must match one process wi
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from torch import nn
 
 from cecl.models import Encoder
 from cecl.train import distributed as dist_utils
-from tests.helpers import synthetic_split, tiny_params
+from tests.helpers import free_port, join_process_group, synthetic_split, tiny_params
 
 WORLD = 2
 # (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
@@ -60,15 +58,7 @@ def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
 
 
 def _worker(process: int, out_dir: str, port: int) -> None:
-    os.environ.update(
-        RANK=str(process),
-        LOCAL_RANK=str(process),
-        WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    assert dist_utils.init_from_env()
+    join_process_group(process, WORLD, port)
     out = Path(out_dir)
     try:
         results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
@@ -77,15 +67,9 @@ def _worker(process: int, out_dir: str, port: int) -> None:
     torch.save(results, out / f"rank{process}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
     for method, size in CASES:

@@ -65,6 +65,14 @@ def check_bool(name: str, value: bool) -> bool:
     return value
 
 
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """An int >= ``minimum`` (sizes, counts, iterations); bools and floats are rejected, not coerced."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return value
+
+
 def check_block_rows(block_rows: int | None) -> int | None:
     if block_rows is None:
         return None
@@ -73,23 +81,25 @@ def check_block_rows(block_rows: int | None) -> int | None:
     return block_rows
 
 
-def check_features(features: Tensor) -> tuple[int, int, int]:
-    """Validate ``features`` of shape [B, V, D]; returns (B, V, D)."""
+def check_features(features: Tensor, name: str = "features", last: str = "D") -> tuple[int, int, int]:
+    """Validate ``features`` of shape [B, V, D] (``name``/``last`` label other [B, V, K] inputs in the
+    messages, e.g. SwAV's prototype scores); returns (B, V, D)."""
+    shape = f"[B, V, {last}]"
     if not isinstance(features, Tensor):
-        raise ValueError(f"features must be a torch.Tensor of shape [B, V, D], got {type(features).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(features).__name__}")
     if features.dim() != 3:
-        raise ValueError(f"features must be 3-D [B, V, D], got shape {tuple(features.shape)}")
+        raise ValueError(f"{name} must be 3-D {shape}, got shape {tuple(features.shape)}")
     batch, n_views, dim = features.shape
     if batch < 1:
-        raise ValueError(f"features must hold at least one source image (B >= 1), got B={batch}")
+        raise ValueError(f"{name} must hold at least one source image (B >= 1), got B={batch}")
     if n_views < 2:
-        raise ValueError(f"features must hold at least 2 views per image (V >= 2), got V={n_views}")
+        raise ValueError(f"{name} must hold at least 2 views per image (V >= 2), got V={n_views}")
     if dim < 1:
-        raise ValueError(f"features must have a feature dimension D >= 1, got shape {tuple(features.shape)}")
+        raise ValueError(f"{name} must have a last dimension {last} >= 1, got shape {tuple(features.shape)}")
     if not features.is_floating_point():
-        raise ValueError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {features.dtype}")
     if not bool(torch.isfinite(features).all()):
-        raise ValueError("features contain non-finite values (NaN or inf)")
+        raise ValueError(f"{name} contain non-finite values (NaN or inf)")
     return batch, n_views, dim
 
 

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cecl.losses._common import autocast_disabled, check_positive, compute_dtype
+from cecl.losses._common import autocast_disabled, check_count, check_positive, compute_dtype
 from cecl.losses.supcon import SimCLRLoss
-from cecl.methods.queue import check_queue_size, fifo_slots
+from cecl.methods.queue import fifo_slots
 from cecl.methods.siamese import PredictorMethod, two_views
 from cecl.models import Encoder
 from cecl.train.distributed import gather_no_grad, gather_with_grad
@@ -92,7 +92,7 @@ class NNCLR(PredictorMethod):
         batch_norm: bool = True,
     ) -> None:
         temperature = check_positive("temperature", temperature)
-        check_queue_size(queue_size)
+        check_count("queue_size", queue_size)
         kw = {"proj_hidden": proj_hidden, "pred_hidden": pred_hidden, "batch_norm": batch_norm}
         super().__init__(encoder, proj_dim=proj_dim, **kw, output_norm=True)
         self.temperature = temperature

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cecl.losses._common import autocast_disabled, compute_dtype
+from cecl.losses._common import autocast_disabled, check_count, compute_dtype
 from cecl.methods.base import Method
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
-from cecl.models import Encoder
+from cecl.models import Encoder, head_output_dim
 from cecl.train.distributed import gather_no_grad, gather_with_grad
 
 
@@ -69,13 +69,6 @@ def supmoco_loss(
     return torch.logsumexp(logits, dim=1) - mean_positive
 
 
-def check_queue_size(queue_size: int) -> int:
-    """A queue / support-set length: a positive int (bools rejected)."""
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
-    return queue_size
-
-
 @torch.no_grad()
 def fifo_slots(queue_ptr: Tensor, count: int, size: int) -> tuple[Tensor, int]:
     """Ring-buffer slots for appending ``count`` rows to a FIFO of length ``size`` at ``queue_ptr``.
@@ -90,14 +83,6 @@ def fifo_slots(queue_ptr: Tensor, count: int, size: int) -> tuple[Tensor, int]:
     index = (start + torch.arange(kept, device=queue_ptr.device)) % size
     queue_ptr.fill_((ptr + count) % size)
     return index, kept
-
-
-def _output_dim(head: nn.Module) -> int:
-    """Output size of a head: the ``out_features`` of its last Linear layer."""
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("cannot infer the head's output size (no nn.Linear); pass key_dim")
-    return linears[-1].out_features
 
 
 class MomentumQueueMethod(Method):
@@ -124,13 +109,13 @@ class MomentumQueueMethod(Method):
         temperature = self.default_temperature if temperature is None else temperature
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        check_queue_size(queue_size)
+        check_count("queue_size", queue_size)
         self.head = head
         self.temperature = float(temperature)
         self.momentum = check_momentum(momentum)
         self.key_encoder = momentum_copy(encoder)
         self.key_head = momentum_copy(head)
-        dim = key_dim or _output_dim(head)
+        dim = key_dim or head_output_dim(head)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         if self.stores_labels:

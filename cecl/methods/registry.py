@@ -16,6 +16,7 @@ from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.nnclr import NNCLR
 from cecl.methods.queue import MoCoV2, SupMoCo
 from cecl.methods.siamese import BYOL, SimSiam
+from cecl.methods.swav import SwAV
 from cecl.models import ProjectionHead, build_encoder
 
 Builder = Callable[[Params, BaseModel, int], Method]
@@ -101,3 +102,13 @@ def _predictor_method(cls: type[Method], params: Params, options: BaseModel, _n_
 register("simsiam")(partial(_predictor_method, SimSiam))
 register("byol")(partial(_predictor_method, BYOL))
 register("nnclr")(partial(_predictor_method, NNCLR))
+
+
+@register("swav")
+def _swav(params: Params, options: BaseModel, _n_classes: int) -> Method:
+    """Encoder + projection head + prototypes; Sinkhorn codes, swapped prediction over all views."""
+    encoder = build_encoder(params.model.backbone, params.model.width)
+    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
+    return SwAV(
+        encoder, head, **options.model_dump(), n_views=params.pretrain.views, proj_dim=params.model.proj_dim
+    )

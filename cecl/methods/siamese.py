@@ -55,18 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cecl.losses._common import autocast_disabled, check_bool, compute_dtype
+from cecl.losses._common import autocast_disabled, check_bool, check_count, compute_dtype
 from cecl.methods.base import Method
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
 from cecl.models import Encoder, mlp_head
 from cecl.train.distributed import gather_with_grad
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """A layer width: a positive int (bools and floats rejected, not coerced)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def two_views(method: Method, views: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,9 +107,9 @@ class PredictorMethod(Method):
         output_norm: bool,
     ) -> None:
         super().__init__(encoder)
-        self.proj_dim = check_positive_int("proj_dim", proj_dim)
-        self.proj_hidden = check_positive_int("proj_hidden", proj_hidden)
-        self.pred_hidden = check_positive_int("pred_hidden", pred_hidden)
+        self.proj_dim = check_count("proj_dim", proj_dim)
+        self.proj_hidden = check_count("proj_hidden", proj_hidden)
+        self.pred_hidden = check_count("pred_hidden", pred_hidden)
         self.batch_norm = check_bool("batch_norm", batch_norm)
         norm = {"batch_norm": batch_norm}
         self.projector = mlp_head(encoder.feature_dim, proj_hidden, proj_dim, **norm, output_norm=output_norm)

@@ -38,3 +38,11 @@ def mlp_head(
     if batch_norm and output_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+def head_output_dim(head: nn.Module) -> int:
+    """Output size of a head: the ``out_features`` of its last Linear layer (queue and prototype sizes)."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("cannot infer the head's output size (no nn.Linear); pass its size explicitly")
+    return linears[-1].out_features
