@@ -25,14 +25,15 @@ from cecl.methods.contrastive import ContrastiveMethod
 from cecl.methods.nnclr import NNCLR
 from cecl.methods.queue import MoCoV2, SupMoCo, info_nce_loss, moco_logits, supmoco_loss
 from cecl.methods.siamese import BYOL, SimSiam
+from cecl.methods.swav import SwAV
 from cecl.models import Encoder, ProjectionHead
 from cecl.train import distributed as dist_utils
 from tests.helpers import adam_steps, free_port, join_process_group, max_diff, one_step, sharded_step
 
 WORLD = 2
 TOLERANCE = 1e-6
-# (case id, method, global batch size); batch 7 splits unevenly (4 + 3) across the two processes.
-CASES = (
+# (case id, method, global batch size[, views]); batch 7 splits unevenly (4 + 3) across the two processes.
+CASES: tuple[tuple, ...] = (
     ("cecl", "cecl", 8),
     ("supcon", "supcon", 8),
     ("simclr", "simclr", 8),
@@ -44,6 +45,8 @@ CASES = (
     ("nnclr", "nnclr", 8),
     ("byol_uneven", "byol", 7),
     ("nnclr_uneven", "nnclr", 7),
+    ("swav", "swav", 8),
+    ("swav_three_views_uneven", "swav", 7, 3),
 )
 
 
@@ -55,7 +58,7 @@ def _tiny_encoder() -> Encoder:
     return Encoder(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()), feature_dim=4)
 
 
-def _build(name: str) -> Method:
+def _build(name: str, n_views: int = 2) -> Method:
     """A deterministic float64 method; queue methods and NNCLR get a deterministic pre-filled queue."""
     torch.manual_seed(0)
     encoder, head = _tiny_encoder(), ProjectionHead(4, 6, 8)
@@ -85,14 +88,16 @@ def _build(name: str) -> Method:
         g = torch.Generator().manual_seed(1)
         method.support_set.copy_(F.normalize(torch.randn(12, 6, generator=g), dim=1))
         method.support_ptr.fill_(7)  # the global batch of 8 wraps around the end of the ring buffer
+    elif name == "swav":
+        method = SwAV(encoder, head, n_prototypes=5, temperature=0.5, n_views=n_views)
     else:
         method = ContrastiveMethod(encoder, head, losses.build(name, temperature=0.5))
     return method.double()
 
 
-def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(size: int, n_views: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
-    views = torch.rand(size, 2, 3, 5, 5, generator=g, dtype=torch.float64)
+    views = torch.rand(size, n_views, 3, 5, 5, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:size]
     return views, labels
 
@@ -102,8 +107,8 @@ def _worker(process: int, out_dir: str, port: int) -> None:
     join_process_group(process, WORLD, port)
     results = {}
     try:
-        for case, name, size in CASES:
-            results[case] = sharded_step(_build(name), *_batch(size))  # each method gathers itself
+        for case, name, size, *views in CASES:
+            results[case] = sharded_step(_build(name, *views), *_batch(size, *views))  # each gathers itself
     finally:
         dist_utils.cleanup()
     torch.save(results, Path(out_dir) / f"rank{process}.pt")
@@ -117,9 +122,9 @@ def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     report = []
-    for case, name, size in CASES:
-        method = _build(name)
-        reference = one_step(method, dist_utils.TrainingLoss(method), *_batch(size))
+    for case, name, size, *views in CASES:
+        method = _build(name, *views)
+        reference = one_step(method, dist_utils.TrainingLoss(method), *_batch(size, *views))
         sizes = [per_rank[r][case]["local_size"] for r in range(WORLD)]
         assert sum(sizes) == size
         for r in range(WORLD):

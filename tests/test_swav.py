@@ -1,17 +1,15 @@
 """SwAV: the loss (cecl.losses.swav) against lightly 1.6.0 (values and gradients, float64) and a slow loop
 reference written from the paper's Algorithm 1; properties (batch permutation, view symmetry, codes,
 equipartition, degenerate batches, bad inputs, autocast); the method (cecl.methods.swav): prototypes,
-training, and two gloo processes against one process on the concatenated batch."""
+training. The two-process exactness check of SwAV is with the others in tests/test_distributed.py."""
 
 from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,7 +17,6 @@ from cecl.losses.swav import SwaVLoss, sinkhorn_codes
 from cecl.methods.swav import SwAV
 from cecl.models import Encoder, ProjectionHead, small_cnn
 from cecl.train import distributed as dist_utils
-from tests.helpers import free_port, join_process_group, max_diff, one_step, sharded_step
 
 try:  # test-only dependency, installed with `pip install --no-deps lightly==1.6.0` (see requirements/dev.txt)
     from lightly import loss as lightly_loss
@@ -348,59 +345,3 @@ def test_method_rejects_the_wrong_number_of_views() -> None:
         method.training_loss(torch.rand(4, 3, 12, 12), torch.arange(4))
     with pytest.raises(ValueError, match=r"no nn\.Linear"):
         SwAV(_tiny_encoder(), nn.Identity())
-
-
-# --------------------------------------------------------------------------- two gloo processes
-
-WORLD = 2
-TOLERANCE = 1e-6
-# (case id, views per image, global batch size); batch 7 splits unevenly (4 + 3) across the processes.
-DIST_CASES = (("two_views", 2, 8), ("three_views_uneven", 3, 7))
-
-
-def _dist_method(n_views: int) -> SwAV:
-    torch.manual_seed(0)
-    method = SwAV(_tiny_encoder(), ProjectionHead(4, 6, 8), n_prototypes=5, temperature=0.5, n_views=n_views)
-    return method.double()
-
-
-def _dist_batch(n_views: int, size: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(2)
-    return torch.rand(size, n_views, 3, 5, 5, generator=g, dtype=torch.float64), torch.arange(size)
-
-
-def _worker(process: int, out_dir: str, port: int) -> None:
-    """One torchrun-like process: init from env, shard the batch, DDP + gathered loss, one step per case."""
-    join_process_group(process, WORLD, port)
-    results = {}
-    try:
-        for case, n_views, size in DIST_CASES:
-            results[case] = sharded_step(_dist_method(n_views), *_dist_batch(n_views, size))
-    finally:
-        dist_utils.cleanup()
-    torch.save(results, Path(out_dir) / f"rank{process}.pt")
-
-
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    report = []
-    for case, n_views, size in DIST_CASES:
-        method = _dist_method(n_views)
-        reference = one_step(method, dist_utils.TrainingLoss(method), *_dist_batch(n_views, size))
-        assert sum(per_rank[r][case]["local_size"] for r in range(WORLD)) == size
-        assert len(reference["grads"]) == len(list(method.parameters()))
-        for r in range(WORLD):
-            got = per_rank[r][case]
-            summary = (
-                f"{case} rank {r}: loss {abs(float(got['loss']) - float(reference['loss'])):.1e}, "
-                f"grads {max_diff(got['grads'], reference['grads']):.1e}, "
-                f"state {max_diff(got['state'], reference['state']):.1e}"
-            )
-            report.append(summary)
-            assert abs(float(got["loss"]) - float(reference["loss"])) <= TOLERANCE, summary
-            assert max_diff(got["grads"], reference["grads"]) <= TOLERANCE, summary
-            assert max_diff(got["state"], reference["state"]) <= TOLERANCE, summary
-            assert all(float(g.abs().max()) > 0 for g in got["grads"].values()), f"{case}: a zero gradient"
-    print("\n" + "\n".join(report))
