@@ -31,10 +31,8 @@ def _bn_free_encoder(_name: str, width: int = 4) -> Encoder:
 
 
 def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
-    import cecl.methods.registry as registry
     from cecl.train.loop import run_pretraining
 
-    registry.build_encoder = _bn_free_encoder  # type: ignore[assignment]
     params = tiny_params(
         pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
         method_options={"supmoco": {"queue_size": 48}},
@@ -59,6 +57,9 @@ def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
 
 def _worker(process: int, out_dir: str, port: int) -> None:
     join_process_group(process, WORLD, port)
+    import cecl.methods.registry as registry
+
+    registry.build_encoder = _bn_free_encoder  # type: ignore[assignment]  # this spawned process only
     out = Path(out_dir)
     try:
         results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
@@ -68,7 +69,10 @@ def _worker(process: int, out_dir: str, port: int) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path: Path) -> None:
+def test_two_processes_train_like_one_process_on_the_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cecl.methods.registry.build_encoder", _bn_free_encoder)
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
