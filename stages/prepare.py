@@ -1,27 +1,33 @@
-"""DVC stage prepare: build BiasedMNIST (ReBias construction) from real MNIST for every training rho.
+"""DVC stage prepare@{dataset}: build one dataset entry's store (splits + manifest) from its raw sources.
 
-Writes data/biased_mnist/{rho_*/train.npz, rho_*/val.npz, test.npz, manifest.json}; the MNIST
-arrays are verified by SHA-256 before use.
+Writes data/{dataset}/{train,val,test}.npz and manifest.json (n_classes, shape, counts, digests);
+the raw data is verified by checksum before use unless the entry says ``verify: false``.
 """
 
 from __future__ import annotations
 
-from cecl import paths
-from cecl.cli import run_stage
+from cecl import runs
+from cecl.cli import dataset_stage
 from cecl.config import load_params
-from cecl.data.biased_mnist import prepare_biased_mnist
 from cecl.tracking import stage_run
 
 
-def main() -> None:
+def main(dataset: str) -> None:
     params = load_params()
-    tags = {"dataset": "biased_mnist", "seed": params.data.seed, "device": "cpu"}
-    with stage_run("prepare", params.tracking.experiment, {"data": params.data.model_dump()}, tags) as run:
-        manifest = prepare_biased_mnist(params.data, paths.DATA_DIR)
-        for key, split in manifest["splits"].items():
-            run.log_metrics({f"{key}.count": split["count"], f"{key}.agreement": split["agreement"]})
-        run.log_artifact(paths.DATA_DIR / "manifest.json")
+    spec = params.spec(dataset)
+    if not spec.options.verify:
+        print(f"warning: prepare@{dataset}: verify is false: the raw data is NOT checked (recorded in the manifest)")
+    tags = {"dataset": dataset, "family": spec.family, "data_verified": spec.options.verify, "device": "cpu"}
+    logged = {"dataset": spec.options.model_dump(mode="json")}
+    with stage_run(runs.prepare_stage(dataset), params.tracking.experiment, logged, tags) as run:
+        out = runs.data_dir(dataset)
+        print(f"[prepare@{dataset}] building {spec.describe()}", flush=True)
+        manifest = spec.prepare(out)
+        for name, split in manifest["splits"].items():
+            run.log_metrics({f"{name}.count": split["count"]})
+            print(f"[prepare@{dataset}] {name}: {split['count']} images", flush=True)
+        run.log_artifact(out / "manifest.json")
 
 
 if __name__ == "__main__":
-    run_stage("prepare", main)
+    dataset_stage("prepare", __doc__.splitlines()[0], main)

@@ -1,12 +1,13 @@
-"""DVC stage pretrain@{rho}-{method}: pretrain one method on one BiasedMNIST training rho.
+"""DVC stage pretrain@{dataset}-{method}-{seed}: pretrain one method on one dataset entry with one seed.
 
-Writes models/rho_{rho}/{method}/{encoder.pt, history.csv}. Checkpoints every epoch under
-checkpoints/ (outside DVC's outputs) and resumes from them when run again after an interruption.
+Writes models/{dataset}/{method}/seed_{seed}/{encoder.pt, history.csv, run.json}. Checkpoints every
+epoch under checkpoints/ (outside DVC's outputs) and resumes from them when run again after an
+interruption.
 
 Multi-process: with ``pretrain.processes: N > 1`` the stage relaunches itself under torchrun with N
 processes on this host (one per GPU, nccl; gloo on CPU). It also runs when launched by torchrun directly,
-e.g. ``torchrun --nproc-per-node 8 -m stages.pretrain --rho 0.99 --method cecl``. Rank 0 alone logs to
-MLflow and writes the outputs.
+e.g. ``torchrun --nproc-per-node 8 -m stages.pretrain --dataset bmnist_0.95 --method cecl --seed 0``.
+Rank 0 alone logs to MLflow and writes the outputs.
 """
 
 from __future__ import annotations
@@ -17,72 +18,67 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, fields
 
 import torch
 
-from cecl import paths
-from cecl.cli import rho_method_stage
-from cecl.config import Params, load_params
-from cecl.io import atomic_dir
-from cecl.pipeline import check_rho_method, encoder_payload, load_splits, pretrain_fingerprint, run_tags
-from cecl.tracking import RunLogger, stage_run
-from cecl.train import distributed
+from cecl import distributed
+from cecl.cli import run_key_stage
+from cecl.config import load_params
+from cecl.io import atomic_dir, write_json
+from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags
+from cecl.runs import ENCODER_FILE, HISTORY_FILE, RUN_FILE, RunKey
+from cecl.tracking import NoRun, RunLogger, stage_run
 from cecl.train.device import resolve_device
-from cecl.train.loop import EpochRecord, run_pretraining
+from cecl.train.loop import run_pretraining
 
 
-class _NoRun:
-    """Stands in for the MLflow run on ranks other than 0, which log nothing."""
-
-    def log_metrics(self, *_args: object, **_kwargs: object) -> None: ...
-
-    def log_artifact(self, *_args: object, **_kwargs: object) -> None: ...
-
-
-def launch_processes(params: Params, rho: float, method: str) -> int:
+def launch_processes(setup: RunSetup, device_name: str) -> int:
     """Run this stage under torchrun with ``pretrain.processes`` processes; returns the exit status."""
-    processes = params.pretrain.processes
-    device = resolve_device(params.device)
+    processes = setup.recipe.pretrain.processes
+    device = resolve_device(device_name)
     if device.type == "cuda" and torch.cuda.device_count() < processes:
         raise ValueError(
             f"pretrain.processes is {processes} but this host has {torch.cuda.device_count()} GPU(s)"
         )
+    key = setup.key
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-        "-m", "stages.pretrain", "--rho", str(rho), "--method", method,
+        "-m", "stages.pretrain", "--dataset", key.dataset, "--method", key.method, "--seed", str(key.seed),
     ]  # fmt: skip
     return subprocess.run(command, check=False).returncode
 
 
 @contextlib.contextmanager
-def _tracked(params: Params, rho: float, method: str, device: torch.device) -> Iterator[RunLogger | _NoRun]:
+def _tracked(setup: RunSetup, experiment: str, device: torch.device) -> Iterator[RunLogger]:
     """The stage's MLflow run on rank 0; a silent stand-in on the other ranks."""
     if not distributed.is_main_process():
-        yield _NoRun()
+        yield NoRun()
         return
-    tags = {**run_tags(params, rho, method, device), "world_size": distributed.world_size()}
-    logged = params.model_dump(include={"device", "model", "augment", "pretrain"})
-    logged["method_options"] = getattr(params.method_options, method).model_dump()
-    name = paths.stage_name("pretrain", rho, method)
-    with stage_run(name, params.tracking.experiment, logged, tags) as run:
+    tags = {**run_tags(setup.key, setup.spec, device), "world_size": distributed.world_size()}
+    logged = {
+        "device": setup.device,
+        "model": setup.recipe.model.model_dump(),
+        "augment": setup.recipe.augment.model_dump(),
+        "pretrain": setup.recipe.pretrain.model_dump(exclude={"methods", "datasets"}),
+        "method_options": setup.options.model_dump(),
+    }
+    with stage_run(setup.key.stage("pretrain"), experiment, logged, tags) as run:
         yield run
 
 
-def train(params: Params, rho: float, method: str) -> None:
+def train(setup: RunSetup, experiment: str, device_name: str) -> None:
     """Pretrain in this process (one of the torchrun processes, or the only one)."""
-    device = distributed.device_for_rank(resolve_device(params.device))
-    splits = load_splits(rho, device)
-    with _tracked(params, rho, method, device) as run:
-        ckpt = paths.checkpoint_path(rho, method)
-        method_obj, history = run_pretraining(
-            params,
-            method,
-            splits.train,
-            splits.val,
+    device = distributed.device_for_rank(resolve_device(device_name))
+    splits = load_splits(setup.spec, device, ("train", "val"))
+    key = setup.key
+    with _tracked(setup, experiment, device) as run:
+        method, history = run_pretraining(
+            setup,
+            splits["train"],
+            splits["val"],
             device,
-            fingerprint=pretrain_fingerprint(params, method, rho),
-            checkpoint_path=ckpt,
+            fingerprint=setup.fingerprint(),
+            checkpoint_path=key.checkpoint,
             on_epoch=lambda r: run.log_metrics(
                 {
                     "train_loss": r.train_loss,
@@ -95,31 +91,33 @@ def train(params: Params, rho: float, method: str) -> None:
         )
         if not distributed.is_main_process():
             return
-        out = paths.model_dir(rho, method)
-        with atomic_dir(out) as tmp:
-            torch.save(encoder_payload(params, method_obj.encoder), tmp / "encoder.pt")
-            with (tmp / "history.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochRecord)])
+        with atomic_dir(key.model_dir) as tmp:
+            torch.save(method.encoder.payload(), tmp / ENCODER_FILE)
+            with (tmp / HISTORY_FILE).open("w", newline="") as handle:
+                rows = [r.history_row() for r in history]
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
-                writer.writerows(asdict(r) for r in history)
-        run.log_artifact(out / "history.csv")
-        ckpt.unlink(missing_ok=True)
+                writer.writerows(rows)
+            write_json(tmp / RUN_FILE, run.reference(key.stage("pretrain")))
+        run.log_artifact(key.model_dir / HISTORY_FILE)
+        key.checkpoint.unlink(missing_ok=True)
 
 
-def main(rho: float, method: str) -> None:
+def main(key: RunKey) -> None:
     params = load_params()
-    check_rho_method(params, rho, method)
-    if params.pretrain.processes > 1 and "WORLD_SIZE" not in os.environ:
-        status = launch_processes(params, rho, method)
+    params.check_run(key)
+    setup = run_setup(params, key)
+    if setup.recipe.pretrain.processes > 1 and "WORLD_SIZE" not in os.environ:
+        status = launch_processes(setup, params.device)
         if status != 0:
             sys.exit(status)
         return
     distributed.init_from_env()
     try:
-        train(params, rho, method)
+        train(setup, params.tracking.experiment, params.device)
     finally:
         distributed.cleanup()
 
 
 if __name__ == "__main__":
-    rho_method_stage("pretrain", __doc__.splitlines()[0], main)
+    run_key_stage("pretrain", __doc__.splitlines()[0], main)

@@ -66,7 +66,7 @@ def free_port() -> int:
 
 def join_process_group(process: int, world: int, port: int) -> None:
     """Set the environment torchrun would set for ``process`` and join the gloo group (one thread each)."""
-    from cecl.train import distributed
+    from cecl import distributed
 
     os.environ.update(
         RANK=str(process),
@@ -103,7 +103,7 @@ def sharded_step(method: torch.nn.Module, views: torch.Tensor, labels: torch.Ten
     """``one_step`` as one torchrun process does it: this rank's shard of the global batch, under DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from cecl.train import distributed
+    from cecl import distributed
 
     ddp = DistributedDataParallel(distributed.TrainingLoss(method))
     local_views, local_labels = distributed.split_batch([views, labels])

@@ -26,7 +26,7 @@ from cecl.data.biased_mnist import (
     split_path,
     train_val_indices,
 )
-from cecl.data.mnist_source import MnistArrays, load_mnist
+from cecl.datasets.sources.mnist import MnistArrays, load_mnist
 
 RHOS = [0.99, 0.997]
 

@@ -27,7 +27,7 @@ from cecl.methods.queue import MoCoV2, SupMoCo, info_nce_loss, moco_logits, supm
 from cecl.methods.siamese import BYOL, SimSiam
 from cecl.methods.swav import SwAV
 from cecl.models import Encoder, ProjectionHead
-from cecl.train import distributed as dist_utils
+from cecl import distributed as dist_utils
 from tests.helpers import adam_steps, free_port, join_process_group, max_diff, one_step, sharded_step
 
 WORLD = 2

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from cecl.models import Encoder
-from cecl.train import distributed as dist_utils
+from cecl import distributed as dist_utils
 from tests.helpers import free_port, join_process_group, synthetic_split, tiny_params
 
 WORLD = 2

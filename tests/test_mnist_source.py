@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cecl.data import mnist_source
-from cecl.data.mnist_source import (
+from cecl.datasets.sources.mnist import (
     MNIST_SHA256,
     DataIntegrityError,
     MnistArrays,

@@ -1,301 +1,636 @@
-"""Report stage pieces on a synthetic probe/ + models/ tree: collect, tables, plots, claims, report.md."""
+"""The report package on synthetic run folders written in the stages' file format (cecl/runs.py layout).
+
+Two dataset entries (BiasedMNIST group_bias, Fashion-MNIST classification) x four methods x three
+seeds, plus one transfer pair; every expected number is computed independently of cecl.report.stats
+(scipy.stats.t.interval, scipy.stats.ttest_ind, numpy, or by hand).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
-import shutil
-import subprocess
-import sys
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
-from cecl.report import (
-    claims_markdown,
-    collect_histories,
-    collect_probe_metrics,
-    plot_convergence,
-    write_all,
-    write_convergence_csv,
-    write_report,
-    write_tables,
-)
+from cecl.report import build_report
+from cecl.report.stats import direction, format_summary, summarize, welch
+from cecl.report.tables import epochs_to_fraction
+from cecl.runs import RunKey, TransferKey
 
-REPO = Path(__file__).resolve().parent.parent
-RHOS = [0.99, 0.997]
-METHODS = ["ce", "simclr", "supcon", "cecl"]
-# (unbiased, conflicting, validation-selected test accuracy, official test accuracy) per (method, rho).
-VALUES = {
-    ("ce", 0.99): (0.4012, 0.3456, 0.4100, 0.4300),
-    ("ce", 0.997): (0.3011, 0.2522, 0.3100, 0.3300),
-    ("simclr", 0.99): (0.5534, 0.5011, 0.5600, 0.5800),
-    ("simclr", 0.997): (0.4466, 0.4023, 0.4500, 0.4700),
-    ("supcon", 0.99): (0.6123, 0.5789, 0.6200, 0.6400),
-    ("supcon", 0.997): (0.5000, 0.4444, 0.5100, 0.5300),
-    ("cecl", 0.99): (0.8123, 0.7891, 0.8200, 0.8400),
-    ("cecl", 0.997): (0.4500, 0.4010, 0.4600, 0.4800),  # below SupCon at 0.997
+BMNIST, FMNIST = "bmnist_0.95", "fmnist"
+TRANSFER = "transfer"  # BASE key of the transfer runs' values (BiasedMNIST encoder probed on fmnist)
+FAMILY = {BMNIST: "biased_mnist", FMNIST: "fashion_mnist"}
+EVALUATOR = {BMNIST: "group_bias", FMNIST: "classification"}
+METHODS = ("ce", "simclr", "supcon", "cecl")
+SEEDS = (0, 1, 2)
+NOTES = {BMNIST: "BiasedMNIST rho 0.95, 10 000 training images", FMNIST: "Fashion-MNIST, 60 000 images"}
+VAL_DESCRIPTION = "held-out training images recoloured at rho 0.1 (unbiased)"
+
+# Headline metric (unbiased accuracy for BiasedMNIST, top-1 otherwise) per (dataset, method): a base
+# plus per-seed offsets. BiasedMNIST: CECL clearly above SupCon (+20 points), clearly below SimCLR
+# (-10 points), overlapping cross-entropy (+1 point, large seed spread).
+BASE = {
+    (BMNIST, "cecl"): (0.80, (0.010, -0.010, 0.004)),
+    (BMNIST, "supcon"): (0.60, (0.008, -0.006, 0.000)),
+    (BMNIST, "simclr"): (0.90, (0.005, -0.005, 0.002)),
+    (BMNIST, "ce"): (0.79, (0.060, -0.060, 0.030)),
+    (FMNIST, "cecl"): (0.91, (0.002, -0.003, 0.001)),
+    (FMNIST, "supcon"): (0.90, (0.001, 0.002, -0.002)),
+    (FMNIST, "simclr"): (0.88, (0.004, -0.001, 0.000)),
+    (FMNIST, "ce"): (0.89, (0.003, 0.000, -0.002)),
+    (TRANSFER, "cecl"): (0.70, (0.010, 0.000, -0.010)),
+    (TRANSFER, "supcon"): (0.68, (0.005, -0.005, 0.000)),
+    (TRANSFER, "simclr"): (0.65, (0.002, 0.003, -0.004)),
+    (TRANSFER, "ce"): (0.66, (0.000, 0.001, -0.001)),
 }
-EPOCHS = 3
+EPOCHS = 4
+# Online-probe curves: final 0.80, so 90% = 0.72 and 95% = 0.76 of the final accuracy.
+SLOW_CURVE = (0.50, 0.60, 0.75, 0.80)  # 90% at epoch 3, 95% at epoch 4
+FAST_CURVE = (0.50, 0.72, 0.78, 0.80)  # 90% at epoch 2 (exactly 0.72), 95% at epoch 3
 
 
-def _write_tree(root: Path, values: dict[tuple[str, float], tuple[float, ...]] = VALUES) -> tuple[Path, Path]:
-    """probe/rho_*/*/metrics.json and models/rho_*/*/history.csv as the probe/pretrain stages write them."""
-    for i, ((method, rho), (unbiased, conflicting, test_acc, official)) in enumerate(values.items()):
-        probe = root / "probe" / f"rho_{rho:g}" / method
-        probe.mkdir(parents=True)
-        payload = {
-            "method": method,
-            "rho": rho,
-            "seed": 0,
-            "selected_epoch": 2,
-            "val_accuracy": 0.9,
-            "test": {
-                "accuracy": test_acc,
-                "unbiased_accuracy": unbiased,
-                "aligned_accuracy": 0.99,
-                "conflicting_accuracy": conflicting,
-                "n_groups": 100,
-                "n_aligned": 1000,
-                "n_conflicting": 9000,
-            },
-            "official_protocol": {"test_accuracy": official, "epoch": 3},
-            "config": {"temperature": 0.1},
+def headline(dataset: str, method: str, seed: int) -> float:
+    base, offsets = BASE[(dataset, method)]
+    return base + offsets[seed]
+
+
+def curve(dataset: str, method: str, seed: int) -> tuple[float, ...]:
+    return FAST_CURVE if method == "cecl" and seed in (0, 1) else SLOW_CURVE
+
+
+def run_id(stage: str) -> str:
+    """A fake MLflow run id, unique per stage."""
+    return "r" + re.sub(r"[^0-9a-z]", "", stage.lower())
+
+
+def _test_block(dataset: str, value: float) -> dict[str, float]:
+    if EVALUATOR[dataset] == "group_bias":
+        return {
+            "accuracy": value + 0.01,
+            "unbiased_accuracy": value,
+            "aligned_accuracy": 0.99,
+            "conflicting_accuracy": value - 0.05,
         }
-        (probe / "metrics.json").write_text(json.dumps(payload))
-        models = root / "models" / f"rho_{rho:g}" / method
-        models.mkdir(parents=True)
-        history = pd.DataFrame(
-            {
-                "epoch": range(1, EPOCHS + 1),
-                "train_loss": [2.0 / e for e in range(1, EPOCHS + 1)],
-                "online_probe_val_accuracy": [0.3 + 0.1 * e + 0.01 * i for e in range(1, EPOCHS + 1)],
-                "seconds": 1.0,
-            }
-        )
-        history.to_csv(models / "history.csv", index=False)
-    return root / "probe", root / "models"
+    return {"accuracy": value, "mean_per_class_accuracy": value - 0.003, "top5_accuracy": 0.99}
 
 
-@pytest.fixture
-def frames(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    probe_root, models_root = _write_tree(tmp_path)
-    return collect_probe_metrics(probe_root, RHOS, METHODS), collect_histories(models_root, RHOS, METHODS)
+def _metrics(run: dict, dataset: str, value: float) -> dict:
+    return {
+        "run": run,
+        "evaluator": EVALUATOR[dataset],
+        "protocol": "linear_probe",
+        "selected_on": "val",
+        "val_description": VAL_DESCRIPTION,
+        "selected_epoch": 7,
+        "val_accuracy": value + 0.005,
+        "test": _test_block(dataset, value),
+        "official_protocol": {"test_accuracy": value + 0.02, "epoch": 9},
+        "config": {"temperature": 0.1, "weight": 0.5} if run["method"] == "cecl" else {"temperature": 0.1},
+    }
 
 
-def _markdown_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
+def write_run(root: Path, key: RunKey, value: Callable = headline, curve_of: Callable = curve) -> None:
+    """models/<...>/history.csv + run.json and probe/<...>/metrics.json, as the stages write them."""
+    model_dir, probe_dir = root / key.model_dir, root / key.probe_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    accuracies = curve_of(key.dataset, key.method, key.seed)
+    pd.DataFrame(
+        {
+            "epoch": range(1, len(accuracies) + 1),
+            "train_loss": [2.0 / e for e in range(1, len(accuracies) + 1)],
+            "online_probe_val_accuracy": accuracies,
+            "lr": 0.5,
+        }
+    ).to_csv(model_dir / "history.csv", index=False)
+    pretrain = key.stage("pretrain")
+    (model_dir / "run.json").write_text(
+        json.dumps({"stage": pretrain, "mlflow_run_id": run_id(pretrain), "mlflow_experiment_id": "7"})
+    )
+    stage = key.stage("probe")
+    run = {
+        "stage": stage,
+        "kind": "probe",
+        "dataset": key.dataset,
+        "family": FAMILY[key.dataset],
+        "source": None,
+        "method": key.method,
+        "seed": key.seed,
+        "mlflow_run_id": run_id(stage),
+        "mlflow_experiment_id": "7",
+        "pretrain_stage": pretrain,
+        "pretrain_mlflow_run_id": run_id(pretrain),
+    }
+    metrics = _metrics(run, key.dataset, value(key.dataset, key.method, key.seed))
+    (probe_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def write_transfer(root: Path, key: TransferKey) -> None:
+    out = root / key.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stage = key.stage()
+    run = {
+        "stage": stage,
+        "kind": "transfer",
+        "dataset": key.target,
+        "family": FAMILY[key.target],
+        "source": key.source,
+        "method": key.method,
+        "seed": key.seed,
+        "mlflow_run_id": run_id(stage),
+        "mlflow_experiment_id": "8",
+        "pretrain_stage": key.pretrained.stage("pretrain"),
+        "pretrain_mlflow_run_id": run_id(key.pretrained.stage("pretrain")),
+    }
+    metrics = _metrics(run, key.target, headline(TRANSFER, key.method, key.seed))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def make_tree(
+    root: Path,
+    datasets=(BMNIST, FMNIST),
+    methods=METHODS,
+    seeds=SEEDS,
+    transfer: bool = True,
+    value: Callable = headline,
+) -> tuple[list[RunKey], list[TransferKey]]:
+    runs = [RunKey(d, m, s) for d in datasets for m in methods for s in seeds]
+    for key in runs:
+        write_run(root, key, value)
+    # The target is also a probed entry: its probe columns must not take the transfer rows.
+    transfers = [TransferKey(BMNIST, FMNIST, m, s) for m in methods for s in seeds] if transfer else []
+    for key in transfers:
+        write_transfer(root, key)
+    return runs, transfers
+
+
+LOCK_MD5 = "0123456789abcdef0123456789abcdef.dir"
+
+
+def write_lock(root: Path, runs: list[RunKey]) -> None:
+    """dvc.lock with entries for the first run's pretrain and probe stages only."""
+    key = runs[0]
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            key.stage("pretrain"): {
+                "cmd": "python -m stages.pretrain",
+                "outs": [{"path": key.model_dir.as_posix(), "hash": "md5", "md5": LOCK_MD5, "size": 1}],
+            },
+            key.stage("probe"): {
+                "cmd": "python -m stages.probe",
+                "outs": [{"path": key.probe_dir.as_posix(), "hash": "md5", "md5": "feedbeef" * 4 + ".dir"}],
+            },
+        },
+    }
+    import yaml
+
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> tuple[Path, dict[str, Path], list[RunKey]]:
+    root = tmp_path_factory.mktemp("project")
+    runs, transfers = make_tree(root)
+    write_lock(root, runs)
+    paths = build_report(
+        runs,
+        transfers,
+        root,
+        root / "reports",
+        extra_sections=["## Sweep\n\nsweep goes here"],
+        mlflow_ui="http://mlflow.example:5000/",
+        dataset_notes=NOTES,
+    )
+    return root, paths, runs
+
+
+def markdown_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
     """Header cells and {first cell: cells} of the first pipe table in text."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     return cells[0], {row[0]: row for row in cells[2:]}
 
 
-def test_collect_frames(frames) -> None:
-    probe, hist = frames
-    assert list(zip(probe["method"], probe["rho"], strict=True)) == [(m, r) for m in METHODS for r in RHOS]
-    assert probe.loc[probe["method"] == "cecl", "test.unbiased_accuracy"].tolist() == [0.8123, 0.45]
-    assert list(hist.columns) == ["rho", "method", "epoch", "train_loss", "online_probe_val_accuracy"]
-    assert len(hist) == len(METHODS) * len(RHOS) * EPOCHS
+def reference_cell(values: list[float], scale: float = 100.0) -> str:
+    """mean ± half-width of scipy's Student-t 95% interval, formatted like the tables."""
+    mean = float(np.mean(values))
+    low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=mean, scale=scipy_stats.sem(values))
+    return f"{scale * mean:.1f} ± {scale * (high - low) / 2:.1f} (n={len(values)})"
 
 
-@pytest.mark.parametrize(
-    ("kind", "stage"), [("probe", "probe@0.997-supcon"), ("models", "pretrain@0.997-supcon")]
-)
-def test_missing_file_is_named(tmp_path: Path, kind: str, stage: str) -> None:
-    probe_root, models_root = _write_tree(tmp_path)
-    name = "metrics.json" if kind == "probe" else "history.csv"
-    missing = tmp_path / kind / "rho_0.997" / "supcon" / name
-    missing.unlink()
-    collect = collect_probe_metrics if kind == "probe" else collect_histories
-    root = probe_root if kind == "probe" else models_root
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))) as info:
-        collect(root, RHOS, METHODS)
-    assert stage in str(info.value)
+def seeds_of(dataset: str, method: str, fn: Callable = headline) -> list[float]:
+    return [fn(dataset, method, s) for s in SEEDS]
 
 
-def test_mismatched_metrics_file_is_rejected(tmp_path: Path) -> None:
-    probe_root, _ = _write_tree(tmp_path)
-    path = probe_root / "rho_0.99" / "ce" / "metrics.json"
-    path.write_text(path.read_text().replace('"method": "ce"', '"method": "cecl"'))
-    with pytest.raises(ValueError, match=re.escape("expected ce 0.99")):
-        collect_probe_metrics(probe_root, RHOS, METHODS)
+# -- statistics against independent references --------------------------------------------------------
 
 
-def test_tables(frames, tmp_path: Path) -> None:
-    probe, _ = frames
-    paths = write_tables(probe, tmp_path / "reports")
-    header, rows = _markdown_rows(paths["markdown"].read_text())
-    assert header == [
-        "method",
-        "ρ=0.99 unbiased",
-        "ρ=0.99 conflicting",
-        "ρ=0.997 unbiased",
-        "ρ=0.997 conflicting",
-    ]
-    assert list(rows) == METHODS
-    assert rows["cecl"][1:] == ["81.2", "78.9", "45.0", "40.1"]
-    assert rows["supcon"][1:] == ["61.2", "57.9", "50.0", "44.4"]
+def test_summary_matches_scipy_t_interval() -> None:
+    values = [0.81, 0.79, 0.804, 0.77]
+    summary = summarize(values)
+    low, high = scipy_stats.t.interval(0.95, 3, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert summary.mean == pytest.approx(np.mean(values))
+    assert summary.std == pytest.approx(np.std(values, ddof=1))
+    assert summary.ci95 == pytest.approx((high - low) / 2, rel=1e-12)
+    single = summarize([0.912])
+    assert single.n == 1 and math.isnan(single.ci95) and math.isnan(single.std)
+    assert format_summary(single) == "91.2 (n=1)"
+    assert format_summary(summarize([])) == "n/a"
 
-    header, rows = _markdown_rows(paths["official_markdown"].read_text())
+
+def test_welch_matches_scipy_and_hand_computed_df() -> None:
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0]
+    d = welch(a, b)
+    # s_a² = 5/3, s_b² = 4: df = (5/12 + 4/3)² / ((5/12)²/3 + (4/3)²/2) = 1323/409 by hand.
+    hand_df = Fraction(5, 12) + Fraction(4, 3)
+    hand_df = hand_df**2 / (Fraction(5, 12) ** 2 / 3 + Fraction(4, 3) ** 2 / 2)
+    assert hand_df == Fraction(1323, 409)
+    assert d.df == pytest.approx(float(hand_df), rel=1e-12)
+    reference = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert d.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+    assert d.diff == pytest.approx(2.5 - 4.0)
+    se = math.sqrt(5 / 3 / 4 + 4 / 3)
+    half = scipy_stats.t.ppf(0.975, float(hand_df)) * se
+    assert (d.ci_low, d.ci_high) == pytest.approx((-1.5 - half, -1.5 + half), rel=1e-12)
+    assert direction(d) == "not resolved at this n"
+    assert direction(welch([5.0, 5.1, 4.9], [1.0, 1.1, 0.9])) == "reproduces"
+    assert (
+        direction(welch([5.0, 5.1, 4.9], [1.0, 1.1, 0.9]), higher_is_better=False) == "contradicts the paper"
+    )
+    one = welch([5.0], [1.0, 1.1])
+    assert not one.testable and math.isnan(one.ci_low) and math.isnan(one.p_value)
+    assert direction(one) == "not resolved at this n"
+
+
+def test_epochs_to_fraction_on_hand_made_curve() -> None:
+    # 0.9 * 0.80 is 0.7200000000000001 in floats: an epoch at exactly 0.72 still counts.
+    assert epochs_to_fraction([1, 2, 3, 4], FAST_CURVE, 0.90) == 2
+    assert epochs_to_fraction([1, 2, 3, 4], FAST_CURVE, 0.95) == 3
+    assert epochs_to_fraction([1, 2, 3, 4], SLOW_CURVE, 0.90) == 3
+    assert epochs_to_fraction([1, 2, 3, 4], SLOW_CURVE, 0.95) == 4
+    # The final (last-epoch) accuracy, not the peak: a dip at the end lowers the target.
+    assert epochs_to_fraction([3, 1, 2], [0.5, 0.2, 0.9], 0.95) == 2
+
+
+# -- tables --------------------------------------------------------------------------------------------
+
+
+def test_written_files(full) -> None:
+    _, paths, _ = full
+    tables = {
+        "classification": ("md", "csv", "tex"),
+        "bias": ("md", "csv", "tex"),
+        "transfer": ("md", "csv", "tex"),
+        "official": ("md", "tex"),
+        "convergence": ("md", "csv"),
+    }
+    expected = {f"table_{name}_{ext}" for name, exts in tables.items() for ext in exts}
+    expected |= {"convergence_png", "convergence_csv", "claims", "provenance", "report"}
+    assert set(paths) == expected
+    assert all(path.is_file() for path in paths.values())
+    assert {
+        kind: path.name.replace(".", "_") for kind, path in paths.items() if kind.startswith("table")
+    } == {kind: kind for kind in expected if kind.startswith("table")}
+    assert paths["convergence_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["table_official_md"].name == "table_official.md"
+
+
+def test_cells_are_mean_and_student_t_interval(full) -> None:
+    _, paths, _ = full
+    header, rows = markdown_rows(paths["table_bias_md"].read_text())
+    assert header == ["method", f"{BMNIST} unbiased", f"{BMNIST} conflicting"]
+    assert list(rows) == list(METHODS)
+    for method in METHODS:
+        unbiased = seeds_of(BMNIST, method)
+        assert rows[method][1] == reference_cell(unbiased)
+        assert rows[method][2] == reference_cell([v - 0.05 for v in unbiased])
+
+    header, rows = markdown_rows(paths["table_classification_md"].read_text())
+    assert header == ["method", f"{FMNIST} top-1"]
+    assert rows["cecl"][1] == reference_cell(seeds_of(FMNIST, "cecl")) == "91.0 ± 0.7 (n=3)"
+
+    header, rows = markdown_rows(paths["table_transfer_md"].read_text())
+    assert header == ["method", f"{BMNIST}→{FMNIST} top-1", f"{BMNIST}→{FMNIST} mean per-class"]
+    assert rows["supcon"][1] == reference_cell(seeds_of(TRANSFER, "supcon"))
+    assert rows["supcon"][2] == reference_cell([v - 0.003 for v in seeds_of(TRANSFER, "supcon")])
+
+    text = paths["table_official_md"].read_text()
+    assert "official protocol (test-selected, optimistic)" in text
+    header, rows = markdown_rows(text)
     assert header[1:3] == [
-        "ρ=0.99 validation-selected",
-        "ρ=0.99 official protocol (test-selected, optimistic)",
+        f"{BMNIST} validation-selected",
+        f"{BMNIST} official protocol (test-selected, optimistic)",
     ]
-    assert rows["simclr"][1:] == ["56.0", "58.0", "45.0", "47.0"]
-
-    csv = pd.read_csv(paths["csv"])
-    assert len(csv) == len(VALUES)
-    for row in csv.itertuples():
-        unbiased, conflicting, test_acc, official = VALUES[(row.method, row.rho)]
-        assert (row.unbiased_accuracy, row.conflicting_accuracy) == (unbiased, conflicting)  # full precision
-        assert (row.test_accuracy, row.official_test_accuracy) == (test_acc, official)
-
-    latex = paths["latex"].read_text()
-    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\multicolumn{2}{c}{$\\rho=0.997$}"):
-        assert rule in latex
-    assert "cecl & 81.2 & 78.9 & 45.0 & 40.1 \\\\" in latex
-    assert all(f"\n{m} & " in latex for m in METHODS)
-    assert "official protocol (test-selected, optimistic)" in paths["official_latex"].read_text()
+    assert rows["ce"][1] == reference_cell([v + 0.01 for v in seeds_of(BMNIST, "ce")])
+    assert rows["ce"][2] == reference_cell([v + 0.02 for v in seeds_of(BMNIST, "ce")])
+    # transfer columns come last and take the transfer rows, not fmnist's probe rows
+    assert header[-1] == f"{BMNIST}→{FMNIST} official protocol (test-selected, optimistic)"
+    assert rows["cecl"][-1] == reference_cell([v + 0.02 for v in seeds_of(TRANSFER, "cecl")])
 
 
-def test_plots(frames, tmp_path: Path) -> None:
-    _, hist = frames
-    png = plot_convergence(hist, tmp_path / "convergence.png")
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
-    conv = pd.read_csv(write_convergence_csv(hist, tmp_path / "convergence.csv"))
-    assert list(conv.columns) == ["epoch", "online_probe_val_accuracy", "method", "rho", "series"]
-    assert len(conv) == len(hist)
-    assert set(conv["series"]) == {f"{m} (rho={r:g})" for m in METHODS for r in RHOS}
+def test_captions(full) -> None:
+    _, paths, _ = full
+    text = paths["table_bias_md"].read_text()
+    assert "95% confidence half-width" in text
+    assert "[provenance.md](../provenance.md)" in text  # the table file lives in reports/tables/
+    assert paths["table_bias_md"].parent.name == "tables"
+    assert NOTES[BMNIST] in text and "`linear_probe`" in text
+    assert "n=1 cells have no interval" not in text  # every cell has three seeds
 
 
-def test_dvc_template_colours_by_series(frames, tmp_path: Path) -> None:
-    """The custom template renders with dvc-render (as `dvc plots show` does) and colours by series."""
-    from dvc_render import VegaRenderer
+def test_single_seed_cells(tmp_path: Path) -> None:
+    runs, _ = make_tree(tmp_path, datasets=(FMNIST,), methods=("supcon", "cecl"), seeds=(0,), transfer=False)
+    paths = build_report(runs, [], tmp_path, tmp_path / "reports")
+    text = paths["table_classification_md"].read_text()
+    _, rows = markdown_rows(text)
+    assert rows["cecl"][1] == f"{100 * headline(FMNIST, 'cecl', 0):.1f} (n=1)" == "91.2 (n=1)"
+    assert "n=1 cells have no interval" in text
+    assert "n=1 cells have no interval" in paths["table_classification_tex"].read_text()
+    claims = paths["claims"].read_text()
+    assert "fewer than 2 seeds on a side: no confidence interval and no test" in claims
+    assert "Direction: not resolved at this n" in claims
+    assert "as few as 1 seed(s)" in claims
 
-    _, hist = frames
-    datapoints = [
-        {**row, "rev": "workspace"}
-        for row in pd.read_csv(write_convergence_csv(hist, tmp_path / "convergence.csv"), dtype=str).to_dict(
-            "records"
-        )
+
+def test_nan_metric_is_left_out_of_its_cell(tmp_path: Path) -> None:
+    """metrics.json writes NaN (json.dumps) for a metric without samples: the cell uses the other seeds."""
+    runs, _ = make_tree(tmp_path, datasets=(BMNIST,), methods=("cecl",), transfer=False)
+    path = tmp_path / runs[0].probe_dir / "metrics.json"
+    data = json.loads(path.read_text())
+    data["test"]["conflicting_accuracy"] = float("nan")
+    path.write_text(json.dumps(data))
+    paths = build_report(runs, [], tmp_path, tmp_path / "reports")
+    _, rows = markdown_rows(paths["table_bias_md"].read_text())
+    assert rows["cecl"][2] == reference_cell([headline(BMNIST, "cecl", s) - 0.05 for s in (1, 2)])
+    assert rows["cecl"][1].endswith("(n=3)")
+
+
+def test_tidy_csv(full) -> None:
+    _, paths, _ = full
+    tidy = pd.read_csv(paths["table_bias_csv"], dtype={"seeds": str, "values": str}, keep_default_na=False)
+    assert list(tidy.columns) == [
+        "table",
+        "dataset",
+        "source",
+        "protocol",
+        "method",
+        "metric",
+        "mean",
+        "ci95",
+        "std",
+        "n",
+        "seeds",
+        "values",
     ]
-    renderer = VegaRenderer(
-        datapoints,
+    assert len(tidy) == len(METHODS) * 2
+    row = tidy[(tidy["method"] == "cecl") & (tidy["metric"] == "unbiased_accuracy")].iloc[0]
+    values = seeds_of(BMNIST, "cecl")
+    low, high = scipy_stats.t.interval(0.95, 2, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert (row["table"], row["dataset"], row["protocol"], row["n"]) == ("bias", BMNIST, "linear_probe", 3)
+    assert float(row["mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+    assert float(row["ci95"]) == pytest.approx((high - low) / 2, rel=1e-12)
+    assert float(row["std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    assert row["seeds"] == "0;1;2"
+    assert [float(v) for v in row["values"].split(";")] == values  # full precision fractions
+
+    transfer = pd.read_csv(paths["table_transfer_csv"], keep_default_na=False)
+    assert set(transfer["source"]) == {BMNIST} and set(transfer["dataset"]) == {FMNIST}
+    assert set(transfer["metric"]) == {"accuracy", "mean_per_class_accuracy"}
+
+
+def test_latex_is_booktabs(full) -> None:
+    _, paths, _ = full
+    tex = paths["table_bias_tex"].read_text()
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\multicolumn{2}{c}{bmnist\\_0.95}"):
+        assert rule in tex
+    values = seeds_of(BMNIST, "cecl")
+    cell = reference_cell(values).replace("±", "$\\pm$")
+    assert f"\ncecl & {cell} & " in tex
+    assert "$\\rightarrow$" in paths["table_transfer_tex"].read_text()
+    assert "official protocol (test-selected, optimistic)" in paths["table_official_tex"].read_text()
+
+
+# -- convergence ---------------------------------------------------------------------------------------
+
+
+def test_convergence_table_and_csv(full) -> None:
+    _, paths, _ = full
+    tidy = pd.read_csv(paths["table_convergence_csv"], dtype={"values": str})
+    cecl = tidy[(tidy["dataset"] == BMNIST) & (tidy["method"] == "cecl")].set_index("metric")
+    assert cecl.loc["epochs_to_90pct_final", "values"] == "2;2;3"  # FAST, FAST, SLOW curves
+    assert cecl.loc["epochs_to_95pct_final", "values"] == "3;3;4"
+    _, rows = markdown_rows(paths["table_convergence_md"].read_text())
+    assert rows["cecl"][1] == reference_cell([2, 2, 3], scale=1.0)
+    assert rows["supcon"][1] == "3.0 ± 0.0 (n=3)"
+
+    long = pd.read_csv(paths["convergence_csv"])
+    assert list(long.columns) == ["dataset", "method", "seed", "epoch", "online_probe_val_accuracy", "series"]
+    assert len(long) == 2 * len(METHODS) * len(SEEDS) * EPOCHS
+    assert long["series"].nunique() == 2 * len(METHODS) * len(SEEDS)
+    assert "cecl (bmnist_0.95, seed 2)" in set(long["series"])
+
+
+def test_dvc_template_colours_by_series(full) -> None:
+    """The repository's custom DVC template renders convergence.csv (dvc-render) coloured by series."""
+    dvc_render = pytest.importorskip("dvc_render")
+    _, paths, _ = full
+    template_dir = Path(__file__).resolve().parent.parent / ".dvc" / "plots"
+    if not (template_dir / "convergence.json").is_file():
+        pytest.skip("no custom DVC template")
+    records = pd.read_csv(paths["convergence_csv"], dtype=str).to_dict("records")
+    renderer = dvc_render.VegaRenderer(
+        [{**row, "rev": "workspace"} for row in records],
         "reports/convergence.csv",
         template="convergence",
-        template_dir=str(REPO / ".dvc" / "plots"),
+        template_dir=str(template_dir),
         x="epoch",
         y="online_probe_val_accuracy",
     )
     spec = renderer.get_filled_template()
     assert spec["encoding"]["color"]["field"] == "series"
-    assert spec["encoding"]["x"]["field"] == "epoch"
-    assert spec["encoding"]["y"]["field"] == "online_probe_val_accuracy"
-    assert len(spec["data"]["values"]) == len(hist)
-    assert "<DVC_METRIC" not in json.dumps(spec)
+    assert len(spec["data"]["values"]) == len(records)
 
 
-def _claim_line(text: str, rho: str, baseline: str) -> str:
-    return next(line for line in text.splitlines() if line.startswith(f"- rho={rho}, CECL vs {baseline}:"))
+# -- claims --------------------------------------------------------------------------------------------
 
 
-def test_claims_direction_and_magnitude(frames) -> None:
-    probe, hist = frames
-    text = claims_markdown(probe, hist)
+def claim_line(text: str, where: str, baseline: str, what: str = "") -> str:
+    prefix = f"- {where}, CECL vs {baseline}: "
+    return next(line for line in text.splitlines() if line.startswith(prefix) and what in line)
+
+
+def test_claim_bias_verdicts(full) -> None:
+    _, paths, _ = full
+    text = paths["claims"].read_text()
     assert "22.9% improvement compared to original contrastive loss functions" in text
-    # rho 0.99: 81.23 vs 61.23 -> +20.0 pp, +32.7% relative.
-    line = _claim_line(text, "0.99", "SupCon")
-    assert "+20.0 pp" in line and "+32.7%" in line
-    assert "direction reproduces" in line
-    assert "does not reach 22.9 points absolute and reaches 22.9% relative" in line
-    # rho 0.997: 45.0 vs 50.0 -> -5.0 pp, -10.0%.
-    line = _claim_line(text, "0.997", "SupCon")
-    assert "-5.0 pp" in line and "-10.0%" in line
-    assert "direction does not reproduce" in line and "direction reproduces" not in line
-    # vs SimCLR at 0.99: 81.23 vs 55.34 -> +25.9 pp: both readings reached.
-    line = _claim_line(text, "0.99", "SimCLR")
-    assert "+25.9 pp" in line and "reaches 22.9 points absolute and reaches 22.9% relative" in line
-    assert "Caveat" in text and "1 seed(s)" in text and f"{EPOCHS} pretraining epochs" in text
+    where = f"`{BMNIST}` (linear_probe)"
+    win = claim_line(text, where, "SupCon")
+    ours, theirs = seeds_of(BMNIST, "cecl"), seeds_of(BMNIST, "supcon")
+    reference = scipy_stats.ttest_ind(ours, theirs, equal_var=False)
+    assert f"{100 * (np.mean(ours) - np.mean(theirs)):+.1f} points unbiased accuracy" in win
+    assert reference.pvalue < 0.001 and "Welch p < 0.001; n = 3 vs 3" in win
+    assert "Direction: reproduces (CECL higher" in win
+    magnitude = text.splitlines()[text.splitlines().index(win) + 1]
+    rel = 100 * (np.mean(ours) - np.mean(theirs)) / np.mean(theirs)
+    assert f"does not reach 22.9 points; the relative change {rel:+.1f}% reaches 22.9% relative" in magnitude
+
+    loss = claim_line(text, where, "SimCLR")
+    assert "Direction: contradicts the paper (CECL lower" in loss
+    overlap = claim_line(text, where, "cross-entropy")
+    reference = scipy_stats.ttest_ind(ours, seeds_of(BMNIST, "ce"), equal_var=False)
+    assert f"Welch p = {reference.pvalue:.3f}" in overlap
+    assert "Direction: not resolved at this n (the CI of the difference contains 0)" in overlap
+
+
+def test_claim_convergence_and_accuracy(full) -> None:
+    _, paths, _ = full
+    text = paths["claims"].read_text()
+    # CECL 2, 2, 3 epochs vs SupCon 3, 3, 3: -0.7 epochs, Welch df = 2, CI -0.7 ± 4.303·(1/3).
+    line = claim_line(text, f"`{BMNIST}`", "SupCon", "to reach 90%")
+    half = scipy_stats.t.ppf(0.975, 2) / 3
+    assert (
+        f"-0.7 epochs to reach 90% of the final accuracy (95% CI {-2 / 3 - half:+.1f} to {-2 / 3 + half:+.1f}"
+        in line
+    )
+    assert "Direction: not resolved at this n" in line
+
+    where = f"`{FMNIST}` (linear_probe)"
+    line = claim_line(text, where, "SimCLR", "top-1")
+    assert "Direction: reproduces" in line
+    assert not any(
+        line.startswith(f"- {where}, CECL vs cross-entropy") and "top-1" in line for line in text.splitlines()
+    )
+    assert "4 pretraining epochs (BiasCon's BiasedMNIST schedule: 80" in text
+    assert f"`{BMNIST}` ({NOTES[BMNIST]})" in text and "0.999, 0.997, 0.995, 0.99" in text
 
 
 def test_claims_follow_the_numbers(tmp_path: Path) -> None:
-    """Swap CECL and SupCon: the verdicts flip, so nothing is hard-coded."""
-    swapped = dict(VALUES)
-    for rho in RHOS:
-        swapped[("cecl", rho)], swapped[("supcon", rho)] = VALUES[("supcon", rho)], VALUES[("cecl", rho)]
-    probe_root, _ = _write_tree(tmp_path, swapped)
-    text = claims_markdown(collect_probe_metrics(probe_root, RHOS, METHODS))
-    assert "direction does not reproduce" in _claim_line(text, "0.99", "SupCon")
-    assert "direction reproduces" in _claim_line(text, "0.997", "SupCon")
+    """Swap CECL and SupCon: the BiasedMNIST verdict flips, so nothing is hard-coded."""
+
+    def swapped(dataset: str, method: str, seed: int) -> float:
+        other = {"cecl": "supcon", "supcon": "cecl"}.get(method, method)
+        return headline(dataset, other, seed)
+
+    runs, _ = make_tree(tmp_path, datasets=(BMNIST,), transfer=False, value=swapped)
+    text = build_report(runs, [], tmp_path, tmp_path / "reports")["claims"].read_text()
+    assert "Direction: contradicts the paper" in claim_line(text, f"`{BMNIST}` (linear_probe)", "SupCon")
 
 
-def test_claims_with_missing_methods(frames) -> None:
-    probe, _ = frames
-    no_supcon = claims_markdown(probe[probe["method"] != "supcon"])
-    assert "SupCon (`supcon`) was not measured" in no_supcon
-    assert "CECL vs SimCLR" in no_supcon and "CECL vs SupCon" not in no_supcon
-    no_cecl = claims_markdown(probe[probe["method"] != "cecl"])
-    assert "CECL (`cecl`) was not measured" in no_cecl
+def test_missing_baseline_is_named(tmp_path: Path) -> None:
+    runs, _ = make_tree(tmp_path, methods=("ce", "supcon", "cecl"), seeds=(0, 1), transfer=False)
+    text = build_report(runs, [], tmp_path, tmp_path / "reports")["claims"].read_text()
+    assert (
+        f"- `{BMNIST}` (linear_probe): SimCLR (`simclr`) was not measured; the comparison with it is skipped."
+        in text
+    )
+    assert f"- `{FMNIST}` (linear_probe): SimCLR (`simclr`) was not measured" in text
+    assert "CECL vs SimCLR" not in text
+    no_cecl = make_tree(tmp_path / "b", datasets=(FMNIST,), methods=("supcon",), seeds=(0,), transfer=False)[
+        0
+    ]
+    text = build_report(no_cecl, [], tmp_path / "b", tmp_path / "b" / "reports")["claims"].read_text()
+    assert "CECL (`cecl`) was not measured; nothing to compare." in text
 
 
-def test_write_report(frames, tmp_path: Path) -> None:
-    probe, hist = frames
-    out = tmp_path / "reports"
-    paths = write_all(probe, hist, out, extra_sections=["## Sweep\n\nsweep goes here"])
-    for key in ("markdown", "csv", "latex", "convergence_png", "convergence_csv", "report", "claims"):
-        assert paths[key].is_file(), key
+# -- errors --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("relative", "stage"),
+    [
+        ("probe/fmnist/supcon/seed_1/metrics.json", "probe@fmnist-supcon-1"),
+        ("models/fmnist/supcon/seed_1/history.csv", "pretrain@fmnist-supcon-1"),
+        ("models/fmnist/supcon/seed_1/run.json", "pretrain@fmnist-supcon-1"),
+        ("transfer/bmnist_0.95__fmnist/cecl/seed_0/metrics.json", "transfer@bmnist_0.95-fmnist-cecl-0"),
+    ],
+)
+def test_missing_file_names_the_stage(tmp_path: Path, relative: str, stage: str) -> None:
+    runs, transfers = make_tree(tmp_path, datasets=(FMNIST,), methods=("supcon", "cecl"), seeds=(0, 1))
+    (tmp_path / relative).unlink()
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"{relative} not found: run {stage} first (dvc repro)")
+    ):
+        build_report(runs, transfers, tmp_path, tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()  # nothing half-written
+
+
+def test_mismatched_run_block_is_rejected(tmp_path: Path) -> None:
+    runs, _ = make_tree(
+        tmp_path, datasets=(FMNIST,), methods=("supcon", "cecl"), seeds=(0, 1), transfer=False
+    )
+    path = tmp_path / "probe" / "fmnist" / "cecl" / "seed_1" / "metrics.json"
+    data = json.loads(path.read_text())
+    data["run"]["seed"] = 0  # a seed-0 file copied into seed_1's folder
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(str(path))) as info:
+        build_report(runs, [], tmp_path, tmp_path / "reports")
+    assert "seed=0 (expected 1)" in str(info.value)
+
+
+# -- provenance and report -----------------------------------------------------------------------------
+
+
+def test_provenance(full) -> None:
+    _, paths, runs = full
+    text = paths["provenance"].read_text()
+    first = runs[0]
+    pretrain, probe = first.stage("pretrain"), first.stage("probe")
+    pretrain_row = next(line for line in text.splitlines() if f"`{pretrain}`" in line)
+    assert f"`{first.model_dir.as_posix()}`: `{LOCK_MD5}`" in pretrain_row
+    link = f"[{run_id(pretrain)}](http://mlflow.example:5000/#/experiments/7/runs/{run_id(pretrain)})"
+    assert link in pretrain_row
+    probe_row = next(line for line in text.splitlines() if f"`{probe}`" in line)
+    assert f"/#/experiments/7/runs/{run_id(probe)})" in probe_row
+    transfer = TransferKey(BMNIST, FMNIST, "cecl", 2).stage()
+    transfer_row = next(line for line in text.splitlines() if f"`{transfer}`" in line)
+    assert "not in dvc.lock" in transfer_row and f"/#/experiments/8/runs/{run_id(transfer)})" in transfer_row
+    # one row per pretrain, probe and transfer run
+    assert sum(line.startswith("| pretrain |") for line in text.splitlines()) == len(runs)
+    assert sum(line.startswith("| transfer |") for line in text.splitlines()) == len(METHODS) * len(SEEDS)
+
+
+def test_provenance_flags_a_stale_probe(tmp_path: Path) -> None:
+    runs, _ = make_tree(tmp_path, datasets=(FMNIST,), methods=("cecl",), seeds=(0,), transfer=False)
+    run_file = tmp_path / runs[0].model_dir / "run.json"
+    run_file.write_text(run_file.read_text().replace(run_id(runs[0].stage("pretrain")), "rerun123"))
+    text = build_report(runs, [], tmp_path, tmp_path / "reports")["provenance"].read_text()
+    assert f"`{runs[0].stage('probe')}` used pretrain MLflow run {run_id(runs[0].stage('pretrain'))}" in text
+    assert "now names rerun123" in text
+
+
+def test_report_md(full) -> None:
+    _, paths, _ = full
     report = paths["report"].read_text()
-    assert report.startswith("# CECL reproduction on BiasedMNIST")
+    assert report.startswith("# CECL reproduction report")
+    assert NOTES[BMNIST] in report and VAL_DESCRIPTION in report and "Seeds: 0, 1, 2" in report
     assert "![Online-probe validation accuracy per pretraining epoch](convergence.png)" in report
-    assert "| cecl " in report and "official protocol (test-selected, optimistic)" in report
-    assert report.index("## Claims") < report.index("## Sweep")
-    assert "22.9" in paths["claims"].read_text()
-    assert write_report(probe, hist, out) == paths["report"]
-    assert "## Sweep" not in paths["report"].read_text()
+    assert report.index("## Bias benchmarks") < report.index("## Claims") < report.index("## Sweep")
+    assert "[provenance.md](provenance.md)" in report
+    assert "Run ids and output hashes: [provenance.md](provenance.md)." in report  # table captions
+    assert paths["claims"].read_text().strip() in report
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_dvc_plots_show_renders_series(frames, tmp_path: Path) -> None:
-    """`dvc plots show` in a scratch git+dvc repo renders convergence.csv with the custom template."""
-    _, hist = frames
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    dvc = [sys.executable, "-m", "dvc"]
-    for cmd in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"]):
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-    (repo / ".dvc" / "plots").mkdir()
-    shutil.copy(REPO / ".dvc" / "plots" / "convergence.json", repo / ".dvc" / "plots" / "convergence.json")
-    write_convergence_csv(hist, repo / "reports" / "convergence.csv")
-    (repo / "dvc.yaml").write_text(
-        "plots:\n"
-        "  - reports/convergence.csv:\n"
-        "      template: convergence\n"
-        "      x: epoch\n"
-        "      y: online_probe_val_accuracy\n"
+def test_kind_without_runs_writes_no_files(tmp_path: Path) -> None:
+    runs, _ = make_tree(
+        tmp_path, datasets=(BMNIST,), methods=("supcon", "cecl"), seeds=(0, 1), transfer=False
     )
-    subprocess.run([*dvc, "plots", "show"], cwd=repo, check=True, capture_output=True)
-    html = (repo / "dvc_plots" / "index.html").read_text()
-    spec = json.loads(re.search(r"var spec = (\{.*?\});\n", html, re.S).group(1))
-    assert spec["encoding"]["color"]["field"] == "series"
-    assert {d["series"] for d in spec["data"]["values"]} == {
-        f"{m} (rho={r:g})" for m in METHODS for r in RHOS
-    }
-
-
-def test_configuration_section_lists_each_rows_options() -> None:
-    import pandas as pd
-
-    from cecl.report.tables import configuration_markdown
-
-    df = pd.DataFrame(
-        [
-            {"method": "ce", "rho": 0.99, "seed": 0, "config.temperature": float("nan")},
-            {"method": "cecl", "rho": 0.997, "seed": 1, "config.temperature": 0.2},
-        ]
-    )
-    text = configuration_markdown(df)
-    assert "| ce | 0.99 | 0 | (no options) |" in text
-    assert "| cecl | 0.997 | 1 | temperature=0.2 |" in text
+    out = tmp_path / "reports"
+    paths = build_report(runs, [], tmp_path, out)
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not any("classification" in name or "transfer" in name for name in written)
+    assert {"tables/table_bias.md", "tables/table_bias.csv", "tables/table_bias.tex"} <= written
+    assert {"provenance.md", "report.md", "claims.md", "convergence.png"} <= written
+    assert not any(key.startswith(("table_classification", "table_transfer")) for key in paths)
+    assert written == {p.relative_to(out).as_posix() for p in paths.values()}
+    report = paths["report"].read_text()
+    assert "No classification probe runs were measured: no classification table." in report
+    assert "No transfer runs were measured: no transfer table." in report
+    assert "No `dvc.lock` was found" in paths["provenance"].read_text()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from cecl.losses.swav import SwaVLoss, sinkhorn_codes
 from cecl.methods.swav import SwAV
 from cecl.models import Encoder, ProjectionHead, small_cnn
-from cecl.train import distributed as dist_utils
+from cecl import distributed as dist_utils
 
 try:  # test-only dependency, installed with `pip install --no-deps lightly==1.6.0` (see requirements/dev.txt)
     from lightly import loss as lightly_loss

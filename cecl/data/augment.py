@@ -11,7 +11,7 @@ Randomness comes only from the ``torch.Generator`` passed in, with every random 
 the images' device; the generator must live on that device too (a CPU generator for CPU images, a
 CUDA generator for CUDA images). The same generator state gives the same augmentations.
 
-There is no horizontal flip: mirrored digits are not digits.
+Horizontal flips are off unless the recipe sets ``hflip_p`` (mirrored digits are not digits).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cecl.config import AugmentParams
+from pydantic import Field, field_validator
+
+from cecl.schema import Strict
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -31,6 +33,36 @@ _RGB_TO_YIQ = torch.tensor(
     dtype=torch.float64,
 )
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+class AugmentParams(Strict):
+    """Batched tensor augmentations applied independently to each view (see cecl/data/augment.py)."""
+
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # strength s: ColorJitter(0.4s,0.4s,0.4s,0.1s)
+    color_jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
+    hflip_p: float = Field(0.0, ge=0.0, le=1.0)  # horizontal flip (CIFAR-style recipes; never for digits)
+
+    def needs_colour(self) -> bool:
+        """Whether the recipe has colour operations (only defined on 3-channel images)."""
+        return (self.color_jitter > 0 and self.color_jitter_p > 0) or self.grayscale_p > 0
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered_positive(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        low, high = bounds
+        if not 0.0 < low <= high:
+            raise ValueError(f"needs 0 < low <= high, got {list(bounds)}")
+        return bounds
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_at_most_one(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[1] > 1.0:
+            raise ValueError(f"crop scale cannot exceed 1, got {list(bounds)}")
+        return bounds
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -54,15 +86,17 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Per-sample RandomResizedCrop, then colour jitter (probability ``color_jitter_p``), then grayscale."""
+    """Per-sample RandomResizedCrop, horizontal flip, colour jitter (probability ``color_jitter_p``), grayscale."""
 
     def __init__(self, params: AugmentParams) -> None:
         self.params = params
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """float [B, 3, H, W] in [0, 1] -> augmented float [B, 3, H, W] in [0, 1]."""
-        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"expected float images [B, 3, H, W], got {images.dtype} {list(images.shape)}")
+        """float [B, C, H, W] in [0, 1] -> augmented float [B, C, H, W] in [0, 1] (C = 3 for colour ops)."""
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"expected float images [B, C, H, W], got {images.dtype} {list(images.shape)}")
+        if images.shape[1] != 3 and self.params.needs_colour():
+            raise ValueError(f"colour jitter and grayscale need 3-channel images, got {images.shape[1]}")
         if generator.device.type != images.device.type:
             raise ValueError(
                 f"the generator is on {generator.device} but the images on {images.device}: "
@@ -70,6 +104,9 @@ class BatchAugment:
             )
         out = self.random_resized_crop(images, generator)
         p = self.params
+        if p.hflip_p > 0:
+            flip = torch.rand(len(out), generator=generator, device=out.device) < p.hflip_p
+            out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
         if p.color_jitter > 0 and p.color_jitter_p > 0:
             out = self.color_jitter(out, generator)
         if p.grayscale_p > 0:
@@ -186,7 +223,7 @@ def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def make_views(
     images: torch.Tensor, n_views: int, augment: BatchAugment, generator: torch.Generator
 ) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float [B, V, 3, H, W]: V independently augmented views of each image."""
+    """uint8 [B, C, H, W] -> float [B, V, C, H, W]: V independently augmented views of each image."""
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     x = to_float(images)

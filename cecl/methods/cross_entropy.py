@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cecl.methods.base import Method
+from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder
-from cecl.train.distributed import gather_with_grad
+from cecl.schema import Strict
+from cecl.distributed import gather_with_grad
 
 
 class CrossEntropyMethod(Method):
@@ -25,3 +27,12 @@ class CrossEntropyMethod(Method):
     def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.encoder(views[:, 0]))
         return gather_with_grad(F.cross_entropy(logits, labels, reduction="none")).mean()
+
+
+class CEOptions(Strict):
+    """Cross-entropy has no options of its own."""
+
+
+@register_method("ce", CEOptions)
+def _build(ctx: MethodContext, _options: CEOptions) -> Method:
+    return CrossEntropyMethod(ctx.make_encoder(), ctx.n_classes)

@@ -45,14 +45,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from cecl.losses._common import autocast_disabled, check_count, check_positive, compute_dtype
 from cecl.losses.supcon import SimCLRLoss
 from cecl.methods.queue import fifo_slots
-from cecl.methods.siamese import PredictorMethod, two_views
+from cecl.methods.registry import register_method
+from cecl.methods.siamese import PredictorMethod, predictor_method, two_views
 from cecl.models import Encoder
-from cecl.train.distributed import gather_no_grad, gather_with_grad
+from cecl.schema import Strict
+from cecl.distributed import gather_no_grad, gather_with_grad
 
 
 @torch.no_grad()
@@ -135,3 +138,14 @@ class NNCLR(PredictorMethod):
         for projections in self._pending:
             self.enqueue(projections)
         self._pending.clear()
+
+
+class NNCLROptions(Strict):
+    temperature: float = Field(0.1, gt=0.0)
+    queue_size: int = Field(4096, ge=1)  # support set; keep it below the training-set size
+    proj_hidden: int = Field(512, ge=1)
+    pred_hidden: int = Field(512, ge=1)
+    batch_norm: bool = True
+
+
+register_method("nnclr", NNCLROptions)(predictor_method(NNCLR))

@@ -26,7 +26,7 @@ MoCo.
 
 The loss is the mean of loss_i over the *global* batch: per-sample losses are gathered across processes
 with ``gather_with_grad``, so under DDP every process returns the same loss and the averaged gradients
-equal one process's on the concatenated batch (see ``cecl.train.distributed``). Keys and labels are
+equal one process's on the concatenated batch (see ``cecl.distributed``). Keys and labels are
 gathered across processes in ``training_loss`` and enqueued, in rank order, in ``after_step``, right after
 the momentum update theta_k <- m * theta_k + (1 - m) * theta_q (``cecl.methods.momentum``: parameters
 only; the key networks keep their own BatchNorm statistics). Not implemented: MoCo's shuffling BN and the
@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from cecl.losses._common import autocast_disabled, check_count, compute_dtype
 from cecl.methods.base import Method
+from cecl.methods.registry import MethodContext, register_method
+from cecl.schema import Strict
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
 from cecl.models import Encoder, head_output_dim
-from cecl.train.distributed import gather_no_grad, gather_with_grad
+from cecl.distributed import gather_no_grad, gather_with_grad
 
 
 def moco_logits(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float) -> Tensor:
@@ -204,3 +207,27 @@ class SupMoCo(MomentumQueueMethod):
             queue_labels,
             self.temperature,
         )
+
+
+class MoCoOptions(Strict):
+    temperature: float = Field(0.2, gt=0.0)  # MoCo v2
+    queue_size: int = Field(4096, ge=1)  # keep it below the training-set size
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # 0.999 is MoCo's ImageNet value
+
+
+class SupMoCoOptions(MoCoOptions):
+    temperature: float = Field(0.1, gt=0.0)
+
+
+def _queue_method(cls: type[MomentumQueueMethod]):  # noqa: ANN202 - a builder factory
+    def build(ctx: MethodContext, options: MoCoOptions) -> Method:
+        if ctx.views != 2:
+            raise ValueError(f"pretrain.views must be 2 for {cls.__name__} (got {ctx.views})")
+        encoder = ctx.make_encoder()
+        return cls(encoder, ctx.projection_head(encoder), **options.model_dump())
+
+    return build
+
+
+register_method("moco_v2", MoCoOptions)(_queue_method(MoCoV2))
+register_method("supmoco", SupMoCoOptions)(_queue_method(SupMoCo))

@@ -1,43 +1,73 @@
-"""Methods by name. Each builder receives its own validated options section from params.yaml."""
+"""Methods by name: ``@register_method(name, Options)`` on a builder, ``build_method(name, ctx, options)``.
+
+Each method's options schema is declared beside its builder (in the method's module) and
+cecl/config.py assembles ``method_options`` from :func:`options_schemas`, so a method is listed once.
+A builder receives a :class:`MethodContext` (how to make the encoder, head sizes, classes, views), never
+the params file, so methods do not depend on the config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from cecl import losses
-from cecl.config import Params
 from cecl.methods.base import Method
-from cecl.methods.contrastive import ContrastiveMethod
-from cecl.methods.cross_entropy import CrossEntropyMethod
-from cecl.methods.nnclr import NNCLR
-from cecl.methods.queue import MoCoV2, SupMoCo
-from cecl.methods.siamese import BYOL, SimSiam
-from cecl.methods.swav import SwAV
-from cecl.models import ProjectionHead, build_encoder
+from cecl.models import Encoder, ProjectionHead
+from cecl.schema import Strict
 
-Builder = Callable[[Params, BaseModel, int], Method]
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What every method builder may use: a fresh encoder, head sizes, number of classes and views."""
+
+    make_encoder: Callable[[], Encoder]
+    proj_dim: int
+    proj_hidden: int | None
+    n_classes: int
+    views: int
+
+    def projection_head(self, encoder: Encoder) -> ProjectionHead:
+        return ProjectionHead(encoder.feature_dim, self.proj_dim, self.proj_hidden)
+
+
+Builder = Callable[[MethodContext, Any], Method]
+B = TypeVar("B", bound=Builder)
 _BUILDERS: dict[str, Builder] = {}
+_OPTIONS: dict[str, type[Strict]] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    def wrap(builder: Builder) -> Builder:
+def register_method(name: str, options: type[Strict]) -> Callable[[B], B]:
+    """Register ``builder(ctx, options) -> Method`` under ``name`` with its options schema."""
+
+    def wrap(builder: B) -> B:
+        if name in _BUILDERS:
+            raise ValueError(f"method {name!r} is already registered")
         _BUILDERS[name] = builder
+        _OPTIONS[name] = options
         return builder
 
     return wrap
 
 
-def method_options(params: Params, name: str, overrides: dict[str, Any] | None = None) -> BaseModel:
-    """The method's options section, with sweep overrides applied and re-validated."""
-    options: BaseModel = getattr(params.method_options, name)
-    if not overrides:
-        return options
+def available() -> tuple[str, ...]:
+    """Registered method names, in registration order (the order tables list them in)."""
+    return tuple(_BUILDERS)
+
+
+def options_schemas() -> dict[str, type[Strict]]:
+    return dict(_OPTIONS)
+
+
+def resolve_options(name: str, options: BaseModel | Mapping[str, Any] | None, overrides: Mapping | None = None):
+    """The method's validated options, with sweep ``overrides`` applied (a bad value: one-line ValueError)."""
+    if name not in _OPTIONS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_BUILDERS)}")
+    base = options.model_dump() if isinstance(options, BaseModel) else dict(options or {})
     try:
-        return type(options).model_validate({**options.model_dump(), **overrides})
+        return _OPTIONS[name].model_validate({**base, **(overrides or {})})
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
@@ -45,70 +75,8 @@ def method_options(params: Params, name: str, overrides: dict[str, Any] | None =
 
 
 def build_method(
-    params: Params, name: str, n_classes: int, overrides: dict[str, Any] | None = None
+    name: str, ctx: MethodContext, options: BaseModel | Mapping[str, Any] | None = None, overrides=None
 ) -> Method:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[name](params, method_options(params, name, overrides), n_classes)
-
-
-def available() -> tuple[str, ...]:
-    return tuple(_BUILDERS)
-
-
-def _contrastive(loss_name: str, params: Params, options: BaseModel, _n_classes: int) -> Method:
-    """Encoder + projection head + the loss of the same name, built from the method's options."""
-    encoder = build_encoder(params.model.backbone, params.model.width)
-    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
-    loss = losses.build(loss_name, **options.model_dump())
-    return ContrastiveMethod(encoder, head, loss, n_views=params.pretrain.views)
-
-
-@register("ce")
-def _ce(params: Params, _options: BaseModel, n_classes: int) -> Method:
-    return CrossEntropyMethod(build_encoder(params.model.backbone, params.model.width), n_classes)
-
-
-# Methods that are "encoder + projection head + a [B, V, D] loss" differ only in the loss.
-_LOSS_METHODS = (
-    "simclr", "supcon", "cecl", "supcon_in", "eps_supinfonce", "dcl", "dclw", "hcl", "triplet", "npair",
-    "barlow_twins", "vicreg",
-)  # fmt: skip
-for _loss_name in _LOSS_METHODS:
-    register(_loss_name)(partial(_contrastive, _loss_name))
-
-
-def _queue(cls: type[Method], params: Params, options: BaseModel, _n_classes: int) -> Method:
-    """Momentum key encoder + queue methods (MoCo v2, supervised MoCo); two views."""
-    if params.pretrain.views != 2:
-        raise ValueError("pretrain.views must be 2 for moco_v2 and supmoco")
-    encoder = build_encoder(params.model.backbone, params.model.width)
-    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
-    return cls(encoder, head, **options.model_dump())
-
-
-register("moco_v2")(partial(_queue, MoCoV2))
-register("supmoco")(partial(_queue, SupMoCo))
-
-
-def _predictor_method(cls: type[Method], params: Params, options: BaseModel, _n_classes: int) -> Method:
-    """Encoder + projector + predictor (SimSiam, BYOL, NNCLR); the method builds its heads. Two views."""
-    if params.pretrain.views != 2:
-        raise ValueError(f"pretrain.views must be 2 for {cls.__name__}")
-    encoder = build_encoder(params.model.backbone, params.model.width)
-    return cls(encoder, proj_dim=params.model.proj_dim, **options.model_dump())
-
-
-register("simsiam")(partial(_predictor_method, SimSiam))
-register("byol")(partial(_predictor_method, BYOL))
-register("nnclr")(partial(_predictor_method, NNCLR))
-
-
-@register("swav")
-def _swav(params: Params, options: BaseModel, _n_classes: int) -> Method:
-    """Encoder + projection head + prototypes; Sinkhorn codes, swapped prediction over all views."""
-    encoder = build_encoder(params.model.backbone, params.model.width)
-    head = ProjectionHead(encoder.feature_dim, params.model.proj_dim, params.model.proj_hidden)
-    return SwAV(
-        encoder, head, **options.model_dump(), n_views=params.pretrain.views, proj_dim=params.model.proj_dim
-    )
+    """Build method ``name``; ``options`` (validated by its schema) default to the schema's defaults."""
+    resolved = resolve_options(name, options, overrides)  # an unknown name fails here, naming the known ones
+    return _BUILDERS[name](ctx, resolved)

@@ -46,20 +46,23 @@ code.
 
 Global batch under torchrun: the per-sample losses are gathered with ``gather_with_grad`` and averaged, so
 every process returns the loss of the global batch and DDP's averaged gradients equal one process's on the
-concatenated batch, also for uneven shards (see ``cecl.train.distributed``).
+concatenated batch, also for uneven shards (see ``cecl.distributed``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from cecl.losses._common import autocast_disabled, check_bool, check_count, compute_dtype
 from cecl.methods.base import Method
+from cecl.methods.registry import MethodContext, register_method
+from cecl.schema import Strict
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
 from cecl.models import Encoder, mlp_head
-from cecl.train.distributed import gather_with_grad
+from cecl.distributed import gather_with_grad
 
 
 def two_views(method: Method, views: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,3 +189,30 @@ class BYOL(PredictorMethod):
         """theta' <- m theta' + (1 - m) theta for the target encoder and projector."""
         momentum_update(self.encoder, self.target_encoder, self.momentum)
         momentum_update(self.projector, self.target_projector, self.momentum)
+
+
+class SimSiamOptions(Strict):
+    pred_hidden: int = Field(32, ge=1)  # the paper's bottleneck: proj_dim / 4
+    batch_norm: bool = True  # BN in projector/predictor (the paper's heads; off = exact across processes)
+
+
+class BYOLOptions(Strict):
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # constant (the paper ramps 0.996 -> 1)
+    proj_hidden: int = Field(512, ge=1)
+    pred_hidden: int = Field(512, ge=1)
+    batch_norm: bool = True
+
+
+def predictor_method(cls: type[PredictorMethod]):  # noqa: ANN201 - a builder factory
+    """Encoder + projector + predictor (SimSiam, BYOL, NNCLR); the method builds its heads. Two views."""
+
+    def build(ctx: MethodContext, options: Strict) -> Method:
+        if ctx.views != 2:
+            raise ValueError(f"pretrain.views must be 2 for {cls.__name__} (got {ctx.views})")
+        return cls(ctx.make_encoder(), proj_dim=ctx.proj_dim, **options.model_dump())
+
+    return build
+
+
+register_method("simsiam", SimSiamOptions)(predictor_method(SimSiam))
+register_method("byol", BYOLOptions)(predictor_method(BYOL))

@@ -13,7 +13,7 @@ Global batch under torchrun: the loss is wrapped in ``GatherLoss``, so every pro
 all processes (with gradient, rank order) and runs Sinkhorn and the loss on the global batch; this equals
 one process on the concatenated batch (also for uneven shards), which is what the official code's
 all-reduced Sinkhorn computes. Single process: the gather is the identity. BatchNorm in the encoder is
-per process unless converted to SyncBatchNorm (see ``cecl.train.distributed``).
+per process unless converted to SyncBatchNorm (see ``cecl.distributed``).
 
 Defaults: tau = 0.1, 3 Sinkhorn iterations, eps = 0.05 (the paper's), K = 30 prototypes (the paper uses
 3000 for ImageNet's 1000 classes, about 3 x the classes; 30 for 10-class MNIST-like data).
@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from cecl.losses._common import autocast_disabled, check_count, compute_dtype
 from cecl.losses.swav import SwaVLoss
 from cecl.methods.base import Method
+from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, head_output_dim
-from cecl.train.distributed import GatherLoss
+from cecl.distributed import GatherLoss
+from cecl.schema import Strict
 
 
 class SwAV(Method):
@@ -107,3 +110,17 @@ class SwAV(Method):
     def after_step(self) -> None:
         """Re-normalise the prototypes after the optimiser step."""
         self.normalize_prototypes()
+
+
+class SwAVOptions(Strict):
+    n_prototypes: int = Field(30, ge=1)  # a few per class for 10-class digits (the paper: 3000 on ImageNet)
+    temperature: float = Field(0.1, gt=0.0)
+    sinkhorn_iterations: int = Field(3, ge=1)
+    sinkhorn_epsilon: float = Field(0.05, gt=0.0)
+
+
+@register_method("swav", SwAVOptions)
+def _build(ctx: MethodContext, options: SwAVOptions) -> Method:
+    """Encoder + projection head + prototypes; Sinkhorn codes, swapped prediction over all views."""
+    encoder = ctx.make_encoder()
+    return SwAV(encoder, ctx.projection_head(encoder), **options.model_dump(), n_views=ctx.views, proj_dim=ctx.proj_dim)

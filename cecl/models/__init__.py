@@ -1,15 +1,25 @@
-"""Backbones (encoders) and projection heads."""
+"""Backbones (encoders, a registry by params.yaml name) and projection heads."""
 
-from cecl.models.backbones import Encoder, build_encoder, count_macs, simple_conv_net, small_cnn
+from cecl.models.backbones import (
+    Encoder,
+    available_backbones,
+    backbone_options_schema,
+    build_backbone,
+    count_macs,
+    encoder_from_payload,
+    register_backbone,
+)
 from cecl.models.heads import ProjectionHead, head_output_dim, mlp_head
 
 __all__ = [
     "Encoder",
     "ProjectionHead",
-    "build_encoder",
+    "available_backbones",
+    "backbone_options_schema",
+    "build_backbone",
     "count_macs",
+    "encoder_from_payload",
     "head_output_dim",
     "mlp_head",
-    "simple_conv_net",
-    "small_cnn",
+    "register_backbone",
 ]

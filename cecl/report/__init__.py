@@ -1,39 +1,161 @@
-"""Aggregate report: collect stage outputs, write tables, convergence plots, claims and report.md."""
+"""Aggregate report over many datasets, methods and seeds: tables, convergence, claims, provenance.
+
+build_report() is the one entry point the aggregate stage calls; it reads every run's stage outputs
+(collect.py), writes the tables (tables.py), the convergence figure and DVC plot data (plots.py), the
+claims (claims.py), provenance.md (provenance.py) and report.md into out_dir.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cecl.report.claims import claims_markdown, write_report
-from cecl.report.collect import collect_histories, collect_probe_metrics
+from cecl.report.claims import claims_markdown
+from cecl.report.collect import Collected, collect, ordered
 from cecl.report.plots import plot_convergence, write_convergence_csv
-from cecl.report.tables import official_table_markdown, table_markdown, write_tables
+from cecl.report.provenance import provenance_markdown
+from cecl.report.tables import (
+    PROVENANCE_FILE,
+    TABLES_DIR,
+    Table,
+    bias_table,
+    classification_table,
+    configuration_markdown,
+    convergence_frame,
+    convergence_table,
+    markdown,
+    official_table,
+    transfer_table,
+    write_table,
+)
+from cecl.runs import RunKey, TransferKey
 
-__all__ = [
-    "claims_markdown",
-    "collect_histories",
-    "collect_probe_metrics",
-    "official_table_markdown",
-    "plot_convergence",
-    "table_markdown",
-    "write_all",
-    "write_convergence_csv",
-    "write_report",
-    "write_tables",
-]
+__all__ = ["build_report", "collect"]
+
+TITLE = "# CECL reproduction report"
+EMPTY_KIND = {
+    "classification": "No classification probe runs were measured: no classification table.",
+    "bias": "No bias-benchmark (group_bias) probe runs were measured: no bias table.",
+    "transfer": "No transfer runs were measured: no transfer table.",
+}
 
 
-def write_all(
-    df_probe: pd.DataFrame, df_hist: pd.DataFrame, out_dir: Path, extra_sections: Sequence[str] = ()
+def _summary_paragraph(collected: Collected, notes: Mapping[str, str]) -> str:
+    """What was run: datasets (with notes), methods, seeds, protocols and the selection split."""
+    results = pd.concat([f for f in (collected.probes, collected.transfers) if len(f)], ignore_index=True)
+    datasets = ordered([*collected.probes.get("dataset", []), *collected.transfers.get("source", [])])
+    described = ", ".join(f"`{d}` ({notes[d]})" if notes.get(d) else f"`{d}`" for d in datasets)
+    methods = ", ".join(f"`{m}`" for m in ordered(results["method"])) if len(results) else "none"
+    seeds = ", ".join(str(s) for s in sorted(set(results["seed"]))) if len(results) else "none"
+    text = f"Pretraining datasets: {described or 'none'}. Methods: {methods}. Seeds: {seeds}."
+    if len(collected.transfers):
+        pairs = ordered(zip(collected.transfers["source"], collected.transfers["dataset"], strict=True))
+        text += " Transfer (source → target): " + ", ".join(f"`{s}` → `{t}`" for s, t in pairs) + "."
+    if len(results):
+        protocols = ", ".join(f"`{p}`" for p in ordered(results["protocol"]))
+        text += f" Evaluation protocol(s): {protocols}."
+        selection = ordered(
+            zip(results["dataset"], results["selected_on"], results["val_description"], strict=True)
+        )
+        text += (
+            " The probe epoch of every result is selected on a validation split, never on test: "
+            + "; ".join(
+                f"`{d}`: `{split}`" + (f" = {description}" if description else "")
+                for d, split, description in selection
+            )
+            + "."
+        )
+    text += (
+        " Accuracies are percent with one decimal; every cell is mean ± 95% CI half-width over seeds "
+        f"(Student t) with n = seeds. Every table is also in {TABLES_DIR}/ as Markdown, LaTeX (booktabs) "
+        "and a tidy CSV (fractions at full precision, per-seed values). Stage names, output hashes and "
+        f"MLflow runs: [{PROVENANCE_FILE}]({PROVENANCE_FILE})."
+    )
+    return text
+
+
+def _table_section(table: Table, empty: str | None) -> str:
+    if not table.columns:
+        return f"## {table.title}\n\n{empty or 'Nothing measured.'}"
+    return f"## {table.title}\n\n{markdown(table)}"
+
+
+def build_report(
+    runs: Sequence[RunKey],
+    transfers: Sequence[TransferKey],
+    root: Path,
+    out_dir: Path,
+    extra_sections: Sequence[str] = (),
+    mlflow_ui: str = "http://127.0.0.1:5000",
+    dataset_notes: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Every report file in out_dir (tables, convergence.png/.csv, claims.md, report.md); kind -> path."""
-    out_dir = Path(out_dir)
-    paths = write_tables(df_probe, out_dir)
-    paths["convergence_png"] = plot_convergence(df_hist, out_dir / "convergence.png")
-    paths["convergence_csv"] = write_convergence_csv(df_hist, out_dir / "convergence.csv")
-    paths["report"] = write_report(df_probe, df_hist, out_dir, extra_sections)
+    """Read every run under ``root`` and write the report into ``out_dir``; returns kind -> path.
+
+    Files (a table kind without runs writes none of its files): in out_dir/tables/ (dvc.yaml's
+    ``reports/tables`` output) table_classification / table_bias / table_transfer .md/.csv/.tex,
+    table_official.md/.tex and table_convergence.md/.csv; in out_dir convergence.png, convergence.csv
+    (DVC plot data), claims.md, provenance.md and report.md.
+    Kinds are the file names with '.' as '_' ('table_bias_tex', 'convergence_png', ...), i.e.
+    'table_<name>_<ext>', 'convergence_png', 'convergence_csv', 'claims',
+    'provenance', 'report'. ``dataset_notes`` (entry -> one-line description) go into captions,
+    report.md and the claims' caveats. Raises FileNotFoundError / ValueError from collect().
+    """
+    runs, transfers = list(runs), list(transfers)
+    if not runs and not transfers:
+        raise ValueError("build_report needs at least one run")
+    notes = dict(dataset_notes or {})
+    root, out_dir = Path(root), Path(out_dir)
+    collected = collect(runs, transfers, root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = ordered([k.method for k in runs] + [k.method for k in transfers])
+    epochs = convergence_frame(collected.histories)
+
+    tables = {
+        "classification": classification_table(collected.probes, methods, notes),
+        "bias": bias_table(collected.probes, methods, notes),
+        "transfer": transfer_table(collected.transfers, methods, notes),
+        "official": official_table(collected.probes, collected.transfers, methods, notes),
+        "convergence": convergence_table(epochs, methods, notes),
+    }
+    paths: dict[str, Path] = {}
+    for table in tables.values():
+        if table.columns:
+            paths.update(write_table(table, out_dir / TABLES_DIR))
+
+    sections = [TITLE, _summary_paragraph(collected, notes)]
+    sections += [_table_section(tables[kind], EMPTY_KIND[kind]) for kind in EMPTY_KIND]
+    sections.append(_table_section(tables["official"], "No probe or transfer results."))
+    convergence = ["## Convergence"]
+    if not collected.histories.empty:
+        paths["convergence_png"] = plot_convergence(
+            collected.histories, out_dir / "convergence.png", methods, notes
+        )
+        paths["convergence_csv"] = write_convergence_csv(collected.histories, out_dir / "convergence.csv")
+        convergence += [
+            "Online-probe validation accuracy after each pretraining epoch: mean over seeds, band = "
+            "min–max over seeds (per-seed curves: convergence.csv).",
+            "![Online-probe validation accuracy per pretraining epoch](convergence.png)",
+            markdown(tables["convergence"]),
+        ]
+    else:
+        convergence.append("No pretraining runs: no convergence plot.")
+    sections.append("\n\n".join(convergence))
+
+    claims = claims_markdown(collected, epochs, notes)
     paths["claims"] = out_dir / "claims.md"
+    paths["claims"].write_text(claims)
+    sections.append(claims)
+    sections.append(configuration_markdown(collected.probes, collected.transfers))
+    sections += list(extra_sections)
+
+    paths["provenance"] = out_dir / PROVENANCE_FILE
+    paths["provenance"].write_text(provenance_markdown(collected, root, mlflow_ui))
+    sections.append(
+        f"## Provenance\n\nEvery run's DVC stage, output md5 (dvc.lock) and MLflow run: "
+        f"[{PROVENANCE_FILE}]({PROVENANCE_FILE})."
+    )
+    paths["report"] = out_dir / "report.md"
+    paths["report"].write_text("\n\n".join(section.strip("\n") for section in sections) + "\n")
     return paths

@@ -1,85 +1,240 @@
-"""Read the probe and pretraining outputs of every (rho, method) into DataFrames for the report.
+"""Read every run's stage outputs (cecl/runs.py layout) into DataFrames, checking them against their keys.
 
-The file layout is the contract with the probe and pretrain stages (see cecl/paths.py); a missing
-file fails here, early and by name, rather than as a half-empty table.
+Per RunKey: ``<model_dir>/history.csv`` and ``<model_dir>/run.json`` (pretrain stage) and
+``<probe_dir>/metrics.json`` (probe stage); per TransferKey: ``<out_dir>/metrics.json`` (transfer
+stage). A missing file fails here, naming the file and the stage that writes it; a metrics.json whose
+``run`` block names another run (a stale or mis-copied file) fails naming the file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from cecl.paths import rho_name
+from cecl.runs import HISTORY_FILE, METRICS_FILE, RUN_FILE, RunKey, TransferKey
 
-# Columns of collect_probe_metrics' frame (nested metrics.json keys joined with ".").
+# Evaluators (metrics.json "evaluator") and the test keys each must provide.
+GROUP_BIAS = "group_bias"
+CLASSIFICATION = "classification"
+REQUIRED_TEST_KEYS = {
+    GROUP_BIAS: ("accuracy", "unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy"),
+    CLASSIFICATION: ("accuracy", "mean_per_class_accuracy"),
+}
+REQUIRED_KEYS = ("evaluator", "protocol", "selected_on", "test", "official_protocol")
+HISTORY_COLUMNS = ("epoch", "train_loss", "online_probe_val_accuracy")
+
+# Columns of the result frames (flattened metrics.json; nested keys joined with ".").
+TOP1 = "test.accuracy"
 UNBIASED = "test.unbiased_accuracy"
 CONFLICTING = "test.conflicting_accuracy"
 ALIGNED = "test.aligned_accuracy"
-TEST_ACCURACY = "test.accuracy"
-OFFICIAL = "official_protocol.test_accuracy"
-REQUIRED_PROBE_KEYS = (
-    "method",
-    "rho",
-    "seed",
-    "selected_epoch",
-    UNBIASED,
-    CONFLICTING,
-    TEST_ACCURACY,
-    OFFICIAL,
-)
-HISTORY_COLUMNS = ("epoch", "train_loss", "online_probe_val_accuracy")
+MEAN_PER_CLASS = "test.mean_per_class_accuracy"
+TOP5 = "test.top5_accuracy"
+OFFICIAL = "official.test_accuracy"
+OFFICIAL_EPOCH = "official.epoch"
 
 
-def _require(path: Path, producer: str) -> Path:
+@dataclass(frozen=True)
+class Collected:
+    """Everything the report reads; frames keep the order of the keys given to collect()."""
+
+    probes: pd.DataFrame  # one row per RunKey: its probe metrics.json, flattened
+    transfers: pd.DataFrame  # one row per TransferKey (same columns; ``source`` filled)
+    histories: pd.DataFrame  # long: dataset, method, seed, epoch, train_loss, online_probe_val_accuracy, lr
+    pretrain: pd.DataFrame  # one row per RunKey: stage, mlflow_run_id, mlflow_experiment_id (run.json)
+
+
+def require(root: Path, relative: Path, stage: str) -> Path:
+    """root/relative, or FileNotFoundError 'relative not found: run <stage> first (dvc repro)'."""
+    path = Path(root) / relative
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the {producer} stage first (dvc repro)")
+        raise FileNotFoundError(
+            f"{relative.as_posix()} not found: run {stage} first (dvc repro); looked under {Path(root)}"
+        )
     return path
 
 
-def collect_probe_metrics(probe_root: Path, rhos: Iterable[float], methods: Iterable[str]) -> pd.DataFrame:
-    """One row per (method, rho), methods-major in the given order, from probe/rho_*/*/metrics.json.
-
-    Nested keys are flattened with ``.`` (``test.unbiased_accuracy``, ``official_protocol.test_accuracy``,
-    ``config.temperature``, ...); values stay fractions in [0, 1].
-    """
-    rhos, methods = list(rhos), list(methods)  # iterated more than once
-    rows = []
-    for method in methods:
-        for rho in rhos:
-            path = _require(
-                Path(probe_root) / rho_name(rho) / method / "metrics.json", f"probe@{rho:g}-{method}"
-            )
-            flat = pd.json_normalize(json.loads(path.read_text()), sep=".").iloc[0].to_dict()
-            missing = [key for key in REQUIRED_PROBE_KEYS if key not in flat]
-            if missing:
-                raise ValueError(f"{path}: missing keys {missing}")
-            if flat["method"] != method or abs(float(flat["rho"]) - rho) > 1e-12:
-                raise ValueError(
-                    f"{path} holds method={flat['method']!r} rho={flat['rho']}, expected {method} {rho:g}"
-                )
-            rows.append(flat)
-    if not rows:
-        raise ValueError("no (rho, method) pairs to collect")
-    return pd.DataFrame(rows)
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
 
 
-def collect_histories(models_root: Path, rhos: Iterable[float], methods: Iterable[str]) -> pd.DataFrame:
-    """Long frame: rho, method, epoch, train_loss, online_probe_val_accuracy (models/rho_*/*/history.csv)."""
-    rhos, methods = list(rhos), list(methods)  # iterated more than once
-    frames = []
-    for method in methods:
-        for rho in rhos:
-            path = _require(
-                Path(models_root) / rho_name(rho) / method / "history.csv", f"pretrain@{rho:g}-{method}"
-            )
-            history = pd.read_csv(path)
-            missing = [col for col in HISTORY_COLUMNS if col not in history.columns]
-            if missing:
-                raise ValueError(f"{path}: missing columns {missing}")
-            frames.append(history.loc[:, list(HISTORY_COLUMNS)].assign(rho=float(rho), method=method))
-    if not frames:
-        raise ValueError("no (rho, method) pairs to collect")
-    return pd.concat(frames, ignore_index=True).loc[:, ["rho", "method", *HISTORY_COLUMNS]]
+def _expected_run(key: RunKey | TransferKey) -> dict[str, Any]:
+    """The run block a metrics.json written for ``key`` must carry."""
+    if isinstance(key, TransferKey):
+        return {
+            "stage": key.stage(),
+            "kind": "transfer",
+            "dataset": key.target,
+            "source": key.source,
+            "method": key.method,
+            "seed": key.seed,
+            "pretrain_stage": key.pretrained.stage("pretrain"),
+        }
+    return {
+        "stage": key.stage("probe"),
+        "kind": "probe",
+        "dataset": key.dataset,
+        "source": None,
+        "method": key.method,
+        "seed": key.seed,
+        "pretrain_stage": key.stage("pretrain"),
+    }
+
+
+def _check_accuracy(path: Path, name: str, value: Any) -> float:
+    """A fraction in [0, 1]; NaN/null (no bias-conflicting group, say) stays NaN, left out of cells."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{path}: {name} = {value!r} is not a number")
+    value = float(value)
+    if not math.isnan(value) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{path}: {name} = {value} is not a fraction in [0, 1]")
+    return value
+
+
+def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
+    """One flattened row from a probe/transfer metrics.json, after checking it belongs to ``key``."""
+    if isinstance(key, TransferKey):
+        relative, stage = key.out_dir / METRICS_FILE, key.stage()
+    else:
+        relative, stage = key.probe_dir / METRICS_FILE, key.stage("probe")
+    path = require(root, relative, stage)
+    data = _read_json(path)
+    run = data.get("run")
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: no 'run' block")
+    expected = _expected_run(key)
+    wrong = {
+        field: run.get(field)
+        for field, value in expected.items()
+        if (run.get(field) != value) and not (field == "seed" and str(run.get(field)) == str(value))
+    }
+    if wrong:
+        raise ValueError(
+            f"{path}: its run block does not match {stage}: "
+            + ", ".join(f"{field}={found!r} (expected {expected[field]!r})" for field, found in wrong.items())
+        )
+    missing = [name for name in REQUIRED_KEYS if name not in data]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    evaluator = data["evaluator"]
+    if evaluator not in REQUIRED_TEST_KEYS:
+        raise ValueError(f"{path}: unknown evaluator {evaluator!r} (known: {sorted(REQUIRED_TEST_KEYS)})")
+    test = data["test"]
+    missing = [name for name in REQUIRED_TEST_KEYS[evaluator] if name not in test]
+    if missing:
+        raise ValueError(f"{path}: evaluator {evaluator} needs test keys {missing}")
+    official = data["official_protocol"] or {}
+    row: dict[str, Any] = {
+        "stage": stage,
+        "kind": expected["kind"],
+        "dataset": expected["dataset"],
+        "source": key.source if isinstance(key, TransferKey) else "",
+        "family": str(run.get("family") or ""),
+        "method": key.method,
+        "seed": int(key.seed),
+        "evaluator": evaluator,
+        "protocol": str(data["protocol"]),
+        "selected_on": str(data["selected_on"]),
+        "val_description": str(data.get("val_description") or ""),
+        "selected_epoch": data.get("selected_epoch"),
+        "val_accuracy": data.get("val_accuracy"),
+        "mlflow_run_id": run.get("mlflow_run_id"),
+        "mlflow_experiment_id": run.get("mlflow_experiment_id"),
+        "pretrain_stage": run.get("pretrain_stage"),
+        "pretrain_mlflow_run_id": run.get("pretrain_mlflow_run_id"),
+        OFFICIAL: (
+            _check_accuracy(path, "official_protocol.test_accuracy", official["test_accuracy"])
+            if official.get("test_accuracy") is not None
+            else math.nan
+        ),
+        OFFICIAL_EPOCH: official.get("epoch"),
+        "path": relative.as_posix(),
+    }
+    for name, value in test.items():
+        if name.endswith("accuracy"):
+            row[f"test.{name}"] = _check_accuracy(path, f"test.{name}", value)
+        else:
+            row[f"test.{name}"] = value
+    config = data.get("config") or {}
+    row["config"] = json.dumps(config, sort_keys=True)  # exactly as written (no NaN-widened ints)
+    for name, value in config.items():
+        row[f"config.{name}"] = value
+    return row
+
+
+def read_history(root: Path, key: RunKey) -> pd.DataFrame:
+    """history.csv of one pretraining run with dataset/method/seed columns, sorted by epoch."""
+    relative = key.model_dir / HISTORY_FILE
+    path = require(root, relative, key.stage("pretrain"))
+    history = pd.read_csv(path)
+    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    if history.empty:
+        raise ValueError(f"{path}: no epochs")
+    columns = [*HISTORY_COLUMNS, *(["lr"] if "lr" in history.columns else [])]
+    history = history.loc[:, columns].sort_values("epoch", kind="stable").reset_index(drop=True)
+    history.insert(0, "seed", int(key.seed))
+    history.insert(0, "method", key.method)
+    history.insert(0, "dataset", key.dataset)
+    return history
+
+
+def read_run_file(root: Path, key: RunKey) -> dict[str, Any]:
+    """run.json of one pretraining run (its stage name and MLflow ids), checked against ``key``."""
+    relative = key.model_dir / RUN_FILE
+    path = require(root, relative, key.stage("pretrain"))
+    data = _read_json(path)
+    if data.get("stage") != key.stage("pretrain"):
+        raise ValueError(f"{path}: stage={data.get('stage')!r}, expected {key.stage('pretrain')!r}")
+    return {
+        "stage": key.stage("pretrain"),
+        "dataset": key.dataset,
+        "method": key.method,
+        "seed": int(key.seed),
+        "mlflow_run_id": data.get("mlflow_run_id"),
+        "mlflow_experiment_id": data.get("mlflow_experiment_id"),
+        "path": relative.as_posix(),
+    }
+
+
+def _frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows)) if rows else pd.DataFrame(columns=["dataset", "method", "seed"])
+
+
+def collect(runs: Sequence[RunKey], transfers: Sequence[TransferKey], root: Path) -> Collected:
+    """Read and check every file the report needs (see the module docstring); duplicates are an error."""
+    for name, keys in (("runs", runs), ("transfers", transfers)):
+        duplicated = sorted(key for key, count in Counter(keys).items() if count > 1)
+        if duplicated:
+            raise ValueError(f"{name} lists {duplicated} more than once")
+    root = Path(root)
+    probes = _frame([read_metrics(root, key) for key in runs])
+    transfer_rows = _frame([read_metrics(root, key) for key in transfers])
+    pretrain = _frame([read_run_file(root, key) for key in runs])
+    histories = (
+        pd.concat([read_history(root, key) for key in runs], ignore_index=True)
+        if runs
+        else pd.DataFrame(columns=["dataset", "method", "seed", *HISTORY_COLUMNS])
+    )
+    return Collected(probes=probes, transfers=transfer_rows, histories=histories, pretrain=pretrain)
+
+
+def ordered(values: Sequence[Any] | pd.Series) -> list[Any]:
+    """Distinct values in first-appearance order (the order the stage listed its runs in)."""
+    return list(dict.fromkeys(values))

@@ -1,152 +1,412 @@
-"""Paper-style result tables (Markdown, CSV, LaTeX) from collect_probe_metrics' frame.
+"""Paper-style tables over many datasets and seeds: Markdown, tidy CSV and booktabs LaTeX.
 
-Main table: rows = methods, two sub-columns per training rho: unbiased accuracy and bias-conflicting
-accuracy, in percent with one decimal (BiasCon's BiasedMNIST layout). Second table: the honest
-validation-selected test accuracy next to the official protocol's test-selected (optimistic) one.
+Tables (rows = methods in the order the runs were given):
+
+- ``classification``: per classification dataset entry (probe runs), top-1 test accuracy;
+- ``bias``: per group_bias entry, unbiased and bias-conflicting test accuracy;
+- ``transfer``: per source → target, top-1 and mean per-class test accuracy;
+- ``official``: per entry (and transfer pair), validation-selected test accuracy next to the
+  official protocol's test-selected (optimistic) one;
+- ``convergence``: per entry, the first pretraining epoch at which the online probe reaches 90% and
+  95% of the run's own final accuracy.
+
+Every cell is mean ± 95% Student-t half-width over seeds with n (stats.py), e.g. ``91.2 ± 0.4 (n=3)``.
+The tidy CSV has one row per (table, dataset, source, protocol, method, metric) with mean, ci95, std,
+n, and the per-seed values (``seeds`` and ``values``, ``;``-separated, same order); accuracies stay
+fractions in [0, 1] at full precision. When a dataset entry was measured with more than one
+protocol, each protocol gets its own column group.
 """
 
 from __future__ import annotations
 
-import math
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from cecl.report.collect import ALIGNED, CONFLICTING, OFFICIAL, TEST_ACCURACY, UNBIASED
+from cecl.report.collect import (
+    CLASSIFICATION,
+    CONFLICTING,
+    GROUP_BIAS,
+    MEAN_PER_CLASS,
+    OFFICIAL,
+    TOP1,
+    UNBIASED,
+    ordered,
+)
+from cecl.report.stats import Summary, format_summary, format_value, summarize
 
 OFFICIAL_LABEL = "official protocol (test-selected, optimistic)"
 HONEST_LABEL = "validation-selected"
-MISSING = "n/a"
+PROVENANCE_FILE = "provenance.md"
+TABLES_DIR = "tables"  # build_report writes the table files into out_dir/TABLES_DIR
+CONVERGENCE_FRACTIONS = (0.90, 0.95)
+# A curve "reaches" fraction·final when acc >= fraction·final - TOLERANCE (0.9 * 0.8 != 0.72 in floats).
+TOLERANCE = 1e-9
+TIDY_COLUMNS = (
+    "table",
+    "dataset",
+    "source",
+    "protocol",
+    "method",
+    "metric",
+    "mean",
+    "ci95",
+    "std",
+    "n",
+    "seeds",
+    "values",
+)
 
-# table.csv: one row per (method, rho), fractions in [0, 1] at full precision; column -> source key.
-CSV_COLUMNS = {
-    "method": "method",
-    "rho": "rho",
-    "seed": "seed",
-    "unbiased_accuracy": UNBIASED,
-    "conflicting_accuracy": CONFLICTING,
-    "aligned_accuracy": ALIGNED,
-    "test_accuracy": TEST_ACCURACY,
-    "val_accuracy": "val_accuracy",
-    "selected_epoch": "selected_epoch",
-    "official_test_accuracy": OFFICIAL,
-    "official_epoch": "official_protocol.epoch",
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a header group (dataset entry / pair), a sub-label, a metric and a row filter."""
+
+    group: str
+    label: str
+    metric: str
+    dataset: str
+    source: str = ""
+    protocol: str = ""
+
+
+@dataclass
+class Table:
+    """A built table: its cells (Summary per (method, column index)) and how to print them."""
+
+    name: str
+    title: str
+    caption: str
+    methods: list[str]
+    columns: list[Column]
+    cells: dict[tuple[str, int], Summary]
+    scale: float = 100.0  # fractions -> percent; 1 for epochs
+    decimals: int = 1
+    formats: tuple[str, ...] = ("md", "csv", "tex")
+    tidy: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def has_single_seed_cells(self) -> bool:
+        return any(summary.n == 1 for summary in self.cells.values())
+
+
+def _values(frame: pd.DataFrame, column: Column, method: str) -> tuple[list[int], list[float]]:
+    rows = frame[(frame["method"] == method) & (frame["dataset"] == column.dataset)]
+    if "source" in rows.columns:  # probe rows have source "", so a probe column never takes a transfer
+        rows = rows[rows["source"] == column.source]
+    if column.protocol:
+        rows = rows[rows["protocol"] == column.protocol]
+    if column.metric not in rows.columns:
+        return [], []
+    rows = rows[rows[column.metric].notna()].sort_values("seed", kind="stable")
+    return [int(s) for s in rows["seed"]], [float(v) for v in rows[column.metric]]
+
+
+def _build(
+    name: str,
+    title: str,
+    caption: str,
+    frame: pd.DataFrame,
+    methods: Sequence[str],
+    columns: Sequence[Column],
+    **options,
+) -> Table:
+    """Summaries of every (method, column) cell and the tidy rows; the caption gets the cell legend."""
+    cells, tidy = {}, []
+    for index, column in enumerate(columns):
+        for method in methods:
+            seeds, values = _values(frame, column, method)
+            summary = summarize(values)
+            cells[(method, index)] = summary
+            if summary.n:
+                tidy.append(
+                    {
+                        "table": name,
+                        "dataset": column.dataset,
+                        "source": column.source,
+                        "protocol": column.protocol,
+                        "method": method,
+                        "metric": column.metric.removeprefix("test."),
+                        "mean": summary.mean,
+                        "ci95": summary.ci95,
+                        "std": summary.std,
+                        "n": summary.n,
+                        "seeds": ";".join(str(s) for s in seeds),
+                        "values": ";".join(format_value(v) for v in values),
+                    }
+                )
+    table = Table(name, title, caption, list(methods), list(columns), cells, **options)
+    table.tidy = pd.DataFrame(tidy, columns=list(TIDY_COLUMNS))
+    table.caption = caption + " " + cell_legend(table)
+    return table
+
+
+def cell_legend(table: Table) -> str:
+    """How to read a cell (and, when present, that n=1 cells have no interval)."""
+    text = (
+        "Cells: mean ± 95% confidence half-width over seeds (Student t, t_{0.975,n−1}·s/√n), "
+        "n = number of seeds."
+    )
+    if table.has_single_seed_cells:
+        text += " n=1 cells have no interval (one seed gives no spread)."
+    return text
+
+
+def _notes(datasets: Sequence[str], notes: Mapping[str, str]) -> str:
+    described = [f"`{d}`: {notes[d]}" for d in datasets if notes.get(d)]
+    return (" Datasets: " + "; ".join(described) + ".") if described else ""
+
+
+def _protocol_columns(
+    frame: pd.DataFrame, evaluator: str, metrics: Mapping[str, str]
+) -> tuple[list[Column], list[str]]:
+    """Columns per (dataset entry, protocol) of ``evaluator`` probe runs; the protocols seen."""
+    rows = frame[frame["evaluator"] == evaluator] if "evaluator" in frame.columns else frame.iloc[:0]
+    columns, protocols = [], ordered(rows["protocol"]) if len(rows) else []
+    for dataset in ordered(rows["dataset"]):
+        present = ordered(rows.loc[rows["dataset"] == dataset, "protocol"])
+        for protocol in present:
+            group = dataset if len(present) == 1 else f"{dataset} ({protocol})"
+            columns += [Column(group, label, key, dataset, "", protocol) for label, key in metrics.items()]
+    return columns, protocols
+
+
+def _protocol_text(frame: pd.DataFrame, protocols: Sequence[str]) -> str:
+    selected = ", ".join(f"`{s}`" for s in ordered(frame["selected_on"])) if len(frame) else "?"
+    names = ", ".join(f"`{p}`" for p in protocols)
+    return f"Protocol {names}; probe epoch selected on the {selected} split (see report.md)."
+
+
+def classification_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
+    """Top-1 test accuracy (%) per classification dataset entry (probe runs)."""
+    columns, protocols = _protocol_columns(probes, CLASSIFICATION, {"top-1": TOP1})
+    datasets = ordered(c.dataset for c in columns)
+    caption = (
+        "Top-1 test accuracy (%) on the classification datasets. "
+        + _protocol_text(probes, protocols)
+        + _notes(datasets, notes)
+    )
+    return _build("classification", "Classification", caption, probes, methods, columns)
+
+
+def bias_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
+    """Unbiased and bias-conflicting test accuracy (%) per group_bias dataset entry (probe runs)."""
+    metrics = {"unbiased": UNBIASED, "conflicting": CONFLICTING}
+    columns, protocols = _protocol_columns(probes, GROUP_BIAS, metrics)
+    datasets = ordered(c.dataset for c in columns)
+    caption = (
+        "Unbiased / bias-conflicting test accuracy (%) on the bias benchmarks (unbiased = mean over the "
+        "(target, bias) groups of the group accuracy; conflicting = the same over the groups whose bias "
+        "attribute disagrees with the target). " + _protocol_text(probes, protocols) + _notes(datasets, notes)
+    )
+    return _build("bias", "Bias benchmarks", caption, probes, methods, columns)
+
+
+def _pairs(transfers: pd.DataFrame) -> list[tuple[str, str]]:
+    if transfers.empty:
+        return []
+    return ordered(zip(transfers["source"], transfers["dataset"], strict=True))
+
+
+def pair_label(source: str, target: str) -> str:
+    return f"{source}→{target}"
+
+
+def transfer_table(transfers: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
+    """Top-1 and mean per-class test accuracy (%) of a linear probe on ``target``, ``source`` encoder."""
+    columns = [
+        Column(pair_label(source, target), label, key, target, source)
+        for source, target in _pairs(transfers)
+        for label, key in {"top-1": TOP1, "mean per-class": MEAN_PER_CLASS}.items()
+    ]
+    datasets = ordered([name for pair in _pairs(transfers) for name in pair])
+    protocols = ordered(transfers["protocol"]) if len(transfers) else []
+    caption = (
+        "Transfer: encoder pretrained on the source (same method and seed), linear probe on the "
+        "target; top-1 and mean per-class test accuracy (%). "
+        + _protocol_text(transfers, protocols)
+        + _notes(datasets, notes)
+    )
+    return _build("transfer", "Transfer", caption, transfers, methods, columns)
+
+
+def official_table(
+    probes: pd.DataFrame, transfers: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]
+) -> Table:
+    """Test accuracy (%): validation-selected probe epoch vs the official protocol's best test epoch."""
+    metrics = {HONEST_LABEL: TOP1, OFFICIAL_LABEL: OFFICIAL}
+    columns = []
+    for dataset in ordered(probes["dataset"]) if len(probes) else []:
+        present = ordered(probes.loc[probes["dataset"] == dataset, "protocol"])
+        for protocol in present:
+            group = dataset if len(present) == 1 else f"{dataset} ({protocol})"
+            columns += [Column(group, label, key, dataset, "", protocol) for label, key in metrics.items()]
+    for source, target in _pairs(transfers):
+        columns += [
+            Column(pair_label(source, target), label, key, target, source) for label, key in metrics.items()
+        ]
+    frame = pd.concat([f for f in (probes, transfers) if len(f)], ignore_index=True)
+    caption = (
+        f"Test accuracy (%): probe epoch selected on validation vs the {OFFICIAL_LABEL}, i.e. the best "
+        "test accuracy over probe epochs as in the released code (it selects on the test set)."
+        + _notes(ordered(c.dataset for c in columns), notes)
+    )
+    return _build("official", "Evaluation protocol", caption, frame, methods, columns, formats=("md", "tex"))
+
+
+def epochs_to_fraction(epochs: Sequence[int], accuracy: Sequence[float], fraction: float) -> int:
+    """First epoch whose accuracy reaches ``fraction`` of the last epoch's (the run's final) accuracy."""
+    pairs = sorted(zip(epochs, accuracy, strict=True))
+    final = pairs[-1][1]
+    target = fraction * final - TOLERANCE
+    return int(next(epoch for epoch, value in pairs if value >= target))
+
+
+def convergence_metric(fraction: float) -> str:
+    return f"epochs_to_{round(100 * fraction)}pct_final"
+
+
+def convergence_frame(histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per pretraining run: dataset, method, seed, final_epoch, final_accuracy, epochs_to_*."""
+    rows = []
+    if histories.empty:
+        return pd.DataFrame(columns=["dataset", "method", "seed", "final_epoch", "final_accuracy"])
+    for (dataset, method, seed), run in histories.groupby(["dataset", "method", "seed"], sort=False):
+        run = run.dropna(subset=["online_probe_val_accuracy"]).sort_values("epoch")
+        if run.empty:
+            continue
+        epochs, accuracy = run["epoch"].tolist(), run["online_probe_val_accuracy"].tolist()
+        row = {
+            "dataset": dataset,
+            "method": method,
+            "seed": int(seed),
+            "final_epoch": int(epochs[-1]),
+            "final_accuracy": float(accuracy[-1]),
+        }
+        for fraction in CONVERGENCE_FRACTIONS:
+            row[convergence_metric(fraction)] = epochs_to_fraction(epochs, accuracy, fraction)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
+    """Per dataset entry and method: epochs to 90% / 95% of the run's own final online-probe accuracy."""
+    datasets = ordered(epochs["dataset"]) if len(epochs) else []
+    columns = [
+        Column(dataset, f"{round(100 * fraction)}% of final", convergence_metric(fraction), dataset)
+        for dataset in datasets
+        for fraction in CONVERGENCE_FRACTIONS
+    ]
+    caption = (
+        "Convergence: the first pretraining epoch at which the online-probe validation accuracy reaches "
+        "90% / 95% of that run's own final (last-epoch) accuracy; fewer epochs = faster."
+        + _notes(datasets, notes)
+    )
+    return _build(
+        "convergence", "Convergence", caption, epochs, methods, columns, scale=1.0, formats=("md", "csv")
+    )
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def _strings(table: Table, pm: str) -> list[list[str]]:
+    return [
+        [
+            format_summary(table.cells[(method, i)], table.scale, table.decimals, pm)
+            for i in range(len(table.columns))
+        ]
+        for method in table.methods
+    ]
+
+
+def provenance_pointer(href: str = PROVENANCE_FILE) -> str:
+    return f" Run ids and output hashes: [{PROVENANCE_FILE}]({href})."
+
+
+def markdown(table: Table, provenance_href: str = PROVENANCE_FILE) -> str:
+    """Caption paragraph (pointing to provenance.md at ``provenance_href``), then a pipe table with
+    columns '<group> <label>'."""
+    headers = [f"{c.group} {c.label}" for c in table.columns]
+    flat = pd.DataFrame(_strings(table, "±"), index=pd.Index(table.methods, name="method"), columns=headers)
+    # disable_numparse: tabulate would otherwise re-format our "91.0" strings as numbers ("91").
+    body = flat.to_markdown(disable_numparse=True, colalign=("left", *["right"] * flat.shape[1]))
+    return f"{table.caption}{provenance_pointer(provenance_href)}\n\n{body}\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "→": r"$\rightarrow$",
 }
 
 
-def ordered(df: pd.DataFrame, column: str) -> list:
-    """Distinct values of ``column`` in first-appearance order (the order the stage asked for)."""
-    return list(dict.fromkeys(df[column]))
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
 
 
-def percent(value: float) -> str:
-    """A fraction as a percentage with one decimal; NaN/None as 'n/a'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    return f"{100 * float(value):.1f}"
-
-
-def _wide(df: pd.DataFrame, metrics: dict[str, str], rho_label: str) -> pd.DataFrame:
-    """Rows = methods, columns = (rho label, metric label), cells = fractions; the row/column order of df."""
-    methods, rhos = ordered(df, "method"), ordered(df, "rho")
-    indexed = df.set_index(["method", "rho"])
+def latex(table: Table) -> str:
+    """A booktabs tabular (Styler: \\toprule/\\midrule/\\bottomrule, centred multicolumn group headers)."""
     columns = pd.MultiIndex.from_tuples(
-        [(rho_label.format(rho=rho), label) for rho in rhos for label in metrics], names=["rho", "metric"]
+        [(latex_escape(c.group), latex_escape(c.label)) for c in table.columns]
     )
-    values = [
-        [
-            indexed.at[(method, rho), key] if key in indexed.columns else float("nan")
-            for rho in rhos
-            for key in metrics.values()
-        ]
-        for method in methods
-    ]
-    return pd.DataFrame(values, index=pd.Index(methods, name="method"), columns=columns, dtype=float)
-
-
-def results_frame(df: pd.DataFrame, rho_label: str = "ρ={rho:g}") -> pd.DataFrame:
-    """Main table as fractions: columns (rho, 'unbiased' | 'conflicting')."""
-    return _wide(df, {"unbiased": UNBIASED, "conflicting": CONFLICTING}, rho_label)
-
-
-def official_frame(df: pd.DataFrame, rho_label: str = "ρ={rho:g}") -> pd.DataFrame:
-    """Protocol table as fractions: columns (rho, validation-selected | official protocol)."""
-    return _wide(df, {HONEST_LABEL: TEST_ACCURACY, OFFICIAL_LABEL: OFFICIAL}, rho_label)
-
-
-def _markdown(wide: pd.DataFrame) -> str:
-    flat = wide.map(percent)
-    flat.columns = [f"{rho} {metric}" for rho, metric in flat.columns]
-    # disable_numparse: tabulate would otherwise re-format our "91.0" strings as numbers ("91").
-    return flat.to_markdown(disable_numparse=True, colalign=("left", *["right"] * flat.shape[1]))
-
-
-def table_markdown(df: pd.DataFrame) -> str:
-    """The main table in Markdown: unbiased and bias-conflicting test accuracy (%) per method and rho."""
-    return (
-        "Unbiased / bias-conflicting test accuracy (%) on the unbiased BiasedMNIST test set "
-        "(linear probe, epoch selected on validation).\n\n" + _markdown(results_frame(df)) + "\n"
-    )
-
-
-def official_table_markdown(df: pd.DataFrame) -> str:
-    """Plain test accuracy (%): validation-selected probe epoch vs the official protocol's best test epoch."""
-    return (
-        f"Test accuracy (%): probe epoch selected on validation vs the {OFFICIAL_LABEL}, i.e. the best "
-        "test accuracy over probe epochs as in the released code (it selects on the test set).\n\n"
-        + _markdown(official_frame(df))
-        + "\n"
-    )
-
-
-def _latex(wide: pd.DataFrame, caption: str) -> str:
-    """A booktabs tabular (Styler: \\toprule/\\midrule/\\bottomrule, centred multicolumn rho headers)."""
-    wide = wide.copy()
-    wide.columns = wide.columns.set_levels(
-        [f"$\\rho={level.split('=', 1)[1]}$" for level in wide.columns.levels[0]], level=0
-    )
-    styler = wide.style.format(percent).format_index(escape="latex", axis=0)
-    styler = styler.format_index(escape="latex", axis=1, level=1).hide(names=True, axis="columns")
-    styler = styler.hide(names=True, axis="index")
+    index = pd.Index([latex_escape(m) for m in table.methods])
+    wide = pd.DataFrame(_strings(table, r"$\pm$"), index=index, columns=columns)
+    styler = wide.style.hide(names=True, axis="columns").hide(names=True, axis="index")
     body = styler.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * wide.shape[1])
-    return f"% {caption}\n% Generated by cecl/report/tables.py; needs \\usepackage{{booktabs}}.\n{body}"
+    caption = f"{table.caption} Run ids and output hashes: {PROVENANCE_FILE} (next to report.md)."
+    caption = "\n".join(f"% {line}" for line in caption.splitlines())
+    return f"{caption}\n% Generated by cecl/report/tables.py; needs \\usepackage{{booktabs}}.\n{body}"
 
 
-def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """Write table.md/.csv/.tex and table_official.md/.tex into out_dir; returns kind -> path.
-
-    table.csv (machine-readable): one row per (method, rho) with the columns of CSV_COLUMNS,
-    accuracies as fractions in [0, 1] at full precision (both tables' numbers are in it).
-    """
+def write_table(table: Table, out_dir: Path) -> dict[str, Path]:
+    """table_<name>.md/.csv/.tex (those in table.formats) in out_dir; returns 'table_<name>_<ext>' -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out_dir / "table.md",
-        "csv": out_dir / "table.csv",
-        "latex": out_dir / "table.tex",
-        "official_markdown": out_dir / "table_official.md",
-        "official_latex": out_dir / "table_official.tex",
-    }
-    paths["markdown"].write_text(table_markdown(df))
-    paths["official_markdown"].write_text(official_table_markdown(df))
-    tidy = pd.DataFrame(
-        {name: df[key] if key in df.columns else float("nan") for name, key in CSV_COLUMNS.items()}
-    )
-    tidy.to_csv(paths["csv"], index=False)
-    paths["latex"].write_text(
-        _latex(results_frame(df), "Unbiased / bias-conflicting test accuracy (%) on BiasedMNIST")
-    )
-    paths["official_latex"].write_text(
-        _latex(official_frame(df), f"Test accuracy (%): {HONEST_LABEL} vs {OFFICIAL_LABEL}")
-    )
+    paths = {}
+    for ext in table.formats:
+        path = out_dir / f"table_{table.name}.{ext}"
+        if ext == "md":  # out_dir is report.md's tables/ folder: provenance.md is one level up
+            path.write_text(markdown(table, f"../{PROVENANCE_FILE}"))
+        elif ext == "tex":
+            path.write_text(latex(table))
+        elif ext == "csv":
+            table.tidy.to_csv(path, index=False)
+        else:
+            raise ValueError(f"unknown table format {ext!r}")
+        paths[f"table_{table.name}_{ext}"] = path
     return paths
 
 
-def configuration_markdown(df: pd.DataFrame) -> str:
-    """Which loss configuration each table row used (from the ``config`` block of metrics.json)."""
-    columns = [c for c in df.columns if c.startswith("config.")]
-    lines = ["## Configurations used", "", "| method | rho | seed | configuration |", "|---|---|---|---|"]
-    for _, row in df.iterrows():
-        settings = ", ".join(f"{c.removeprefix('config.')}={row[c]}" for c in columns if pd.notna(row[c]))
-        lines.append(f"| {row['method']} | {row['rho']:g} | {row['seed']} | {settings or '(no options)'} |")
+def configuration_markdown(probes: pd.DataFrame, transfers: pd.DataFrame) -> str:
+    """Which loss configuration each (dataset, method) used (``config`` block of metrics.json)."""
+    frame = pd.concat([f for f in (probes, transfers) if len(f)], ignore_index=True)
+    lines = ["## Configurations used", ""]
+    if frame.empty:
+        return "\n".join([*lines, "No runs."]) + "\n"
+    lines += ["| run | seeds | configuration |", "|---|---|---|"]
+    frame = frame.assign(
+        run=[
+            f"{pair_label(s, d) if s else d} {m}"
+            for s, d, m in zip(frame["source"], frame["dataset"], frame["method"], strict=True)
+        ],
+        settings=[
+            ", ".join(f"{name}={value}" for name, value in json.loads(config).items()) or "(no options)"
+            for config in frame["config"]
+        ],
+    )
+    for (run, settings), rows in frame.groupby(["run", "settings"], sort=False):
+        seeds = ", ".join(str(s) for s in sorted(rows["seed"]))
+        lines.append(f"| {run} | {seeds} | {settings} |")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ validation split (the convergence curve), and save a checkpoint. All randomness 
 comes from generators seeded by (seed, e), so a run resumed from the checkpoint of epoch e-1 is
 identical to an uninterrupted one.
 
-Under torchrun (``cecl.train.distributed``) the same loop runs in every process: each process draws
+Under torchrun (``cecl.distributed``) the same loop runs in every process: each process draws
 the same global batch and the same augmentations, keeps its contiguous shard, and runs the method in
 ``DistributedDataParallel``. Every method computes its loss on the global batch (features or
 per-sample losses are gathered with gradient), so P processes train exactly like one process on the
@@ -27,12 +27,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cecl.config import Params
+from cecl import distributed
 from cecl.data.augment import BatchAugment, make_views
+from cecl.datasets import TensorSplit
 from cecl.methods import Method, build_method
-from cecl.train import distributed
+from cecl.pipeline import RunSetup
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
-from cecl.train.probe import TensorSplit, extract_features, fit_linear_probe, predict
+from cecl.train.probe import extract_features, fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
 
 
@@ -40,9 +41,13 @@ from cecl.train.schedule import learning_rate
 class EpochRecord:
     epoch: int  # 1-based
     train_loss: float
-    online_probe_val_accuracy: float
+    online_probe_val_accuracy: float  # the evaluator's primary metric on the validation split
     lr: float
-    seconds: float
+    seconds: float  # wall clock: logged to MLflow, never written to a DVC-cached file
+
+    def history_row(self) -> dict[str, float]:
+        """The deterministic part, as history.csv stores it (so equal runs give equal bytes)."""
+        return {k: v for k, v in asdict(self).items() if k != "seconds"}
 
 
 EpochCallback = Callable[[EpochRecord], None]
@@ -52,26 +57,25 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
-def online_probe_accuracy(
-    method: Method, train: TensorSplit, val: TensorSplit, params: Params, seed: int
-) -> float:
-    """Validation accuracy of a linear probe fitted on frozen features of the training split."""
-    opts = params.pretrain.online_probe
+def online_probe_accuracy(method: Method, setup: RunSetup, train: TensorSplit, val: TensorSplit, seed: int) -> float:
+    """The evaluator's primary metric on validation of a linear probe fitted on frozen training features."""
+    opts = setup.recipe.pretrain.online_probe
+    evaluator = setup.spec.evaluator()
     probe = fit_linear_probe(
         extract_features(method.encoder, train.images),
-        train.labels,
-        n_classes=int(train.labels.max()) + 1,
+        train.targets,
+        n_classes=setup.spec.n_classes,
         epochs=opts.epochs,
         lr=opts.lr,
         batch_size=opts.batch_size,
         seed=seed,
     )
-    preds = predict(probe, extract_features(method.encoder, val.images))
-    return float((preds == val.labels).float().mean())
+    metrics = evaluator(logits_of(probe, extract_features(method.encoder, val.images)), val.targets, val.bias)
+    return metrics[evaluator.primary]
 
 
-def _make_optimizer(method: Method, params: Params) -> torch.optim.Optimizer:
-    opt = params.pretrain.optimizer
+def _make_optimizer(method: Method, setup: RunSetup) -> torch.optim.Optimizer:
+    opt = setup.recipe.pretrain.optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(
             method.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
@@ -92,36 +96,34 @@ def _training_module(method: Method, device: torch.device) -> nn.Module:
 
 
 def run_pretraining(
-    params: Params,
-    method_name: str,
+    setup: RunSetup,
     train: TensorSplit,
     val: TensorSplit,
     device: torch.device,
     fingerprint: str,
     checkpoint_path: Path | None = None,
     on_epoch: EpochCallback | None = None,
-    overrides: dict[str, Any] | None = None,
     epochs: int | None = None,
     progress: bool = True,
 ) -> tuple[Method, list[EpochRecord]]:
-    """Pretrain ``method_name`` and return the trained method and its per-epoch history.
+    """Pretrain ``setup``'s method on ``train`` and return the trained method and its per-epoch history.
 
     ``on_epoch`` is called for every epoch in order, including epochs restored from a checkpoint,
-    so a resumed run logs the complete curve. ``overrides`` replace method options (the sweep).
+    so a resumed run logs the complete curve. ``epochs`` overrides the recipe's (the sweep).
     Under torchrun only rank 0 probes, checkpoints, prints and calls ``on_epoch``; the other ranks'
     records carry NaN as online-probe accuracy.
     """
-    cfg = params.pretrain
+    cfg = setup.recipe.pretrain
     total_epochs = epochs or cfg.epochs
-    seed = cfg.seed
-    n_classes = int(train.labels.max()) + 1
+    seed = setup.key.seed
+    method_name = setup.key.method
     torch.manual_seed(seed)
-    method = build_method(params, method_name, n_classes, overrides).to(device)
+    method = build_method(method_name, setup.method_context(), setup.options).to(device)
     trainer = _training_module(method, device)
     main_process = distributed.is_main_process()
     progress = progress and main_process
-    optimizer = _make_optimizer(method, params)
-    augment = BatchAugment(params.augment)
+    optimizer = _make_optimizer(method, setup)
+    augment = BatchAugment(setup.recipe.augment)
     history: list[EpochRecord] = []
 
     state = load_checkpoint(checkpoint_path, fingerprint)
@@ -157,7 +159,7 @@ def run_pretraining(
             idx = order[step * batch_size : (step + 1) * batch_size]
             views = make_views(train.images[idx], method.n_views, augment, generator)
             # The whole global batch is augmented in every process (same generator), then sharded.
-            views, labels = distributed.split_batch([views, train.labels[idx]])
+            views, labels = distributed.split_batch([views, train.targets[idx]])
             loss = trainer(views, labels)  # the loss of the global batch, equal in every process
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -170,7 +172,7 @@ def run_pretraining(
             loss_sum += loss.detach()
         accuracy = float("nan")
         if main_process:
-            accuracy = online_probe_accuracy(method, train, val, params, seed + epoch)
+            accuracy = online_probe_accuracy(method, setup, train, val, seed + epoch)
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=float(loss_sum) / steps,

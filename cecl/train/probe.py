@@ -9,28 +9,15 @@ usual linear-evaluation shortcut and is documented as such in the README.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass(frozen=True)
-class TensorSplit:
-    """One split on a device: images uint8 [N, 3, H, W], labels and colours int64 [N]."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    colours: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Encoder outputs for uint8 images, in eval mode (BN running statistics), restored afterwards."""
+    """Encoder outputs for uint8 images in batches under no_grad, in eval mode (BN running statistics)."""
     was_training = encoder.training
     encoder.eval()
     chunks = [encoder(images[i : i + batch_size].float() / 255.0) for i in range(0, len(images), batch_size)]
@@ -84,5 +71,6 @@ def fit_linear_probe(
 
 
 @torch.no_grad()
-def predict(probe: LinearProbe, features: torch.Tensor) -> torch.Tensor:
-    return probe(features).argmax(dim=1)
+def logits_of(probe: LinearProbe, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """The probe's logits on fixed features, in batches (bounded memory on large splits)."""
+    return torch.cat([probe(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])

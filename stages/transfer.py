@@ -1,0 +1,25 @@
+"""DVC stage transfer@{source}-{target}-{method}-{seed}: a frozen encoder pretrained on one dataset entry,
+linear probe on another (the paper's Caltech-101/256 transfer protocol).
+
+Writes transfer/{source}__{target}/{method}/seed_{seed}/{metrics.json, curve.csv}, in the probe
+stage's format (the target's evaluator; the epoch selected on the target's validation split).
+"""
+
+from __future__ import annotations
+
+from cecl import runs
+from cecl.cli import transfer_stage
+from cecl.config import load_params
+from stages.probe import evaluate_encoder
+
+
+def main(key: runs.TransferKey) -> None:
+    params = load_params()
+    if key not in params.transfers():
+        pairs = ", ".join(f"{s}->{t}" for s, t in params.transfer_pairs()) or "none"
+        raise ValueError(f"{key.stage()} is not a transfer of params.yaml (pairs: {pairs}; see transfer, seeds)")
+    evaluate_encoder(params, key, key.pretrained, key.target, key.out_dir)
+
+
+if __name__ == "__main__":
+    transfer_stage(__doc__.splitlines()[0], main)
