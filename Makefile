@@ -29,8 +29,10 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 install: $(STAMP)
 
+# PROFILE=<name> composes profiles/<name>.yaml into params.yaml first (cpu is the default params.yaml;
+# paper is the paper-scale profile for GPU hosts). The run ends with which stages ran or were reused.
 repro: install
-	dvc repro
+	$(PY) -m cecl.repro $(if $(PROFILE),--profile $(PROFILE))
 
 test: install
 	$(PY) -m pytest -q

@@ -58,11 +58,12 @@ class ModelParams(Strict):
     @model_validator(mode="after")
     def _known_backbone(self) -> ModelParams:
         if self.backbone not in available_backbones():
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(available_backbones())}")
+            known = ", ".join(available_backbones())
+            raise ValueError(f"{NESTED}model.backbone: unknown backbone {self.backbone!r}; known: {known}")
         try:
             backbone_options_schema(self.backbone).model_validate(self.backbone_options)
         except ValidationError as err:
-            raise _nested("backbone_options", err) from None
+            raise _nested("model.backbone_options", err) from None
         return self
 
     def options(self) -> Strict:
@@ -109,6 +110,7 @@ class ProbeParams(Strict):
 class AshaParams(Strict):
     grace_period: int = Field(1, ge=1)  # epochs every trial runs before it can be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
+
 
 class PretrainParams(Strict):
     datasets: list[str] = Field(min_length=1)  # entries of ``datasets`` to pretrain on
@@ -216,7 +218,11 @@ OVERRIDABLE = {"model": ModelParams, "pretrain": PretrainParams, "probe": ProbeP
 def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) else value
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+            else value
+        )
     return merged
 
 
@@ -256,7 +262,10 @@ class Params(Strict):
                 raise ValueError(f"dataset entry names are letters, digits, '_' and '.', got {name!r}")
             family = entry.get("family") if isinstance(entry, Mapping) else None
             if family not in known:
-                raise ValueError(f"{NESTED}datasets.{name}.family: unknown dataset family {family!r}; known: {', '.join(known)}")
+                raise ValueError(
+                    f"{NESTED}datasets.{name}.family: unknown dataset family {family!r}; "
+                    f"known: {', '.join(known)}"
+                )
             try:
                 entries[name] = known[family].Options.model_validate(entry)
             except ValidationError as err:
@@ -272,7 +281,9 @@ class Params(Strict):
         schemas = options_schemas()
         unknown = [name for name in raw if name not in schemas]
         if unknown:
-            raise ValueError(f"{NESTED}method_options.{unknown[0]}: unknown method; known: {', '.join(schemas)}")
+            raise ValueError(
+                f"{NESTED}method_options.{unknown[0]}: unknown method; known: {', '.join(schemas)}"
+            )
         out = {}
         for name, schema in schemas.items():
             try:
@@ -281,19 +292,36 @@ class Params(Strict):
                 raise _nested(f"method_options.{name}", err) from None
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_dvc_tracks(cls, raw: Any) -> Any:
+        # dvc.yaml tracks method_options.<method> of every pretrained method: DVC refuses a missing key.
+        if isinstance(raw, Mapping) and isinstance(raw.get("pretrain"), Mapping):
+            given = raw.get("method_options") or {}
+            for method in raw["pretrain"].get("methods") or []:
+                if isinstance(given, Mapping) and method not in given and method in options_schemas():
+                    raise ValueError(
+                        f"{NESTED}method_options.{method}: missing; every method in pretrain.methods needs "
+                        "a section (`{}` keeps its defaults)"
+                    )
+        return raw
+
     @model_validator(mode="after")
     def _consistent(self) -> Params:
         for name in self.pretrain.datasets:
             self._entry(name, "pretrain.datasets")
         for name in self.transfer.sources:
             if name not in self.pretrain.datasets:
-                raise ValueError(f"{NESTED}transfer.sources: {name!r} is not pretrained (not in pretrain.datasets)")
+                raise ValueError(
+                    f"{NESTED}transfer.sources: {name!r} is not pretrained (not in pretrain.datasets)"
+                )
         for name in self.transfer.targets:
             self._entry(name, "transfer.targets")
         for source, target in self.transfer_pairs():
             if self.spec(source).channels != self.spec(target).channels:
                 raise ValueError(
-                    f"{NESTED}transfer.targets: {target!r} has {self.spec(target).channels} channel(s) but encoders "
+                    f"{NESTED}transfer.targets: {target!r} has {self.spec(target).channels} channel(s) "
+                    "but encoders "
                     f"pretrained on {source!r} take {self.spec(source).channels}"
                 )
         self._entry(self.sweep.dataset, "sweep.dataset")
@@ -304,15 +332,20 @@ class Params(Strict):
                     f"{NESTED}datasets.{name}.augment: colour jitter / grayscale need 3-channel images; "
                     f"{spec.family} has {spec.channels}"
                 )
-            for section, overrides in entry.overrides.items():
+            for section in entry.overrides:
                 if section not in OVERRIDABLE:
-                    raise ValueError(f"{NESTED}datasets.{name}.overrides.{section}: unknown key; known: {', '.join(OVERRIDABLE)}")
+                    raise ValueError(
+                        f"{NESTED}datasets.{name}.overrides.{section}: unknown key; "
+                        f"known: {', '.join(OVERRIDABLE)}"
+                    )
             self.recipe(name)  # validates the merged sections
         return self
 
     def _entry(self, name: str, where: str) -> None:
         if name not in self.datasets:
-            raise ValueError(f"{NESTED}{where}: unknown dataset entry {name!r}; entries: {', '.join(self.datasets)}")
+            raise ValueError(
+                f"{NESTED}{where}: unknown dataset entry {name!r}; entries: {', '.join(self.datasets)}"
+            )
 
     # ------------------------------------------------------------------ derived views
 
@@ -346,15 +379,22 @@ class Params(Strict):
 
     def transfers(self) -> list[TransferKey]:
         return [
-            TransferKey(s, t, m, seed) for s, t in self.transfer_pairs() for m in self.pretrain.methods for seed in self.seeds
+            TransferKey(s, t, m, seed)
+            for s, t in self.transfer_pairs()
+            for m in self.pretrain.methods
+            for seed in self.seeds
         ]
 
     def check_run(self, key: RunKey) -> None:
         """A one-line error when a stage is asked for a run params.yaml does not define."""
         if key.dataset not in self.pretrain.datasets:
-            raise ValueError(f"dataset {key.dataset!r} is not in params.yaml pretrain.datasets {self.pretrain.datasets}")
+            raise ValueError(
+                f"dataset {key.dataset!r} is not in params.yaml pretrain.datasets {self.pretrain.datasets}"
+            )
         if key.method not in self.pretrain.methods:
-            raise ValueError(f"method {key.method!r} is not in params.yaml pretrain.methods {self.pretrain.methods}")
+            raise ValueError(
+                f"method {key.method!r} is not in params.yaml pretrain.methods {self.pretrain.methods}"
+            )
         if key.seed not in self.seeds:
             raise ValueError(f"seed {key.seed} is not in params.yaml seeds {self.seeds}")
 

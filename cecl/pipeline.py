@@ -43,7 +43,9 @@ class RunSetup:
 
     def make_encoder(self) -> Encoder:
         model = self.recipe.model
-        return build_backbone(model.backbone, self.spec.channels, self.spec.mean, self.spec.std, model.options())
+        return build_backbone(
+            model.backbone, self.spec.channels, self.spec.mean, self.spec.std, model.options()
+        )
 
     def method_context(self) -> MethodContext:
         model = self.recipe.model
@@ -74,11 +76,21 @@ class RunSetup:
 
 def run_setup(params: Params, key: runs.RunKey, overrides: dict[str, Any] | None = None) -> RunSetup:
     options = resolve_options(key.method, params.method_options.get(key.method), overrides)
-    return RunSetup(key, params.spec(key.dataset), params.recipe(key.dataset), options, params.device, dict(overrides or {}))
+    return RunSetup(
+        key,
+        params.spec(key.dataset),
+        params.recipe(key.dataset),
+        options,
+        params.device,
+        dict(overrides or {}),
+    )
 
 
 def load_splits(
-    spec: DatasetSpec, device: torch.device, names: tuple[str, ...] = ("train", "val", "test"), data_dir: Path | None = None
+    spec: DatasetSpec,
+    device: torch.device,
+    names: tuple[str, ...] = ("train", "val", "test"),
+    data_dir: Path | None = None,
 ) -> dict[str, TensorSplit]:
     """Prepared splits of one dataset entry on ``device`` (checked against its manifest)."""
     folder = data_dir or runs.data_dir(spec.name)

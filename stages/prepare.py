@@ -16,7 +16,10 @@ def main(dataset: str) -> None:
     params = load_params()
     spec = params.spec(dataset)
     if not spec.options.verify:
-        print(f"warning: prepare@{dataset}: verify is false: the raw data is NOT checked (recorded in the manifest)")
+        print(
+            f"warning: prepare@{dataset}: verify is false: the raw data is NOT checked "
+            "(recorded in the manifest)"
+        )
     tags = {"dataset": dataset, "family": spec.family, "data_verified": spec.options.verify, "device": "cpu"}
     logged = {"dataset": spec.options.model_dump(mode="json")}
     with stage_run(runs.prepare_stage(dataset), params.tracking.experiment, logged, tags) as run:

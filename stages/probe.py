@@ -30,7 +30,9 @@ def evaluate_encoder(
     probe_params = params.recipe(target).probe
     kind = "transfer" if isinstance(key, runs.TransferKey) else "probe"
     name = key.stage(kind)
-    with stage_run(name, params.tracking.experiment, {"probe": probe_params.model_dump()}, run_tags(key, spec, device)) as run:
+    with stage_run(
+        name, params.tracking.experiment, {"probe": probe_params.model_dump()}, run_tags(key, spec, device)
+    ) as run:
         print(f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True)
         result = linear_probe(encoder, splits, spec.evaluator(), probe_params, seed=key.seed)
         for row in result.curve:
@@ -59,7 +61,10 @@ def evaluate_encoder(
             "val_accuracy": result.val[spec.evaluator().primary],
             "val": result.val,
             "test": result.test,
-            "official_protocol": {"test_accuracy": result.official_test_accuracy, "epoch": result.official_epoch},
+            "official_protocol": {
+                "test_accuracy": result.official_test_accuracy,
+                "epoch": result.official_epoch,
+            },
             "config": params.method_options[key.method].model_dump(),
         }
         with atomic_dir(out) as tmp:
@@ -70,7 +75,9 @@ def evaluate_encoder(
                 writer.writerows(result.curve)
         run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
         run.log_artifact(out)
-        print(f"[{name}] test {result.test} (epoch {result.selected_epoch}, selected on validation)", flush=True)
+        print(
+            f"[{name}] test {result.test} (epoch {result.selected_epoch}, selected on validation)", flush=True
+        )
 
 
 def main(key: runs.RunKey) -> None:

@@ -17,7 +17,9 @@ def main(key: runs.TransferKey) -> None:
     params = load_params()
     if key not in params.transfers():
         pairs = ", ".join(f"{s}->{t}" for s, t in params.transfer_pairs()) or "none"
-        raise ValueError(f"{key.stage()} is not a transfer of params.yaml (pairs: {pairs}; see transfer, seeds)")
+        raise ValueError(
+            f"{key.stage()} is not a transfer of params.yaml (pairs: {pairs}; see transfer, seeds)"
+        )
     evaluate_encoder(params, key, key.pretrained, key.target, key.out_dir)
 
 

@@ -4,39 +4,114 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from cecl.config import Params, parse_params
-from cecl.train.probe import TensorSplit
+from cecl.datasets import TensorSplit
+from cecl.methods import options_schemas
+from cecl.models import Encoder
+from cecl.pipeline import RunSetup, run_setup
+from cecl.runs import RunKey
+
+DATASET = "bm"  # the one dataset entry of ``tiny_params``
+
+
+def _merge(base: Mapping, update: Mapping) -> dict:
+    """``base`` with ``update`` merged in, recursively for mappings (other values are replaced)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def tiny_params(**sections: dict) -> Params:
-    """Defaults shrunk to seconds on a CPU; ``sections`` override top-level sections."""
+    """A valid params file shrunk to seconds on a CPU: one BiasedMNIST entry ``bm``, a width-4 small CNN.
+
+    ``sections`` override top-level sections, merged into the defaults below (nested mappings too, so
+    ``pretrain={"online_probe": {"epochs": 2}}`` keeps the other online-probe keys).
+    Every known method in ``pretrain.methods`` without a ``method_options`` section gets ``{}`` (its
+    defaults), as the config requires a section for each.
+    """
     raw: dict = {
-        "data": {"rhos": [0.99], "val_size": 64, "train_size": 128, "test_size": 64},
-        "model": {"width": 4, "proj_dim": 16},
+        "seeds": [0],
+        "datasets": {
+            DATASET: {
+                "family": "biased_mnist",
+                "rho": 0.99,
+                "train_size": 128,
+                "val_size": 64,
+                "test_size": 64,
+            }
+        },
+        "model": {"backbone": "small_cnn", "backbone_options": {"width": 4}, "proj_dim": 16},
         "pretrain": {
+            "datasets": [DATASET],
+            "methods": ["ce", "simclr", "supcon", "cecl"],
             "epochs": 3,
             "batch_size": 32,
             "online_probe": {"epochs": 1, "batch_size": 64},
         },
         "probe": {"epochs": 3, "batch_size": 64},
+        "sweep": {"dataset": DATASET},
     }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value}
-    return parse_params(raw)
+    merged = _merge(raw, sections)
+    # The config wants a method_options section for every method in pretrain.methods (dvc.yaml tracks
+    # them); a test that lists methods gets their defaults unless it passes a section itself.
+    methods = merged["pretrain"].get("methods") if isinstance(merged.get("pretrain"), Mapping) else None
+    options = merged.get("method_options")
+    if isinstance(methods, list) and isinstance(options, Mapping | None):
+        known = options_schemas()
+        defaults = {m: {} for m in methods if isinstance(m, str) and m in known}
+        merged["method_options"] = {**defaults, **(options or {})}  # a copy: the caller's dict is kept
+    return parse_params(merged)
+
+
+def tiny_setup(
+    method: str, params: Params | None = None, seed: int = 0, overrides: dict | None = None
+) -> RunSetup:
+    """The RunSetup of ``method`` on the ``bm`` entry of ``params`` (default: ``tiny_params()``)."""
+    return run_setup(params or tiny_params(), RunKey(DATASET, method, seed), overrides)
 
 
 def synthetic_split(n: int, seed: int) -> TensorSplit:
-    """Random coloured 28x28 'images' whose label is encoded in the brightness of one quadrant."""
+    """Random coloured 28x28 'images' whose target is encoded in the brightness of one quadrant."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
+    targets = torch.randint(0, 10, (n,), generator=g)
     images = torch.randint(0, 60, (n, 3, 28, 28), generator=g, dtype=torch.uint8)
-    images[:, :, :14, :14] += (labels * 19).to(torch.uint8)[:, None, None, None]
-    colours = torch.randint(0, 10, (n,), generator=g)
-    return TensorSplit(images=images, labels=labels, colours=colours)
+    images[:, :, :14, :14] += (targets * 19).to(torch.uint8)[:, None, None, None]
+    bias = torch.randint(0, 10, (n,), generator=g)
+    return TensorSplit(images=images, targets=targets, bias=bias)
+
+
+class GlobalAvgPool(nn.Module):
+    """[B, C, H, W] -> [B, C]: mean over the spatial dimensions (as the registered backbones pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def bn_free_encoder(
+    in_channels: int = 3,
+    width: int = 4,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Encoder:
+    """A BatchNorm-free conv encoder (conv, tanh, global average pool): ``width`` features.
+
+    Per-process BatchNorm statistics would break the two-process exactness tests by design. mean = std =
+    0.5 per channel is the old encoders' built-in ``x * 2 - 1``.
+    """
+    trunk = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.Tanh(), GlobalAvgPool())
+    spec = {"backbone": "test_bn_free", "in_channels": in_channels, "options": {"width": width}}
+    mean = [0.5] * in_channels if mean is None else list(mean)
+    std = [0.5] * in_channels if std is None else list(std)
+    return Encoder(trunk, width, mean, std, spec)
 
 
 def adam_steps(

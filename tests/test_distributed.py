@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch import nn
 
+from cecl import distributed as dist_utils
 from cecl import losses
 from cecl.methods.base import Method
 from cecl.methods.contrastive import ContrastiveMethod
@@ -27,8 +27,15 @@ from cecl.methods.queue import MoCoV2, SupMoCo, info_nce_loss, moco_logits, supm
 from cecl.methods.siamese import BYOL, SimSiam
 from cecl.methods.swav import SwAV
 from cecl.models import Encoder, ProjectionHead
-from cecl import distributed as dist_utils
-from tests.helpers import adam_steps, free_port, join_process_group, max_diff, one_step, sharded_step
+from tests.helpers import (
+    adam_steps,
+    bn_free_encoder,
+    free_port,
+    join_process_group,
+    max_diff,
+    one_step,
+    sharded_step,
+)
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -55,7 +62,7 @@ CASES: tuple[tuple, ...] = (
 
 def _tiny_encoder() -> Encoder:
     """A BatchNorm-free conv encoder (per-process BN statistics would break exactness by design)."""
-    return Encoder(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()), feature_dim=4)
+    return bn_free_encoder(in_channels=3, width=4)
 
 
 def _build(name: str, n_views: int = 2) -> Method:

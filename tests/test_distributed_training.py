@@ -4,6 +4,10 @@ Each process runs ``run_pretraining`` exactly as ``stages/pretrain.py`` does und
 BatchNorm-free here because on CPU BatchNorm statistics are per process by design (SyncBatchNorm, which the
 loop uses on CUDA, needs a GPU); everything else (sharding of the global batch, the gathered global loss,
 DDP's gradient averaging, momentum updates and queues) must match one process within float32 round-off.
+
+The BN-free encoder replaces ``RunSetup.make_encoder`` (the one seam every method builder gets its encoder
+from), patched with ``monkeypatch`` in the main process and with a ``MonkeyPatch.context`` in each spawned
+process, so the patch ends with the test and cannot reach later tests.
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
 
-from cecl.models import Encoder
 from cecl import distributed as dist_utils
-from tests.helpers import free_port, join_process_group, synthetic_split, tiny_params
+from cecl.models import Encoder
+from cecl.pipeline import RunSetup
+from tests.helpers import (
+    bn_free_encoder,
+    free_port,
+    join_process_group,
+    synthetic_split,
+    tiny_params,
+    tiny_setup,
+)
 
 WORLD = 2
 # (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
@@ -26,8 +37,10 @@ CASES = (("cecl", 31), ("ce", 32), ("supmoco", 32))
 TOLERANCE = 1e-4
 
 
-def _bn_free_encoder(_name: str, width: int = 4) -> Encoder:
-    return Encoder(nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.Tanh()), feature_dim=width)
+def _bn_free_make_encoder(setup: RunSetup) -> Encoder:
+    """``RunSetup.make_encoder`` with a BatchNorm-free trunk of the recipe's width and the spec's stats."""
+    width = setup.recipe.model.options().width
+    return bn_free_encoder(setup.spec.channels, width=width, mean=setup.spec.mean, std=setup.spec.std)
 
 
 def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
@@ -38,8 +51,7 @@ def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
         method_options={"supmoco": {"queue_size": 48}},
     )
     trained, history = run_pretraining(
-        params,
-        method,
+        tiny_setup(method, params),
         synthetic_split(128, seed=1),
         synthetic_split(64, seed=2),
         torch.device("cpu"),
@@ -57,12 +69,11 @@ def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
 
 def _worker(process: int, out_dir: str, port: int) -> None:
     join_process_group(process, WORLD, port)
-    import cecl.methods.registry as registry
-
-    registry.build_encoder = _bn_free_encoder  # type: ignore[assignment]  # this spawned process only
     out = Path(out_dir)
     try:
-        results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
+        with pytest.MonkeyPatch.context() as patch:  # this spawned process, for the duration of the runs
+            patch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
+            results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
     finally:
         dist_utils.cleanup()
     torch.save(results, out / f"rank{process}.pt")
@@ -72,7 +83,7 @@ def _worker(process: int, out_dir: str, port: int) -> None:
 def test_two_processes_train_like_one_process_on_the_global_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cecl.methods.registry.build_encoder", _bn_free_encoder)
+    monkeypatch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
@@ -80,6 +91,9 @@ def test_two_processes_train_like_one_process_on_the_global_batch(
         reference = _train(method, size, tmp_path / f"{method}-single.ckpt")
         for r, got in enumerate(ranks):
             got = got[method]
+            # The patch reached every process: no BatchNorm statistics anywhere in the trained method.
+            assert not [k for k in got["state"] if "running_" in k], (method, r)
+            assert got["state"].keys() == reference["state"].keys(), (method, r)
             for a, b in zip(got["losses"], reference["losses"], strict=True):
                 assert a == pytest.approx(b, rel=TOLERANCE), (method, r, got["losses"], reference["losses"])
             for key, value in reference["state"].items():

@@ -1,8 +1,13 @@
-"""End to end: a copy of the repository, `dvc repro` on a tiny parameter set, then the outputs.
+"""End to end through DVC on a tiny profile: fresh clones, provenance, a DVC remote, faults and bad input.
 
-Also: a killed pretraining stage resumes from its checkpoint and ends where an uninterrupted run
-ends, a second `dvc repro` does nothing, and bad params fail with one line and a non-zero exit
-before any work.
+A copy of the repository (every tracked and untracked-but-not-ignored file) becomes a git repository
+``origin`` with a tiny params.yaml and a toy dataset family added as ONE new module (the plug-in
+promise: one module plus one params entry). Then, as a lab would:
+- ``first``: a clone runs ``dvc repro``, commits dvc.lock and the committed outputs, pushes its cache to
+  a local-directory DVC remote;
+- ``fresh``: a clone of ``first`` runs ``dvc repro``: every stage runs again (nothing is silently
+  reused from git) and every MLflow run id in its outputs exists in its own tracking store;
+- ``pulled``: a clone of ``first`` runs ``dvc pull``: ``dvc status`` is clean, the reports are identical.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,40 +28,69 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+TOY_MODULE = Path(__file__).resolve().parent / "fixtures" / "toy_blobs.py"
 
 TINY = {
-    "data": {"rhos": [0.99], "val_size": 200, "train_size": 400, "test_size": 300},
-    "model": {"width": 4, "proj_dim": 16},
-    "pretrain": {
-        "methods": ["ce", "supcon", "cecl"],
-        "epochs": 3,
-        "batch_size": 64,
-        "online_probe": {"epochs": 2, "batch_size": 128},
+    "device": "cpu",
+    "tracking": {"experiment": "cecl-e2e"},
+    "seeds": [0, 1],
+    "datasets": {
+        "bm": {"family": "biased_mnist", "rho": 0.9, "train_size": 256, "val_size": 128, "test_size": 256},
+        "toy": {"family": "toy_blobs", "n_per_class": 24},
     },
-    "probe": {"epochs": 4, "batch_size": 128},
+    "model": {"backbone": "small_cnn", "backbone_options": {"width": 4}, "proj_dim": 16, "proj_hidden": None},
+    "method_options": {"ce": {}, "cecl": {"temperature": 0.1, "weight": 0.5}},
+    "pretrain": {
+        "datasets": ["bm", "toy"],
+        "methods": ["ce", "cecl"],
+        "epochs": 2,
+        "batch_size": 32,
+        "views": 2,
+        "processes": 1,
+        "optimizer": {"name": "adam", "lr": 0.001},
+        "online_probe": {"epochs": 1, "batch_size": 128},
+    },
+    "probe": {"epochs": 3, "batch_size": 128},
+    "transfer": {"sources": ["bm"], "targets": ["toy"]},
     "sweep": {
+        "dataset": "bm",
         "epochs": 1,
-        "train_size": 200,
+        "train_size": 128,
         "grids": {"cecl": {"temperature": [0.1], "weight": [0.5]}},
         "max_concurrent": 1,
     },
 }
 
 pytestmark = pytest.mark.slow
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(GIT_ENV)
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     env["PYTHONPATH"] = str(root)
     return env
 
 
-def _run(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, cwd=root, env=_env(root), capture_output=True, text=True, timeout=900)
+def _run(
+    args: list[str], root: Path, check: bool = True, timeout: int = 1200
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{args} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
+
+
+def _git(root: Path, *args: str) -> str:
+    return _run(["git", *args], root).stdout
 
 
 def _copy_repo(dest: Path) -> Path:
@@ -67,172 +102,213 @@ def _copy_repo(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(
-            cmd,
-            cwd=dest,
-            check=True,
-            capture_output=True,
-            env={
-                **os.environ,
-                "GIT_AUTHOR_NAME": "t",
-                "GIT_AUTHOR_EMAIL": "t@t",
-                "GIT_COMMITTER_NAME": "t",
-                "GIT_COMMITTER_EMAIL": "t@t",
-            },
-        )
+    _git(dest, "init", "-q")
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-qm", "copy")
     return dest
 
 
-def _write_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(params.get(section), dict):
-            params[section] = {**params[section], **values}
-        else:
-            params[section] = values
+def _write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _history_without_timing(path: Path) -> list[dict[str, str]]:
-    """history.csv rows without the wall-clock column, which legitimately differs between runs."""
-    with path.open() as handle:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+def _stages(root: Path) -> list[str]:
+    return _run(["dvc", "stage", "list", "--name-only"], root).stdout.split()
+
+
+def _mlflow_runs(root: Path) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(TINY["tracking"]["experiment"])
+    by_name: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        by_name.setdefault(run.info.run_name, []).append(run)
+    return by_name
+
+
+def _run_ids_in_outputs(root: Path) -> set[str]:
+    """Every MLflow run id the committed and cached outputs name."""
+    ids: set[str] = set()
+    for path in [*root.glob("probe/**/metrics.json"), *root.glob("transfer/**/metrics.json")]:
+        block = json.loads(path.read_text())["run"]
+        ids |= {block["mlflow_run_id"], block["pretrain_mlflow_run_id"]}
+    for path in root.glob("models/**/run.json"):
+        ids.add(json.loads(path.read_text())["mlflow_run_id"])
+    with (root / "sweep/results.csv").open() as handle:
+        ids |= {row["mlflow_run_id"] for row in csv.DictReader(handle)}
+    ids |= set(re.findall(r"/runs/([0-9a-f]{32})", (root / "reports/provenance.md").read_text()))
+    return ids - {""}
 
 
 @pytest.fixture(scope="module")
-def repro(tmp_path_factory) -> Path:
-    root = _copy_repo(tmp_path_factory.mktemp("repo"))
-    _write_params(root, TINY)
-    _run(["dvc", "repro"], root)
-    return root
+def lab(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("lab")
+    origin = _copy_repo(base / "origin")
+    shutil.copy2(TOY_MODULE, origin / "cecl/datasets/toy_blobs.py")
+    _write_params(origin, TINY)
+    changed = sorted(_git(origin, "status", "--porcelain").splitlines())
+    _git(origin, "add", "-A")
+    _git(origin, "commit", "-qm", "tiny profile + a toy dataset family")
+
+    first = base / "first"
+    _run(["git", "clone", "-q", str(origin), str(first)], base)
+    repro = _run([sys.executable, "-m", "cecl.repro"], first)
+    remote = base / "remote"
+    _run(["dvc", "remote", "add", "-d", "lab", str(remote)], first)
+    _run(["dvc", "push", "-q"], first)
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", "results")
+    return {"base": base, "origin": origin, "first": first, "changed": changed, "repro_stdout": repro.stdout}
 
 
-def test_tables_and_metrics(repro: Path) -> None:
-    table = (repro / "reports/table.md").read_text()
-    for method in TINY["pretrain"]["methods"]:
-        assert method in table
-    with (repro / "reports/table.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows
-    for method in TINY["pretrain"]["methods"]:
-        metrics = json.loads((repro / f"probe/rho_0.99/{method}/metrics.json").read_text())
-        assert metrics["method"] == method
-        test = metrics["test"]
-        assert 0.0 <= test["unbiased_accuracy"] <= 1.0
-        assert test["n_groups"] == 100
-        assert 1 <= metrics["selected_epoch"] <= TINY["probe"]["epochs"]
-        assert metrics["official_protocol"]["test_accuracy"] >= test["accuracy"] - 1e-12
-        with (repro / f"models/rho_0.99/{method}/history.csv").open() as handle:
-            history = list(csv.DictReader(handle))
-        assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    assert "22.9" in (repro / "reports/claims.md").read_text()
-    assert (repro / "reports/convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_adding_a_dataset_is_one_module_and_one_params_entry(lab: dict) -> None:
+    assert lab["changed"] == ["?? cecl/datasets/toy_blobs.py", " M params.yaml"] or sorted(
+        lab["changed"]
+    ) == sorted([" M params.yaml", "?? cecl/datasets/toy_blobs.py"])
+    first = lab["first"]
+    metrics = json.loads((first / "probe/toy/cecl/seed_1/metrics.json").read_text())
+    assert metrics["run"]["family"] == "toy_blobs" and metrics["evaluator"] == "classification"
+    assert {"accuracy", "mean_per_class_accuracy"} <= set(metrics["test"]) and "top5_accuracy" not in metrics[
+        "test"
+    ]
+    assert "toy" in (first / "reports/tables/table_classification.md").read_text()
 
 
-def test_mlflow_runs_are_named_tagged_and_stepped(repro: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{repro / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("cecl-biased-mnist")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert [r.info.run_name for r in children] == ["sweep/cecl tau=0.1 w=0.5"]
-    runs = [r for r in runs if r not in children]
-    stages = _run(["dvc", "stage", "list", "--name-only"], repro).stdout.split()
-    assert sorted(r.info.run_name for r in runs) == sorted(stages)
-    by_name = {r.info.run_name: r for r in runs}
-    run = by_name["pretrain@0.99-cecl"]
+def test_every_stage_ran_and_logged_its_run(lab: dict) -> None:
+    first = lab["first"]
+    stages = _stages(first)
+    assert "pretrain@bm-cecl-1" in stages and "transfer@bm-toy-cecl-0" in stages and "prepare@toy" in stages
+    runs = _mlflow_runs(first)
+    assert set(stages) <= set(runs), sorted(set(stages) - set(runs))
+    run = runs["pretrain@bm-cecl-1"][0]
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags["dvc_stage"] == "pretrain@0.99-cecl"
-    assert (tags["dataset"], tags["method"], tags["seed"], tags["device"]) == (
-        "biased_mnist",
-        "cecl",
-        "0",
-        "cpu",
-    )
+    assert (tags["dataset"], tags["family"], tags["method"], tags["seed"], tags["device"]) == (
+        "bm", "biased_mnist", "cecl", "1", "cpu",
+    )  # fmt: skip
     assert len(tags["git_commit"]) >= 40
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "online_probe_val_accuracy")]
-    assert steps == [1, 2, 3]
-    assert run.data.params["method_options.weight"] == "0.5"
+    summary = lab["repro_stdout"]
+    assert f"[repro] {len(stages)} stage(s) ran, 0 reused" in summary
+    assert "ran      prepare@bm: changed outs" in summary or "ran      prepare@bm:" in summary
 
 
-def test_second_repro_does_nothing(repro: Path) -> None:
-    result = _run(["dvc", "repro"], repro)
-    assert "up to date" in result.stdout
+def test_tables_show_mean_and_ci_over_seeds(lab: dict) -> None:
+    first = lab["first"]
+    bias = (first / "reports/tables/table_bias.md").read_text()
+    assert "(n=2)" in bias and "±" in bias
+    values = [
+        json.loads((first / f"probe/bm/cecl/seed_{s}/metrics.json").read_text())["test"] for s in (0, 1)
+    ]
+    for test in values:
+        assert 0.0 <= test["unbiased_accuracy"] <= 1.0 and 0.0 <= test["conflicting_accuracy"] <= 1.0
+    mean = 100 * sum(v["unbiased_accuracy"] for v in values) / 2
+    assert f"{mean:.1f} ±" in bias
+    history = list(csv.DictReader((first / "models/bm/cecl/seed_0/history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == [1, 2] and "seconds" not in history[0]
+    assert "22.9" in (first / "reports/claims.md").read_text()
+
+
+def test_second_repro_does_nothing(lab: dict) -> None:
+    result = _run(["dvc", "repro"], lab["first"])
+    assert "Running stage" not in result.stdout and "up to date" in result.stdout
+
+
+def test_fresh_clone_regenerates_every_stage_with_its_own_runs(lab: dict) -> None:
+    fresh = lab["base"] / "fresh"
+    _run(["git", "clone", "-q", str(lab["first"]), str(fresh)], lab["base"])
+    committed = _run_ids_in_outputs_committed(fresh)
+    result = _run([sys.executable, "-m", "cecl.repro"], fresh)
+    stages = _stages(fresh)
+    assert sorted(re.findall(r"Running stage '([^']+)'", result.stdout)) == sorted(stages)
+    runs = _mlflow_runs(fresh)
+    ids = {run.info.run_id for group in runs.values() for run in group}
+    named = _run_ids_in_outputs(fresh)
+    assert named and named <= ids, sorted(named - ids)
+    assert not (committed & named), "a committed output kept another machine's run id"
+
+
+def _run_ids_in_outputs_committed(root: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in root.glob("probe/**/metrics.json"):
+        ids.add(json.loads(path.read_text())["run"]["mlflow_run_id"])
+    return ids
+
+
+def test_dvc_remote_round_trip(lab: dict) -> None:
+    pulled = lab["base"] / "pulled"
+    _run(["git", "clone", "-q", str(lab["first"]), str(pulled)], lab["base"])
+    _run(["dvc", "pull", "-q"], pulled)
+    status = _run(["dvc", "status"], pulled).stdout
+    assert "up to date" in status, status
+    for name in ("reports/report.md", "reports/tables/table_bias.csv", "reports/provenance.md"):
+        assert (pulled / name).read_bytes() == (lab["first"] / name).read_bytes(), name
+    result = _run(["dvc", "repro"], pulled)
     assert "Running stage" not in result.stdout
 
 
-def test_killed_pretraining_resumes_to_the_same_result(repro: Path) -> None:
-    out = repro / "models/rho_0.99/cecl"
-    reference_history = _history_without_timing(out / "history.csv")
-    ckpt = repro / "checkpoints/pretrain/rho_0.99-cecl/last.pt"
-    cmd = [sys.executable, "-m", "stages.pretrain", "--rho", "0.99", "--method", "cecl"]
-    proc = subprocess.Popen(cmd, cwd=repro, env=_env(repro), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def test_killed_pretraining_resumes_to_the_same_result(lab: dict) -> None:
+    root = lab["first"]
+    out = root / "models/bm/cecl/seed_0"
+    reference = (out / "history.csv").read_bytes()
+    ckpt = root / "checkpoints/pretrain/bm-cecl-0/last.pt"
+    cmd = [sys.executable, "-m", "stages.pretrain", "--dataset", "bm", "--method", "cecl", "--seed", "0"]
+    proc = subprocess.Popen(cmd, cwd=root, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "the stage should have checkpointed at least one epoch before being killed"
-    result = _run(cmd, repro)
+    result = _run(cmd, root)
     assert "resumed cecl" in result.stdout
-    assert _history_without_timing(out / "history.csv") == reference_history
+    assert (out / "history.csv").read_bytes() == reference
     assert not ckpt.exists()
+
+
+def test_pretrain_stage_relaunches_itself_under_torchrun(lab: dict) -> None:
+    """pretrain.processes: 2 runs the stage in two gloo processes; rank 0 alone logs and writes."""
+    root = lab["first"]
+    original = (root / "params.yaml").read_text()
+    _write_params(root, {**TINY, "pretrain": {**TINY["pretrain"], "processes": 2}})
+    try:
+        cmd = [sys.executable, "-m", "stages.pretrain", "--dataset", "bm", "--method", "cecl", "--seed", "1"]
+        result = _run(cmd, root)
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert result.stdout.count("cecl epoch 2/2") == 1, result.stdout  # rank 0 prints, rank 1 does not
+    runs = [r for r in _mlflow_runs(root)["pretrain@bm-cecl-1"] if r.data.tags.get("world_size") == "2"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_unreachable_tracking_server_fails_before_training(lab: dict) -> None:
+    root = lab["first"]
+    env = {**_env(root), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    cmd = [sys.executable, "-m", "stages.pretrain", "--dataset", "bm", "--method", "ce", "--seed", "0"]
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unreachable" in result.stderr and "epoch" not in result.stdout
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"pretrain": {"batch_size": 1}}, "pretrain.batch_size"),
-        ({"pretrain": {"methods": ["cecl", "nope"]}}, "unknown method 'nope'"),
+        ({"pretrain": {**TINY["pretrain"], "batch_size": 1}}, "pretrain.batch_size"),
+        ({"pretrain": {**TINY["pretrain"], "methods": ["cecl", "nope"]}}, "unknown method 'nope'"),
         ({"method_options": {"cecl": {"temperature": -1}}}, "method_options.cecl.temperature"),
-        ({"data": {"rhos": [1.5]}}, "data.rhos"),
-        ({"pretrain": {"epoch": 3}}, "pretrain.epoch: unknown key"),
-        ({"pretrain": {"processes": 200}}, "too small for 200 processes"),
+        ({"datasets": {**TINY["datasets"], "bm": {**TINY["datasets"]["bm"], "rho": 1.5}}}, "datasets.bm.rho"),
+        ({"datasets": {**TINY["datasets"], "bm": {"family": "nope"}}}, "unknown dataset family 'nope'"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"transfer": {"sources": ["toy"], "targets": ["nope"]}}, "transfer.targets"),
+        ({"pretrain": {**TINY["pretrain"], "epoch": 3}}, "pretrain.epoch: unknown key"),
     ],
 )
-def test_bad_params_fail_fast_with_one_line(tmp_path, override: dict, expected: str) -> None:
-    root = _copy_repo(tmp_path)
-    _write_params(root, override)
-    result = _run([sys.executable, "-m", "stages.prepare"], root, check=False)
+def test_bad_params_fail_fast_with_one_line(lab: dict, tmp_path: Path, override: dict, expected: str) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(lab["origin"], root, ignore=shutil.ignore_patterns(".git"))
+    _write_params(root, {**TINY, **override})
+    result = _run([sys.executable, "-m", "stages.prepare", "--dataset", "bm"], root, check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (root / "data").exists()
-
-
-def test_unreachable_tracking_server_fails_before_training(repro: Path) -> None:
-    env = {**_env(repro), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.pretrain", "--rho", "0.99", "--method", "ce"],
-        cwd=repro,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "unreachable" in result.stderr and "epoch" not in result.stdout
-
-
-def test_pretrain_stage_relaunches_itself_under_torchrun(repro: Path) -> None:
-    """pretrain.processes: 2 runs the stage in two gloo processes; rank 0 alone logs and writes."""
-    from mlflow.tracking import MlflowClient
-
-    original = (repro / "params.yaml").read_text()
-    _write_params(repro, {"pretrain": {**TINY["pretrain"], "processes": 2}})
-    try:
-        result = _run([sys.executable, "-m", "stages.pretrain", "--rho", "0.99", "--method", "supcon"], repro)
-    finally:
-        (repro / "params.yaml").write_text(original)
-    assert result.stdout.count("supcon epoch 3/3") == 1, result.stdout  # rank 0 prints, rank 1 does not
-    history = _history_without_timing(repro / "models/rho_0.99/supcon/history.csv")
-    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    assert all(0.0 <= float(r["online_probe_val_accuracy"]) <= 1.0 for r in history)
-    client = MlflowClient(f"sqlite:///{repro / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("cecl-biased-mnist")
-    runs = client.search_runs([experiment.experiment_id], "tags.world_size = '2'", max_results=10)
-    assert [r.info.run_name for r in runs] == ["pretrain@0.99-supcon"]
-    assert runs[0].info.status == "FINISHED"

@@ -20,7 +20,7 @@ from cecl.methods.nnclr import NNCLR, nearest_neighbours, nnclr_loss
 from cecl.methods.queue import MoCoV2, SupMoCo
 from cecl.methods.siamese import BYOL, SimSiam, byol_loss, simsiam_loss
 from cecl.models import Encoder, ProjectionHead
-from tests.helpers import adam_steps
+from tests.helpers import adam_steps, bn_free_encoder
 
 try:  # test-only dependency, installed with `pip install --no-deps lightly==1.6.0` (see requirements/dev.txt)
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
@@ -40,7 +40,7 @@ RTOL, ATOL = 1e-10, 1e-12
 
 def _tiny_encoder() -> Encoder:
     """BatchNorm-free conv encoder: 4 features."""
-    return Encoder(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()), feature_dim=4)
+    return bn_free_encoder(in_channels=3, width=4)
 
 
 def _method(cls: type, seed: int = 0, **kw: object) -> nn.Module:

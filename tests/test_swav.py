@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cecl import distributed as dist_utils
 from cecl.losses.swav import SwaVLoss, sinkhorn_codes
 from cecl.methods.swav import SwAV
-from cecl.models import Encoder, ProjectionHead, small_cnn
-from cecl import distributed as dist_utils
+from cecl.models import Encoder, ProjectionHead, build_backbone
+from tests.helpers import bn_free_encoder
 
 try:  # test-only dependency, installed with `pip install --no-deps lightly==1.6.0` (see requirements/dev.txt)
     from lightly import loss as lightly_loss
@@ -252,12 +253,12 @@ def test_autocast_bf16_computes_in_float32() -> None:
 
 def _tiny_encoder() -> Encoder:
     """A BatchNorm-free conv encoder (per-process BN statistics would break exactness by design)."""
-    return Encoder(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()), feature_dim=4)
+    return bn_free_encoder(in_channels=3, width=4)
 
 
 def _small_method(n_views: int = 2, **kwargs: float) -> SwAV:
     torch.manual_seed(0)
-    encoder = small_cnn(width=4)
+    encoder = build_backbone("small_cnn", 3, [0.5] * 3, [0.5] * 3, {"width": 4})
     return SwAV(
         encoder, ProjectionHead(encoder.feature_dim, 8, 16), n_prototypes=6, n_views=n_views, **kwargs
     )

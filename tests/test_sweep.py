@@ -1,51 +1,72 @@
 """The Ray Tune sweep end to end on a tiny CPU setup, plus fast checks of its pieces.
 
-One tiny sweep through the real stage entry point (4 trials, 2 epochs, 128 training images) with
-the crash hook on two trials: results.csv/best.json/heatmap/sensitivity table, nested MLflow runs,
-a retried crash and a reported failure, and the objective recomputed from a trial's checkpoint on
-the validation split (the test split is deleted before the sweep, so it cannot have been read).
-A second sweep is interrupted by a real SIGINT (Tune's Ctrl-C path) and then resumed.
+One tiny sweep through the real stage entry point (4 trials, 2 epochs, 128 training images of a
+BiasedMNIST entry) with the crash hook on two trials: results.csv/best.json/heatmap/sensitivity
+table, nested MLflow runs tagged like stage runs, a retried crash and a reported failure, and the
+objective recomputed from a trial's checkpoint on the validation split (the test split is deleted
+before the sweep, so it cannot have been read). A sweep in which every trial of a method fails
+exits non-zero with one line. A second sweep is interrupted by a real SIGINT (Tune's Ctrl-C path)
+and then resumed.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 from ray import tune
 
-from cecl.config import Params
+from cecl.config import Params, parse_params
+from cecl.datasets import TensorSplit
 from cecl.report import sweep as report
 from cecl.report.sweep import RESULT_COLUMNS
 from cecl.tune import (
     CRASH_ENV,
+    SweepFailed,
     SweepInterrupted,
+    SweepSummary,
+    TrialOutcome,
     init_ray,
     parse_crash_specs,
     run_sweep,
     search_space,
     subsample,
+    trial_device,
     trial_label,
 )
-from tests.helpers import synthetic_split, tiny_params
+from cecl.tune.runner import check_device, trial_resources
 
-GRIDS = {
-    "cecl": {"temperature": [0.1], "weight": [0.0, 1.0]},
-    "supcon": {"temperature": [0.1]},
-    "simclr": {"temperature": [0.5]},
-}
+GRIDS = {"cecl": {"temperature": [0.1], "weight": [0.0, 1.0]}, "supcon": {"temperature": [0.1]}}
+# supcon crashes once (retried from its checkpoint); cecl w=1 crashes on every attempt (ERROR), but
+# cecl w=0 finishes, so the stage succeeds (test_every_trial_of_a_method_failing_fails_the_stage).
+CRASHES = "supcon:0.1,cecl:0.1:1.0:always"
 
-
-def _sweep_params(**sweep: object) -> Params:
-    base = {
-        "rho": 0.99,
+TINY: dict[str, Any] = {
+    "device": "cpu",
+    "datasets": {
+        "bm": {"family": "biased_mnist", "rho": 0.99, "train_size": 128, "val_size": 64, "test_size": 64}
+    },
+    "pretrain": {
+        "datasets": ["bm"],
+        "methods": ["cecl"],
+        "epochs": 1,
+        "batch_size": 32,
+        "online_probe": {"epochs": 1, "batch_size": 64},
+    },
+    "model": {"backbone_options": {"width": 4}, "proj_dim": 16},
+    "method_options": {"cecl": {}},
+    "sweep": {
+        "dataset": "bm",
+        "seed": 0,
         "epochs": 2,
         "grids": GRIDS,
         "scheduler": "asha",
@@ -53,8 +74,19 @@ def _sweep_params(**sweep: object) -> Params:
         "cpus_per_trial": 1,
         "max_concurrent": 2,
         "max_failures": 1,
-    }
-    return tiny_params(sweep={**base, **sweep})
+    },
+}
+
+
+def _raw(device: str = "cpu", **sweep: object) -> dict[str, Any]:
+    raw = copy.deepcopy(TINY)
+    raw["device"] = device
+    raw["sweep"].update(sweep)
+    return raw
+
+
+def _sweep_params(device: str = "cpu", **sweep: object) -> Params:
+    return parse_params(_raw(device, **sweep))
 
 
 # ---------------------------------------------------------------- fast checks (no Ray)
@@ -78,16 +110,47 @@ def test_grid_labels_and_crash_specs() -> None:
 
 
 def test_subsample_is_seeded_and_ordered() -> None:
-    split = synthetic_split(50, seed=0)
+    g = torch.Generator().manual_seed(0)
+    targets = torch.arange(50) % 10
+    split = TensorSplit(torch.randint(0, 255, (50, 3, 4, 4), generator=g, dtype=torch.uint8), targets, targets)
     a, b = subsample(split, 20, seed=3), subsample(split, 20, seed=3)
-    assert len(a) == 20 and torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
+    assert len(a) == 20 and torch.equal(a.targets, b.targets) and torch.equal(a.images, b.images)
+    assert a.bias is not None and torch.equal(a.bias, a.targets)  # rows stay together
+    assert not torch.equal(a.images, subsample(split, 20, seed=4).images)
+    kept = [next(i for i in range(50) if torch.equal(split.images[i], img)) for img in a.images]
+    assert kept == sorted(kept)  # original order
     assert subsample(split, None, 0) is split and subsample(split, 80, 0) is split
+
+
+def test_trial_device_honours_params_device() -> None:
+    assert trial_device("cpu", 1.0) == torch.device("cpu")  # cpu wins over reserved GPUs
+    assert trial_device("auto", 0.0) == torch.device("cpu")
+    for device in ("auto", "cuda", "cuda:1"):
+        assert trial_device(device, 0.5) == torch.device("cuda")  # the GPU Ray assigned
+    # device: cpu reserves no GPU, so such trials also run on a machine without one.
+    assert trial_resources(_sweep_params("cpu", gpus_per_trial=0.5)) == {"cpu": 1.0, "gpu": 0.0}
+    assert trial_resources(_sweep_params("auto", gpus_per_trial=0.5)) == {"cpu": 1.0, "gpu": 0.5}
+    with pytest.raises(ValueError, match="gpus_per_trial is 0"):
+        check_device(_sweep_params("cuda", gpus_per_trial=0))
 
 
 def _row(method: str, temperature: float, weight: float | None, acc: float | None, **extra: object) -> dict:
     row = {"method": method, "temperature": temperature, "weight": weight, "best_val_accuracy": acc}
     row |= {"best_epoch": 2, "epochs_run": 2, "stopped_early": False, "status": "TERMINATED", "retries": 0}
     return row | extra
+
+
+def _best(methods: dict) -> dict:
+    return {
+        "dataset": "bm",
+        "description": "BiasedMNIST rho 0.99 (128 training images, validation rho 0.1)",
+        "metric": "unbiased_accuracy",
+        "seed": 0,
+        "epochs": 2,
+        "train_size": None,
+        "scheduler": "asha",
+        "methods": methods,
+    }
 
 
 def test_report_marks_stopped_failed_and_selected() -> None:
@@ -98,12 +161,38 @@ def test_report_marks_stopped_failed_and_selected() -> None:
     ]
     frame = report.results_frame(rows)
     chosen = {"temperature": 0.1, "weight": 1.0, "best_val_accuracy": 0.7, "best_epoch": 2, "epochs_run": 2}
-    best = {"rho": 0.99, "epochs": 2, "train_size": None, "scheduler": "asha", "methods": {"cecl": chosen}}
+    best = _best({"cecl": chosen})
     table = report.sensitivity_markdown(frame, best)
     assert "| 0.1 | 50.0 (1 ep) | **70.0** |" in table
     assert "| 0.5 | failed |" in table
     assert "| cecl | 0.1 | 1 | 70.0 | 2 | 2 |" in table
+    assert "BiasedMNIST rho 0.99" in table and "`bm`" in table and "unbiased accuracy" in table
+    title = report.heatmap_title(best)
+    assert "unbiased accuracy" in title and "BiasedMNIST rho 0.99" in title
     assert list(report.heatmap_frame(frame).columns) == ["temperature", "weight", "best_val_accuracy"]
+
+
+def test_a_method_whose_trials_all_failed_is_one_line_and_exit_2(capsys, tmp_path: Path) -> None:
+    from cecl.cli import run_stage
+
+    def outcome(method: str, status: str, acc: float | None) -> TrialOutcome:
+        return TrialOutcome(method, 0.5, None, acc, 1 if acc else None, 1, False, status, 0, "t")
+
+    ok = SweepSummary([outcome("supcon", "TERMINATED", 0.4)], _best({"supcon": {}}), 1.0)
+    ok.raise_if_failed()
+    failed = SweepSummary(
+        [outcome("supcon", "TERMINATED", 0.4), outcome("simclr", "ERROR", None), outcome("simclr", "ERROR", None)],
+        _best({"supcon": {}}),
+        1.0,
+        {"simclr": tmp_path / "simclr-0123456789ab"},
+    )
+    assert failed.failed_methods() == ["simclr"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("sweep", failed.raise_if_failed)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "every trial of simclr failed (2 of 2" in err
+    assert "simclr-0123456789ab" in err
 
 
 # ---------------------------------------------------------------- the tiny sweep
@@ -111,13 +200,10 @@ def test_report_marks_stopped_failed_and_selected() -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A project folder with tiny BiasedMNIST data whose test split has been deleted."""
-    from cecl.data.biased_mnist import prepare_biased_mnist, split_path
-
+    """A project folder with tiny BiasedMNIST data (entry ``bm``) whose test split has been deleted."""
     root = tmp_path_factory.mktemp("project")
-    params = _sweep_params()
-    prepare_biased_mnist(params.data, root / "data/biased_mnist")
-    test_file = split_path(root / "data/biased_mnist", 0.99, "test")
+    manifest = _sweep_params().spec("bm").prepare(root / "data" / "bm")
+    test_file = root / "data" / "bm" / manifest["splits"]["test"]["file"]
     assert test_file.exists()
     test_file.unlink()  # the sweep must never need it
     return root
@@ -133,18 +219,21 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def swept(project: Path, ray_session) -> Path:
-    """The real stage entry point, with supcon crashing once and simclr crashing on every attempt."""
+def _run_stage(cwd: Path, raw: dict[str, Any], crashes: str, db: Path) -> None:
     from stages import sweep as stage
 
-    raw = _sweep_params().model_dump(mode="json")
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    (cwd / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-        mp.setenv(CRASH_ENV, "supcon:0.1,simclr:0.5:always")
+        mp.chdir(cwd)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        mp.setenv(CRASH_ENV, crashes)
         stage.main()
+
+
+@pytest.fixture(scope="module")
+def swept(project: Path, ray_session) -> Path:
+    """The real stage entry point, with supcon crashing once and cecl w=1 crashing on every attempt."""
+    _run_stage(project, _raw(), CRASHES, project / "mlflow.db")
     return project
 
 
@@ -159,7 +248,7 @@ def _results(root: Path) -> dict[str, dict[str, str]]:
 @pytest.mark.slow
 def test_sweep_outputs(swept: Path) -> None:
     rows = _results(swept)
-    assert sorted(rows) == ["cecl tau=0.1 w=0", "cecl tau=0.1 w=1", "simclr tau=0.5", "supcon tau=0.1"]
+    assert sorted(rows) == ["cecl tau=0.1 w=0", "cecl tau=0.1 w=1", "supcon tau=0.1"]
     for label, row in rows.items():
         if row["status"] == "TERMINATED":
             assert 1 <= int(row["epochs_run"]) <= 2, label
@@ -167,58 +256,64 @@ def test_sweep_outputs(swept: Path) -> None:
             assert 0.0 <= float(row["best_val_accuracy"]) <= 1.0
     assert rows["supcon tau=0.1"]["weight"] == ""
     best = json.loads((swept / "sweep/best.json").read_text())
-    assert set(best["methods"]) == {"cecl", "supcon"}  # simclr failed: no best configuration
-    cecl = [r for r in rows.values() if r["method"] == "cecl"]
-    top = max(cecl, key=lambda r: float(r["best_val_accuracy"]))
+    assert set(best["methods"]) == {"cecl", "supcon"}
+    assert (best["dataset"], best["seed"], best["metric"]) == ("bm", 0, "unbiased_accuracy")
+    assert best["description"] == _sweep_params().spec("bm").describe()
+    assert "rho" not in best
+    # cecl w=1 failed: the selection is among the finished trials.
+    assert best["methods"]["cecl"]["weight"] == 0.0
+    top = rows["cecl tau=0.1 w=0"]
     assert math.isclose(best["methods"]["cecl"]["best_val_accuracy"], float(top["best_val_accuracy"]))
-    assert best["methods"]["cecl"]["weight"] == float(top["weight"])
     with (swept / "sweep/heatmap.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 2
+        assert len(list(csv.DictReader(handle))) == 1  # only finished trials
     assert (swept / "sweep/heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (swept / "sweep/sensitivity.md").read_text()
-    assert "| τ \\ w | 0 | 1 |" in table and "failed" in table
+    assert "| τ \\ w | 0 | 1 |" in table and "failed" in table and "`bm`" in table
     assert not list((swept / "sweep").glob(".staging-*"))
 
 
 @pytest.mark.slow
 def test_crashing_trials_are_retried_and_reported(swept: Path) -> None:
     rows = _results(swept)
-    supcon, simclr = rows["supcon tau=0.1"], rows["simclr tau=0.5"]
+    supcon, cecl = rows["supcon tau=0.1"], rows["cecl tau=0.1 w=1"]
     # Crashed once after epoch 1, retried from that epoch's checkpoint, then finished.
     assert (supcon["status"], supcon["retries"], supcon["epochs_run"]) == ("TERMINATED", "1", "2")
     # Crashed on the first attempt and on its one retry (max_failures: 1); the sweep still finished.
-    assert (simclr["status"], simclr["retries"], simclr["best_val_accuracy"]) == ("ERROR", "1", "")
+    assert (cecl["status"], cecl["retries"], cecl["best_val_accuracy"]) == ("ERROR", "1", "")
 
 
 @pytest.mark.slow
-def test_nested_mlflow_runs(swept: Path) -> None:
+def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(_sweep_params().tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "sweep"]
-    children = {
-        r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    }
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert sorted(children) == [
         "sweep/cecl tau=0.1 w=0",
         "sweep/cecl tau=0.1 w=1",
-        "sweep/simclr tau=0.5",
         "sweep/supcon tau=0.1",
     ]
-    assert len(runs) == 5  # nothing else was logged
+    assert len(runs) == 4  # nothing else was logged
+    expected_tags = {"dataset": "bm", "family": "biased_mnist", "seed": "0", "device": "cpu", "dvc_stage": "sweep"}
+    assert {k: parent.data.tags[k] for k in expected_tags} == expected_tags
     rows = _results(swept)
     for name, child in children.items():
         row = rows[name.removeprefix("sweep/")]
-        assert child.data.tags["status"] == row["status"]
+        tags = child.data.tags
+        assert {k: tags[k] for k in expected_tags} == expected_tags, name
+        assert tags["method"] == row["method"] and tags["git_commit"] == parent.data.tags["git_commit"]
+        assert tags["status"] == row["status"]
         assert child.info.status == ("FINISHED" if row["status"] == "TERMINATED" else "FAILED")
         assert child.info.run_id == row["mlflow_run_id"]
         assert child.data.params["method"] == row["method"]
+        assert child.data.params["dataset"] == "bm"
         assert float(child.data.params["temperature"]) == float(row["temperature"])
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
         assert steps == list(range(1, int(row["epochs_run"]) + 1)), name  # once per epoch, even when retried
-    assert children["sweep/cecl tau=0.1 w=1"].data.params["weight"] == "1.0"
+    assert children["sweep/cecl tau=0.1 w=0"].data.params["weight"] == "0.0"
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "best.json", "heatmap.png", "heatmap.csv", "sensitivity.md"} <= artifacts
@@ -229,10 +324,10 @@ def test_objective_is_the_validation_probe(swept: Path) -> None:
     """Rebuild a trial's final model from its Ray checkpoint; its val-split probe is what was reported."""
     from cecl.methods import build_method
     from cecl.train.loop import online_probe_accuracy
-    from cecl.tune import load_train_val, overrides_of
+    from cecl.tune import load_train_val, overrides_of, sweep_setup
 
     params = _sweep_params()
-    row = _results(swept)["cecl tau=0.1 w=1"]
+    row = _results(swept)["cecl tau=0.1 w=0"]
     epoch = int(row["epochs_run"])
     (trial_dir,) = (swept / "sweep/ray_results").glob(f"cecl-*/*{row['trial_id']}*")
     history = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
@@ -241,13 +336,38 @@ def test_objective_is_the_validation_probe(swept: Path) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert len(state["history"]) == epoch
     config = {"method": "cecl", "temperature": float(row["temperature"]), "weight": float(row["weight"])}
-    train, val = load_train_val(0.99, torch.device("cpu"), swept / "data/biased_mnist")
-    train = subsample(train, params.sweep.train_size, params.pretrain.seed)
-    method = build_method(params, "cecl", 10, overrides_of(config))
+    setup = sweep_setup(params, "cecl", overrides_of(config))
+    train, val = load_train_val(setup.spec, torch.device("cpu"), swept / "data/bm")
+    train = subsample(train, params.sweep.train_size, params.sweep.seed)
+    method = build_method("cecl", setup.method_context(), setup.options)
     method.load_state_dict(state["method"])
-    recomputed = online_probe_accuracy(method, train, val, params, params.pretrain.seed + epoch - 1)
-    assert abs(recomputed - reported) <= 1.0 / len(val) + 1e-9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (cpus_per_trial: 1)
+    try:
+        recomputed = online_probe_accuracy(method, setup, train, val, params.sweep.seed + epoch - 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isclose(recomputed, reported, abs_tol=1e-6)
     assert math.isclose(float(row["best_val_accuracy"]), max(r["val_accuracy"] for r in history))
+
+
+@pytest.mark.slow
+def test_every_trial_of_a_method_failing_fails_the_stage(project: Path, ray_session, tmp_path: Path) -> None:
+    """No silent hole in best.json: the stage raises one line naming the method and writes nothing."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "data").symlink_to(project / "data")
+    raw = _raw(epochs=1, max_failures=0, grids={"simclr": {"temperature": [0.5]}})
+    raw["tracking"] = {"experiment": "all-failed"}  # the module's database, its own experiment
+    with pytest.raises(SweepFailed, match=r"^every trial of simclr failed \(1 of 1, errors in .*simclr-"):
+        _run_stage(tmp_path, raw, "simclr:0.5:always", project / "mlflow.db")
+    assert not (tmp_path / "sweep/best.json").exists()  # no outputs
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("all-failed")
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'sweep'")
+    assert parent.info.status == "FAILED"
+    (error_file,) = (tmp_path / "sweep/ray_results").glob("simclr-*/*/error.txt")
+    assert "crashes on every attempt" in error_file.read_text()
 
 
 class _InterruptOnce(tune.Callback):
@@ -285,7 +405,7 @@ def test_interrupted_sweep_resumes(project: Path, ray_session, tmp_path: Path) -
     log = tmp_path / "results.jsonl"
     storage = tmp_path / "ray_results"
     interrupt = _InterruptOnce(log, at=(0.5, 2))  # the second trial's second epoch
-    kwargs = {"data_dir": project / "data/biased_mnist", "storage": storage, "verbose": 0}
+    kwargs = {"data_dir": project / "data/bm", "storage": storage, "verbose": 0}
     with pytest.raises(SweepInterrupted, match="run it again to resume"):
         run_sweep(params, root=tmp_path, callbacks=[interrupt], **kwargs)
     first = [json.loads(line) for line in log.read_text().splitlines()]

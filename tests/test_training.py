@@ -2,65 +2,89 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from cecl.config import METHODS
-from cecl.methods import available, build_method
+from cecl.config import ConfigError
+from cecl.methods import available, build_method, options_schemas
+from cecl.report.collect import HISTORY_COLUMNS
 from cecl.train.checkpoint import load_checkpoint
-from cecl.train.loop import run_pretraining
-from cecl.train.probe import fit_linear_probe, predict
+from cecl.train.loop import EpochRecord, run_pretraining
+from cecl.train.probe import fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
-from tests.helpers import synthetic_split, tiny_params
+from tests.helpers import synthetic_split, tiny_params, tiny_setup
 
 CPU = torch.device("cpu")
+MAIN = ("ce", "simclr", "supcon", "cecl")  # the paper's main comparison
+SMALL_QUEUE = {"queue_size": 64}
 
 
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["ce", "simclr", "supcon", "cecl"])
+def test_the_main_comparison_is_registered() -> None:
+    assert set(MAIN) <= set(available())
+
+
+@pytest.mark.parametrize("method", MAIN)
 def test_every_method_trains_and_loss_falls(method: str) -> None:
-    params = tiny_params(pretrain={"epochs": 4, "methods": [method]})
+    setup = tiny_setup(method, tiny_params(pretrain={"epochs": 4}))
     train, val = synthetic_split(128, 0), synthetic_split(64, 1)
-    _, history = run_pretraining(params, method, train, val, CPU, fingerprint="x", progress=False)
+    _, history = run_pretraining(setup, train, val, CPU, fingerprint="x", progress=False)
     assert [r.epoch for r in history] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r.train_loss)) for r in history)
     assert history[-1].train_loss < history[0].train_loss
     assert all(0.0 <= r.online_probe_val_accuracy <= 1.0 for r in history)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("ce", "simclr", "supcon", "cecl")])
+@pytest.mark.parametrize("method", [m for m in available() if m not in MAIN])
 def test_baseline_methods_run_through_the_same_loop(method: str) -> None:
-    small_queue = {"queue_size": 64}
     params = tiny_params(
-        pretrain={"epochs": 2, "methods": [method]},
-        method_options={"moco_v2": small_queue, "supmoco": small_queue, "nnclr": small_queue},
+        pretrain={"epochs": 2},
+        method_options={"moco_v2": SMALL_QUEUE, "supmoco": SMALL_QUEUE, "nnclr": SMALL_QUEUE},
     )
     train, val = synthetic_split(128, 0), synthetic_split(64, 1)
-    _, history = run_pretraining(params, method, train, val, CPU, fingerprint="x", progress=False)
+    _, history = run_pretraining(tiny_setup(method, params), train, val, CPU, fingerprint="x", progress=False)
     assert len(history) == 2
     assert all(torch.isfinite(torch.tensor(r.train_loss)) for r in history)
+    assert all(0.0 <= r.online_probe_val_accuracy <= 1.0 for r in history)
 
 
-def test_registry_lists_the_pipeline_methods() -> None:
-    assert set(available()) == set(METHODS)  # every method params.yaml accepts is buildable
+def test_registry_is_exactly_the_set_of_methods_the_config_accepts() -> None:
+    assert set(available()) == set(options_schemas())
+    # Every registered method is accepted by the config, in pretrain.methods and in method_options
+    # (independently of what params.yaml lists: users edit it).
+    every = tiny_params(pretrain={"methods": list(available())}, method_options={m: {} for m in available()})
+    assert every.pretrain.methods == list(available())
+    assert set(every.method_options) == set(available())
+    for name, options in every.method_options.items():
+        assert isinstance(options, options_schemas()[name]), name
+    # ... and nothing else is.
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        tiny_params(pretrain={"methods": ["nope"]})
+    with pytest.raises(ConfigError, match=r"method_options\.nope: unknown method"):
+        tiny_params(method_options={"nope": {}})
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        build_method(tiny_params(), "nope", 10)
+        build_method("nope", tiny_setup("cecl").method_context())
 
 
 def test_overrides_are_validated() -> None:
+    setup = tiny_setup("cecl")
     with pytest.raises(ValueError, match=r"method_options\.cecl\.weight"):
-        build_method(tiny_params(), "cecl", 10, overrides={"weight": 2.0})
+        build_method("cecl", setup.method_context(), setup.options, overrides={"weight": 2.0})
+    with pytest.raises(ValueError, match=r"method_options\.cecl\.weight"):
+        tiny_setup("cecl", overrides={"weight": 2.0})
+    assert tiny_setup("cecl", overrides={"weight": 0.25}).options.weight == 0.25
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path) -> None:
-    params = tiny_params(pretrain={"epochs": 3})
+    setup = tiny_setup("cecl", tiny_params(pretrain={"epochs": 3}))
     train, val = synthetic_split(128, 0), synthetic_split(64, 1)
-    full_method, full_history = run_pretraining(params, "cecl", train, val, CPU, "fp", progress=False)
+    full_method, full_history = run_pretraining(setup, train, val, CPU, "fp", progress=False)
 
     ckpt = tmp_path / "last.pt"
 
@@ -69,28 +93,39 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path) -> None:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_pretraining(params, "cecl", train, val, CPU, "fp", ckpt, on_epoch=stop_after_two, progress=False)
+        run_pretraining(setup, train, val, CPU, "fp", ckpt, on_epoch=stop_after_two, progress=False)
     assert len(load_checkpoint(ckpt, "fp")["history"]) == 2
 
     seen: list[int] = []
     method, history = run_pretraining(
-        params, "cecl", train, val, CPU, "fp", ckpt, on_epoch=lambda r: seen.append(r.epoch), progress=False
+        setup, train, val, CPU, "fp", ckpt, on_epoch=lambda r: seen.append(r.epoch), progress=False
     )
     assert seen == [1, 2, 3]  # restored epochs are reported again, so a resumed run logs the whole curve
-    assert [(r.train_loss, r.online_probe_val_accuracy) for r in history] == [
-        (r.train_loss, r.online_probe_val_accuracy) for r in full_history
-    ]
+    # history.csv rows: identical (epoch, loss, probe accuracy, lr), whatever the wall clock said.
+    assert [r.history_row() for r in history] == [r.history_row() for r in full_history]
     for key, value in full_method.state_dict().items():
         assert torch.equal(value, method.state_dict()[key]), key
 
 
+def test_history_rows_have_no_wall_clock_column() -> None:
+    fields = [f.name for f in dataclasses.fields(EpochRecord)]
+    assert "seconds" in fields  # still logged to MLflow (epoch_seconds)
+    slow = EpochRecord(epoch=2, train_loss=0.5, online_probe_val_accuracy=0.25, lr=1e-3, seconds=12.5)
+    fast = dataclasses.replace(slow, seconds=0.1)
+    row = slow.history_row()
+    assert row == {"epoch": 2, "train_loss": 0.5, "online_probe_val_accuracy": 0.25, "lr": 1e-3}
+    assert list(row) == [f for f in fields if f != "seconds"]  # the CSV's column order
+    assert fast.history_row() == row  # equal runs give equal bytes
+    assert set(HISTORY_COLUMNS) <= set(row)  # what the report reads back
+
+
 def test_stale_checkpoint_is_ignored(tmp_path) -> None:
-    params = tiny_params(pretrain={"epochs": 1})
+    setup = tiny_setup("simclr", tiny_params(pretrain={"epochs": 1}))
     train, val = synthetic_split(64, 0), synthetic_split(32, 1)
     ckpt = tmp_path / "last.pt"
-    run_pretraining(params, "simclr", train, val, CPU, "old", ckpt, progress=False)
+    run_pretraining(setup, train, val, CPU, "old", ckpt, progress=False)
     assert load_checkpoint(ckpt, "new") is None
-    _, history = run_pretraining(params, "simclr", train, val, CPU, "new", ckpt, progress=False)
+    _, history = run_pretraining(setup, train, val, CPU, "new", ckpt, progress=False)
     assert len(history) == 1
 
 
@@ -123,4 +158,4 @@ def test_linear_probe_learns_separable_features() -> None:
         after_epoch=lambda _p, e: epochs_seen.append(e),
     )
     assert epochs_seen == list(range(1, 21))
-    assert float((predict(probe, features) == labels).float().mean()) > 0.95
+    assert float((logits_of(probe, features).argmax(dim=1) == labels).float().mean()) > 0.95

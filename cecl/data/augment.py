@@ -20,7 +20,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from pydantic import Field, field_validator
 
 from cecl.schema import Strict
@@ -86,7 +85,7 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Per-sample RandomResizedCrop, horizontal flip, colour jitter (probability ``color_jitter_p``), grayscale."""
+    """Per-sample RandomResizedCrop, horizontal flip, colour jitter (with ``color_jitter_p``), grayscale."""
 
     def __init__(self, params: AugmentParams) -> None:
         self.params = params

@@ -19,7 +19,7 @@ S = TypeVar("S", bound=type[DatasetSpec])
 _FAMILIES: dict[str, type[DatasetSpec]] = {}
 
 
-def register_dataset(family: str):  # noqa: ANN201 - a decorator
+def register_dataset(family: str):
     """Register a DatasetSpec subclass under ``family`` (its Options must fix ``family`` to it)."""
 
     def wrap(cls: S) -> S:

@@ -166,7 +166,12 @@ class DatasetSpec(ABC):
             for name, split in self.build():
                 self._check(split, name)
                 digest = save_split(tmp / f"{name}.npz", split)
-                manifest["splits"][name] = {"file": f"{name}.npz", "sha256": digest, **self.split_stats(split)}
+                manifest["splits"][name] = {
+                    "file": f"{name}.npz",
+                    "sha256": digest,
+                    **self.split_stats(split),
+                }
+            manifest["sources"] = self.source_info()  # known only once build() has run
             missing = [s for s in SPLITS if s not in manifest["splits"]]
             if missing:
                 raise DataIntegrityError(f"{self.family}.build() produced no {missing[0]!r} split")
@@ -180,7 +185,9 @@ class DatasetSpec(ABC):
         }
         bias = self.bias_attribute()
         if bias is not None and split.bias is not None:
-            groups = np.bincount(split.targets * bias.n_values + split.bias, minlength=self.n_classes * bias.n_values)
+            groups = np.bincount(
+                split.targets * bias.n_values + split.bias, minlength=self.n_classes * bias.n_values
+            )
             table = groups.reshape(self.n_classes, bias.n_values)
             stats["group_counts"] = table.tolist()
             stats["aligned_fraction"] = float(table[bias.aligned].sum() / max(1, len(split)))
@@ -189,7 +196,8 @@ class DatasetSpec(ABC):
     def _check(self, split: Split, name: str) -> None:
         if tuple(split.images.shape[1:]) != self.shape():
             raise DataIntegrityError(
-                f"{self.name} {name}: images are {list(split.images.shape[1:])}, the spec says {list(self.shape())}"
+                f"{self.name} {name}: images are {list(split.images.shape[1:])}, "
+                f"the spec says {list(self.shape())}"
             )
         if len(split) and split.targets.max() >= self.n_classes:
             raise DataIntegrityError(f"{self.name} {name}: a target >= n_classes {self.n_classes}")
@@ -203,7 +211,9 @@ class DatasetSpec(ABC):
             raise FileNotFoundError(f"{path} not found: run prepare@{self.name} first (dvc repro)")
         manifest = json.loads(path.read_text())
         if manifest.get("version") != MANIFEST_VERSION:
-            raise DataIntegrityError(f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}")
+            raise DataIntegrityError(
+                f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}"
+            )
         for key, expected in self.contract().items():
             if manifest.get(key) != expected:
                 raise DataIntegrityError(

@@ -165,6 +165,17 @@ class BiasedMNIST(DatasetSpec):
             },
             "colours": [list(c) for c in COLOURS],
         }
-        yield "train", _make_split(mnist.train_images[train_idx], mnist.train_labels[train_idx], o.rho, o.seed, "train")
-        yield "val", _make_split(mnist.train_images[val_idx], mnist.train_labels[val_idx], self.val_rho(), o.seed, "val")
-        yield "test", _make_split(mnist.test_images[test_idx], mnist.test_labels[test_idx], o.test_rho, o.seed, "test")
+        yield (
+            "train",
+            _make_split(mnist.train_images[train_idx], mnist.train_labels[train_idx], o.rho, o.seed, "train"),
+        )
+        yield (
+            "val",
+            _make_split(
+                mnist.train_images[val_idx], mnist.train_labels[val_idx], self.val_rho(), o.seed, "val"
+            ),
+        )
+        yield (
+            "test",
+            _make_split(mnist.test_images[test_idx], mnist.test_labels[test_idx], o.test_rho, o.seed, "test"),
+        )

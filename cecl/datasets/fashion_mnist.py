@@ -19,8 +19,8 @@ from pydantic import Field, model_validator
 from cecl.data.augment import AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import DatasetOptions, DatasetSpec
-from cecl.datasets.splitting import holdout_indices, subsample_indices
 from cecl.datasets.sources.fashion_mnist import FASHION_MNIST_SHA256, load_fashion_mnist
+from cecl.datasets.splitting import holdout_indices, subsample_indices
 from cecl.datasets.store import Split, array_sha256
 
 N_TRAIN = 60000
@@ -80,7 +80,8 @@ class FashionMNIST(DatasetSpec):
             "verified": o.verify,
             "sha256": dict(FASHION_MNIST_SHA256) if o.verify else "not verified",
             "indices_sha256": {
-                n: array_sha256(i.astype("<i8")) for n, i in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+                n: array_sha256(i.astype("<i8"))
+                for n, i in (("train", train_idx), ("val", val_idx), ("test", test_idx))
             },
         }
         for name, images, labels, idx in (

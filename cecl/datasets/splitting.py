@@ -18,7 +18,9 @@ def seeded_rng(seed: int, *purpose: object) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def holdout_indices(n: int, val_size: int, train_size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_indices(
+    n: int, val_size: int, train_size: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices into ``n`` training images: one seeded permutation, validation its
     first ``val_size``, training the next ``train_size`` (None: all the rest)."""
     train_size = n - val_size if train_size is None else train_size

@@ -16,11 +16,10 @@ from pydantic import Field
 from torch import nn
 
 from cecl import losses
-
+from cecl.distributed import GatherLoss
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, ProjectionHead
-from cecl.distributed import GatherLoss
 from cecl.schema import Strict
 
 

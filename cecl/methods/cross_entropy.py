@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cecl.distributed import gather_with_grad
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder
 from cecl.schema import Strict
-from cecl.distributed import gather_with_grad
 
 
 class CrossEntropyMethod(Method):

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from cecl.distributed import gather_no_grad, gather_with_grad
 from cecl.losses._common import autocast_disabled, check_count, check_positive, compute_dtype
 from cecl.losses.supcon import SimCLRLoss
 from cecl.methods.queue import fifo_slots
@@ -55,7 +56,6 @@ from cecl.methods.registry import register_method
 from cecl.methods.siamese import PredictorMethod, predictor_method, two_views
 from cecl.models import Encoder
 from cecl.schema import Strict
-from cecl.distributed import gather_no_grad, gather_with_grad
 
 
 @torch.no_grad()

@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from cecl.distributed import gather_no_grad, gather_with_grad
 from cecl.losses._common import autocast_disabled, check_count, compute_dtype
 from cecl.methods.base import Method
-from cecl.methods.registry import MethodContext, register_method
-from cecl.schema import Strict
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
+from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, head_output_dim
-from cecl.distributed import gather_no_grad, gather_with_grad
+from cecl.schema import Strict
 
 
 def moco_logits(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float) -> Tensor:
@@ -219,7 +219,7 @@ class SupMoCoOptions(MoCoOptions):
     temperature: float = Field(0.1, gt=0.0)
 
 
-def _queue_method(cls: type[MomentumQueueMethod]):  # noqa: ANN202 - a builder factory
+def _queue_method(cls: type[MomentumQueueMethod]):
     def build(ctx: MethodContext, options: MoCoOptions) -> Method:
         if ctx.views != 2:
             raise ValueError(f"pretrain.views must be 2 for {cls.__name__} (got {ctx.views})")

@@ -61,7 +61,9 @@ def options_schemas() -> dict[str, type[Strict]]:
     return dict(_OPTIONS)
 
 
-def resolve_options(name: str, options: BaseModel | Mapping[str, Any] | None, overrides: Mapping | None = None):
+def resolve_options(
+    name: str, options: BaseModel | Mapping[str, Any] | None, overrides: Mapping | None = None
+):
     """The method's validated options, with sweep ``overrides`` applied (a bad value: one-line ValueError)."""
     if name not in _OPTIONS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(_BUILDERS)}")

@@ -56,13 +56,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from cecl.distributed import gather_with_grad
 from cecl.losses._common import autocast_disabled, check_bool, check_count, compute_dtype
 from cecl.methods.base import Method
-from cecl.methods.registry import MethodContext, register_method
-from cecl.schema import Strict
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
+from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, mlp_head
-from cecl.distributed import gather_with_grad
+from cecl.schema import Strict
 
 
 def two_views(method: Method, views: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,7 +203,7 @@ class BYOLOptions(Strict):
     batch_norm: bool = True
 
 
-def predictor_method(cls: type[PredictorMethod]):  # noqa: ANN201 - a builder factory
+def predictor_method(cls: type[PredictorMethod]):
     """Encoder + projector + predictor (SimSiam, BYOL, NNCLR); the method builds its heads. Two views."""
 
     def build(ctx: MethodContext, options: Strict) -> Method:

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from cecl.distributed import GatherLoss
 from cecl.losses._common import autocast_disabled, check_count, compute_dtype
 from cecl.losses.swav import SwaVLoss
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, head_output_dim
-from cecl.distributed import GatherLoss
 from cecl.schema import Strict
 
 
@@ -123,4 +123,10 @@ class SwAVOptions(Strict):
 def _build(ctx: MethodContext, options: SwAVOptions) -> Method:
     """Encoder + projection head + prototypes; Sinkhorn codes, swapped prediction over all views."""
     encoder = ctx.make_encoder()
-    return SwAV(encoder, ctx.projection_head(encoder), **options.model_dump(), n_views=ctx.views, proj_dim=ctx.proj_dim)
+    return SwAV(
+        encoder,
+        ctx.projection_head(encoder),
+        **options.model_dump(),
+        n_views=ctx.views,
+        proj_dim=ctx.proj_dim,
+    )

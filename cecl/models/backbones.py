@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchvision
 from pydantic import Field, ValidationError
 from torch import nn
 
@@ -253,10 +252,10 @@ def simple_conv_net(in_channels: int, options: NoOptions) -> tuple[nn.Module, in
 # Bottleneck puts the stride on the 3x3 conv, "ResNet v1.5", and initialises as He et al.), so only the
 # stem and the fc are ours to get right. SupContrast's own CIFAR ResNet has the same blocks, and its
 # stem is ``cifar_stem``.
-def _resnet(
-    arch: Callable[..., torchvision.models.ResNet], in_channels: int, options: ResNetOptions
-) -> nn.Module:
-    net = arch(weights=None)
+def _resnet(arch: str, in_channels: int, options: ResNetOptions) -> nn.Module:
+    import torchvision.models  # here, not at module level: it adds ~1.5 s to every stage's start-up
+
+    net = getattr(torchvision.models, arch)(weights=None)
     if options.cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -270,12 +269,12 @@ def _resnet(
 
 @register_backbone("resnet18", ResNetOptions)
 def resnet18(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
-    return _resnet(torchvision.models.resnet18, in_channels, options), 512
+    return _resnet("resnet18", in_channels, options), 512
 
 
 @register_backbone("resnet50", ResNetOptions)
 def resnet50(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
-    return _resnet(torchvision.models.resnet50, in_channels, options), 2048
+    return _resnet("resnet50", in_channels, options), 2048
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

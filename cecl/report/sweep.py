@@ -1,7 +1,8 @@
 """The sweep's tables and figure: results.csv frame, τ × w heatmap (PNG + long CSV), sensitivity table.
 
-Every number is a trial's best online linear-probe accuracy on the **validation** split over the
-epochs it ran (the test split is never used for selection). The Markdown table says which
+Every number is a trial's best online linear-probe value on the **validation** split over the
+epochs it ran: the dataset evaluator's primary metric, named in best.json (``metric``; the column
+keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown table says which
 configuration each cell is, marks trials ASHA stopped early and trials that failed, and lists the
 configuration chosen per method (the one in best.json). The aggregate stage can include
 sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
@@ -86,15 +87,25 @@ def _is_best(row: pd.Series, best: dict[str, Any]) -> bool:
     return math.isclose(float(row["temperature"]), float(chosen["temperature"])) and same_w
 
 
+def metric_name(best: dict[str, Any]) -> str:
+    """The objective's metric in words (``unbiased accuracy``); best.json's ``metric``."""
+    return str(best.get("metric", "accuracy")).replace("_", " ")
+
+
 def _setting(best: dict[str, Any]) -> str:
     size = best.get("train_size")
-    data = f"training ρ = {best['rho']:g}" + (f", {size} training images (seeded subsample)" if size else "")
+    data = f"{best['description']} (dataset entry `{best['dataset']}`), training seed {best.get('seed', 0)}"
+    if size:
+        data += f", {size} training images (seeded subsample)"
     stop = "ASHA early stopping" if best.get("scheduler") == "asha" else "no early stopping (full grid)"
-    return f"BiasedMNIST, {data}, up to {best['epochs']} pretraining epochs per trial, {stop}."
+    return f"{data}, up to {best['epochs']} pretraining epochs per trial, {stop}."
 
 
 def heatmap_title(best: dict[str, Any]) -> str:
-    return f"CECL validation accuracy (%) over τ × w, ρ = {best['rho']:g}, ≤ {best['epochs']} epochs"
+    return (
+        f"CECL validation {metric_name(best)} (%) over τ × w, ≤ {best['epochs']} epochs\n"
+        f"{best['description']}"
+    )
 
 
 def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
@@ -103,8 +114,8 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
         "## Sensitivity to the temperature τ and the weight w (sweep)",
         "",
         _setting(best),
-        "Each number is one configuration's best online linear-probe accuracy (%) on the **validation**",
-        "split over the epochs it ran; the test split is never used. **Bold**: the configuration selected",
+        f"Each number is one configuration's best online linear-probe {metric_name(best)} (%) on the",
+        "**validation** split over the epochs it ran; the test split is never used. **Bold**: the configuration selected",
         "for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after k epochs. `failed`: the",
         "trial crashed on every retry. Source: sweep/results.csv; MLflow: the `sweep` run's nested runs.",
         "",
@@ -144,9 +155,9 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
             lines.append(f"| {tau:g} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
-        "### Selected configuration per method (highest validation accuracy)",
+        f"### Selected configuration per method (highest validation {metric_name(best)})",
         "",
-        "| method | τ | w | validation accuracy (%) | at epoch | epochs run | MLflow run |",
+        f"| method | τ | w | validation {metric_name(best)} (%) | at epoch | epochs run | MLflow run |",
         "|---|---|---|---|---|---|---|",
     ]
     tied = []
@@ -170,8 +181,10 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_heatmap(frame: pd.DataFrame, out_png: Path, title: str) -> Path:
-    """CECL's best validation accuracy over τ (rows) × w (columns), annotated; failed cells grey."""
+def plot_heatmap(
+    frame: pd.DataFrame, out_png: Path, title: str, value_label: str = "validation accuracy (%)"
+) -> Path:
+    """CECL's best validation value over τ (rows) × w (columns), annotated; failed cells grey."""
     grid = _grid_rows(frame)
     n_w, n_tau = max(grid["weight"].nunique(), 2), max(grid["temperature"].nunique(), 2)
     fig = Figure(figsize=(1.2 * n_w + 2.4, 0.6 * n_tau + 1.8), layout="constrained")
@@ -205,7 +218,7 @@ def plot_heatmap(frame: pd.DataFrame, out_png: Path, title: str) -> Path:
                 ax.text(
                     j, i, text, ha="center", va="center", color="white" if value < _mid(values) else "black"
                 )
-        fig.colorbar(image, ax=ax, label="validation accuracy (%)")
+        fig.colorbar(image, ax=ax, label=value_label)
         if stopped:
             ax.set_title("* stopped early by ASHA", fontsize=8, loc="right")
     fig.suptitle(title, fontsize=10)

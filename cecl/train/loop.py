@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +56,9 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
-def online_probe_accuracy(method: Method, setup: RunSetup, train: TensorSplit, val: TensorSplit, seed: int) -> float:
+def online_probe_accuracy(
+    method: Method, setup: RunSetup, train: TensorSplit, val: TensorSplit, seed: int
+) -> float:
     """The evaluator's primary metric on validation of a linear probe fitted on frozen training features."""
     opts = setup.recipe.pretrain.online_probe
     evaluator = setup.spec.evaluator()

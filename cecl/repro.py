@@ -1,0 +1,115 @@
+"""``python -m cecl.repro``: run ``dvc repro`` and end with which stages ran and which were reused, and why.
+
+Before the run, ``dvc status --json`` says why each out-of-date stage must run (changed deps, params,
+outs, command; a missing output is what a fresh clone has). During the run DVC's own lines say what it
+did with each stage: ``Running stage``, ``didn't change, skipping`` (up to date), or ``is cached``
+(restored from the run-cache). The summary joins the two. Extra arguments go to ``dvc repro``.
+
+``--profile NAME`` first composes ``profiles/NAME.yaml`` into params.yaml (the file DVC reads). It
+refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
+not committed, so switching profiles never loses a user's parameters.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RAN = re.compile(r"Running stage '([^']+)'")
+SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
+
+
+def _reasons(entries: Sequence) -> str:
+    """dvc status's entries of one stage as a short phrase: 'changed deps (params.yaml: seeds modified)'."""
+    parts = []
+    for entry in entries:
+        if isinstance(entry, str):
+            parts.append(entry)
+            continue
+        for kind, changes in entry.items():
+            items = []
+            for path, change in (changes or {}).items():
+                if isinstance(change, dict):
+                    change = ", ".join(f"{k} {v}" for k, v in change.items())
+                items.append(f"{path}: {change}")
+            parts.append(f"{kind} ({'; '.join(items)})" if items else kind)
+    return "; ".join(parts)
+
+
+def status_reasons() -> dict[str, str]:
+    result = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {}
+    try:
+        return {stage: _reasons(entries) for stage, entries in json.loads(result.stdout or "{}").items()}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def summary(output: str, reasons: dict[str, str]) -> list[str]:
+    ran, skipped, cached = RAN.findall(output), SKIPPED.findall(output), CACHED.findall(output)
+    lines = [
+        f"[repro] {len(ran)} stage(s) ran, {len(skipped)} reused (up to date), "
+        f"{len(cached)} restored from the run-cache"
+    ]
+    lines += [
+        f"  ran      {stage}: {reasons.get(stage) or 'an upstream stage changed its outputs'}"
+        for stage in ran
+    ]
+    lines += [f"  reused   {stage}: up to date (deps, params and outs match dvc.lock)" for stage in skipped]
+    lines += [f"  restored {stage}: the run-cache holds a run with these deps and params" for stage in cached]
+    return lines
+
+
+def use_profile(name: str, params: Path = Path("params.yaml"), profiles: Path = Path("profiles")) -> None:
+    """Copy profiles/<name>.yaml to params.yaml, unless that would drop uncommitted, unsaved edits."""
+    source = profiles / f"{name}.yaml"
+    if not source.is_file():
+        known = ", ".join(sorted(p.stem for p in profiles.glob("*.yaml")))
+        raise SystemExit(f"error: repro: no profile {source} (profiles: {known})")
+    if params.is_file() and not filecmp.cmp(params, source, shallow=False):
+        saved = any(filecmp.cmp(params, other, shallow=False) for other in profiles.glob("*.yaml"))
+        clean = (
+            subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(params)], check=False).returncode == 0
+        )
+        if not (saved or clean):
+            raise SystemExit(
+                f"error: repro: {params} has uncommitted edits that are in no profile; commit them or save "
+                f"them as profiles/<name>.yaml before switching to {name}"
+            )
+    params.write_bytes(source.read_bytes())
+    print(f"[repro] params.yaml <- {source}", flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if "--profile" in argv:
+        at = argv.index("--profile")
+        if at + 1 >= len(argv):
+            raise SystemExit("error: repro: --profile needs a name (e.g. --profile paper)")
+        use_profile(argv[at + 1])
+        del argv[at : at + 2]
+    reasons = status_reasons()
+    process = subprocess.Popen(
+        ["dvc", "repro", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    captured = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        captured.append(line)
+    status = process.wait()
+    print("\n".join(summary("".join(captured), reasons)), flush=True)
+    if status != 0:
+        print(f"[repro] dvc repro failed with exit status {status}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

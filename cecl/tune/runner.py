@@ -1,0 +1,408 @@
+"""Running sweeps: Ray, ASHA, one Tuner per method (resumable), the outcomes and best.json.
+
+One Tuner per method (grid search, one ``tune.grid_search`` per axis). Why per method: the methods
+have different axes (only CECL has w), and ASHA stops a trial by comparing it with the other trials
+at the same epoch, so mixing methods in one Tuner would let one method's trials stop another's,
+while the sweep's question is "the best configuration *of each method*".
+
+Fault tolerance:
+- Results and checkpoints live in ``sweep/ray_results/<method>-<fingerprint>`` inside the project.
+  The fingerprint (:func:`cecl.tune.trial.experiment_name`) covers everything that determines a
+  trial's numbers (params, data, trial code), so a change starts a fresh experiment (replacing the
+  method's stale one, :func:`prune_stale`) and an unchanged one is restored with ``Tuner.restore``:
+  finished trials are kept, unfinished ones continue from their checkpoint, errored ones are retried.
+  Re-running a finished sweep retrains nothing.
+- ``FailureConfig(max_failures=sweep.max_failures)`` retries a crashed trial from its checkpoint;
+  a trial that still fails is reported with status ERROR and the sweep finishes. A method none of
+  whose trials finished has no best configuration: :meth:`SweepSummary.raise_if_failed` turns that
+  into a one-line :class:`SweepFailed` (the stage exits non-zero; running it again retries them).
+- Test hook: ``CECL_SWEEP_CRASH`` (read by the driver, see :func:`cecl.tune.grid.parse_crash_specs`)
+  makes chosen trials crash, to exercise retries and error reporting.
+
+Ray's output: the driver's ``[sweep] ...`` lines (:class:`cecl.tune.sink.TrialEvents`) are the
+progress report on stdout. Tune runs with ``verbose=0`` and its legacy output engine
+(``RAY_AIR_NEW_OUTPUT=0``: the new one prints a configuration box, result paths and per-error
+blocks to stdout even at verbose 0). Ray is initialised with its logging at WARNING (no "Started a
+local Ray instance" banner) and with worker output forwarded to the driver (``log_to_driver``), so
+what a trial prints (a resume, a warning, a traceback) still reaches the stage's log, prefixed with
+``(sweep_trial pid=N)`` but uncoloured (``RAY_COLOR_PREFIX=0``: no ANSI codes in a log file);
+trials set Ray Train's logger to WARNING (no "Checkpoint successfully created" line per epoch).
+``RAY_DEDUP_LOGS`` keeps Ray's default (on): the same line from N trials is printed once with a
+"[repeated Nx]" note. Tune's own error reports (a failed trial's traceback) go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from cecl import runs as run_paths
+from cecl.config import Params
+from cecl.methods import resolve_options
+from cecl.tune.grid import CRASH_ENV, OBJECTIVE, grid_size, overrides_of, parse_crash_specs, search_space, sweep_methods
+from cecl.tune.sink import SINKS, TrialEvents, TrialRuns
+from cecl.tune.trial import REPO_ROOT, TrialSetup, experiment_name, sweep_trial, trial_device
+
+RAY_RESULTS = "ray_results"
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial finished (e.g. Ctrl-C); running it again resumes it."""
+
+
+class SweepFailed(ValueError):
+    """Every trial of some method failed, so it has no best configuration; the message is one line.
+
+    A ValueError so that the stage's entry point (``cecl.cli.run_stage``) prints it as one line and
+    exits non-zero.
+    """
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def init_ray(params: Params) -> bool:
+    """Connect to RAY_ADDRESS's cluster, or start a local Ray; returns True when this call started it.
+
+    Workers get the repository root on PYTHONPATH so they can import ``cecl`` (on a cluster, every
+    node needs the checkout, the data and ``sweep/ray_results`` at the same path, e.g. a shared disk).
+    See the module docstring for how Ray's own output is kept out of the way.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read when worker lines are printed
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
+        return True
+    sweep = params.sweep
+    cpus = os.cpu_count() or 1
+    if sweep.cpus_per_trial > cpus:
+        raise ValueError(f"sweep.cpus_per_trial {sweep.cpus_per_trial:g} exceeds this machine's {cpus} CPUs")
+    if trial_resources(params)["gpu"] > 0 and not torch.cuda.is_available():
+        raise ValueError(f"sweep.gpus_per_trial is {sweep.gpus_per_trial:g} but this machine has no GPU")
+    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
+    return True
+
+
+def trial_resources(params: Params) -> dict[str, float]:
+    """Ray resources of one trial: ``device: cpu`` reserves no GPU (its trials never use one)."""
+    sweep = params.sweep
+    gpus = sweep.gpus_per_trial if trial_device(params.device, sweep.gpus_per_trial).type == "cuda" else 0.0
+    return {"cpu": sweep.cpus_per_trial, "gpu": gpus}
+
+
+def check_device(params: Params) -> None:
+    """One line when params.yaml asks for CUDA but the sweep's trials would get no GPU."""
+    if params.device.startswith("cuda") and params.sweep.gpus_per_trial == 0:
+        raise ValueError(
+            f"device is {params.device} but sweep.gpus_per_trial is 0, so every trial would train on the CPU; "
+            "set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU) or device: auto"
+        )
+
+
+def scheduler(params: Params) -> tune.schedulers.TrialScheduler | None:
+    """ASHA on the epoch counter (max_t = sweep.epochs), or None for the full grid."""
+    sweep = params.sweep
+    if sweep.scheduler == "none":
+        return None
+    return tune.schedulers.ASHAScheduler(
+        time_attr="epoch",
+        max_t=sweep.epochs,
+        grace_period=min(sweep.asha.grace_period, sweep.epochs),
+        reduction_factor=sweep.asha.reduction_factor,
+    )
+
+
+def prune_stale(storage: Path, method: str, keep: str) -> None:
+    """Delete ``method``'s experiments of other fingerprints (older params, data or code)."""
+    if not storage.is_dir():
+        return
+    for stale in storage.iterdir():
+        if stale.is_dir() and stale.name != keep and re.fullmatch(rf"{re.escape(method)}-[0-9a-f]{{12}}", stale.name):
+            print(f"[sweep] removing stale experiment {stale} (params, data or code changed)", flush=True)
+            shutil.rmtree(stale)
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One row of sweep/results.csv (temperature and weight: the values the trial trained with)."""
+
+    method: str
+    temperature: float | None
+    weight: float | None
+    best_val_accuracy: float | None  # best over epochs of the validation objective (OBJECTIVE)
+    best_epoch: int | None
+    epochs_run: int
+    stopped_early: bool
+    status: str  # TERMINATED | ERROR
+    retries: int
+    trial_id: str
+    mlflow_run_id: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    outcomes: list[TrialOutcome]
+    best: dict[str, Any]  # best.json
+    seconds: float
+    experiments: dict[str, Path] = field(default_factory=dict)  # method -> its Tune experiment folder
+
+    @property
+    def trial_epochs(self) -> int:
+        return sum(o.epochs_run for o in self.outcomes)
+
+    def failed_methods(self) -> list[str]:
+        """Swept methods without a best configuration: none of their trials finished."""
+        return [m for m in dict.fromkeys(o.method for o in self.outcomes) if m not in self.best["methods"]]
+
+    def raise_if_failed(self) -> None:
+        """SweepFailed (one line, naming the methods) when some method has no finished trial."""
+        failed = self.failed_methods()
+        if not failed:
+            return
+        parts = []
+        for method in failed:
+            trials = [o for o in self.outcomes if o.method == method]
+            where = self.experiments.get(method)
+            parts.append(
+                f"every trial of {method} failed ({len(trials)} of {len(trials)}"
+                + (f", errors in {where}/*/error.txt" if where else "")
+                + ")"
+            )
+        raise SweepFailed("; ".join(parts) + ": it has no best configuration; run the sweep again to retry")
+
+
+def _history(frame: Any) -> list[dict[str, Any]]:
+    """A trial's per-epoch rows from its stored results (all sessions), one per epoch (the last)."""
+    if frame is None or frame.empty or "epoch" not in frame:
+        return []
+    frame = frame.dropna(subset=["epoch"]).drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
+    columns = [c for c in ("epoch", OBJECTIVE, "train_loss", "epoch_seconds") if c in frame]
+    return frame[columns].to_dict("records")
+
+
+def _outcome(params: Params, trial: Any, history: list[dict]) -> TrialOutcome:
+    best = max(history, key=lambda r: (r[OBJECTIVE], -r["epoch"])) if history else None
+    epochs_run = int(max((r["epoch"] for r in history), default=0))
+    failures = int(trial.num_failures)
+    retries = failures if trial.status == "TERMINATED" else max(0, failures - 1)
+    method = trial.config["method"]
+    # The values the trial trained with: the grid point, else the method's option from params.yaml.
+    options = resolve_options(method, params.method_options.get(method), overrides_of(trial.config))
+    temperature = getattr(options, "temperature", None)
+    weight = getattr(options, "weight", None)  # only CECL has a weight
+    return TrialOutcome(
+        method=method,
+        temperature=None if temperature is None else float(temperature),
+        weight=None if weight is None else float(weight),
+        best_val_accuracy=None if best is None else float(best[OBJECTIVE]),
+        best_epoch=None if best is None else int(best["epoch"]),
+        epochs_run=epochs_run,
+        stopped_early=trial.status == "TERMINATED" and epochs_run < params.sweep.epochs,
+        status=trial.status,
+        retries=retries,
+        trial_id=trial.trial_id,
+    )
+
+
+def _order(outcome: TrialOutcome) -> tuple[float, float]:
+    return (
+        -1.0 if outcome.temperature is None else outcome.temperature,
+        -1.0 if outcome.weight is None else outcome.weight,
+    )
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_method_sweep(
+    params: Params,
+    method: str,
+    storage: Path,
+    data_dir: Path,
+    runs: TrialRuns | None,
+    callbacks: Sequence[tune.Callback] = (),
+    verbose: int = 0,
+) -> list[TrialOutcome]:
+    """Run (or resume) the Tuner of one method; raises SweepInterrupted if it stopped early."""
+    sweep = params.sweep
+    name = experiment_name(params, method, data_dir)
+    path = storage / name
+    setup = TrialSetup(params, str(data_dir.resolve()), parse_crash_specs(os.environ.get(CRASH_ENV)))
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, setup=setup), trial_resources(params))
+    if runs is not None:
+        SINKS[name] = runs
+    try:
+        if tune.Tuner.can_restore(path):
+            print(f"[sweep] resuming {method} from {path}", flush=True)
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        else:
+            prune_stale(storage, method, keep=name)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search_space(params, method),
+                tune_config=tune.TuneConfig(
+                    metric=OBJECTIVE,
+                    mode="max",
+                    scheduler=scheduler(params),
+                    max_concurrent_trials=sweep.max_concurrent,
+                    reuse_actors=True,  # a finished trial's process runs the next one (no re-import)
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(storage),
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[TrialEvents(name, sweep.epochs), *callbacks],
+                    verbose=verbose,
+                ),
+            )
+        tuner.fit()
+    finally:
+        SINKS.pop(name, None)
+    # The experiment state Tune saved on disk, not fit()'s in-memory trials: after a Ctrl-C, Tune's
+    # cleanup marks the stopped trials TERMINATED in memory, while the saved state keeps them unfinished.
+    analysis = tune.ExperimentAnalysis(str(path))
+    finished = [t for t in analysis.trials if t.status in ("TERMINATED", "ERROR")]
+    if len(finished) < grid_size(params, method):
+        raise SweepInterrupted(
+            f"sweep of {method} stopped with {len(finished)} of {grid_size(params, method)} trials finished; "
+            f"run it again to resume from {path}"
+        )
+    frames = analysis.trial_dataframes
+    outcomes = []
+    for trial in finished:
+        history = _history(frames.get(trial.trial_id))
+        outcome = _outcome(params, trial, history)
+        if runs is not None:
+            outcome = TrialOutcome(**{**outcome.row(), "mlflow_run_id": runs.finish(trial.config, outcome, history)})
+        outcomes.append(outcome)
+    return sorted(outcomes, key=_order)
+
+
+def best_per_method(params: Params, outcomes: Sequence[TrialOutcome]) -> dict[str, Any]:
+    """best.json: per method the configuration with the highest validation objective.
+
+    Ties go to the first configuration in (temperature, weight) order, and ``ties`` says how many
+    configurations share the value, so a flat objective is visible instead of a spurious winner.
+    """
+    methods: dict[str, Any] = {}
+    for method in sweep_methods(params):
+        done = [o for o in outcomes if o.method == method and o.status == "TERMINATED" and o.best_val_accuracy is not None]
+        if not done:
+            continue
+        top = max(done, key=lambda o: o.best_val_accuracy or 0.0)  # max keeps the first among ties
+        methods[method] = {
+            k: v for k, v in top.row().items() if k not in ("method", "status") and not (k == "weight" and v is None)
+        }
+        # How many configurations reach the same value: > 1 means the selection among them is arbitrary.
+        methods[method]["ties"] = sum(
+            math.isclose(o.best_val_accuracy or 0.0, top.best_val_accuracy or 0.0, abs_tol=1e-12) for o in done
+        )
+    sweep = params.sweep
+    spec = params.spec(sweep.dataset)
+    metric = spec.evaluator().primary
+    return {
+        "objective": f"online linear-probe {metric} on the validation split (best over epochs)",
+        "metric": metric,
+        "dataset": sweep.dataset,
+        "description": spec.describe(),
+        "seed": sweep.seed,
+        "epochs": sweep.epochs,
+        "train_size": sweep.train_size,
+        "scheduler": sweep.scheduler,
+        "methods": methods,
+    }
+
+
+def child_tags(params: Params) -> dict[str, Any]:
+    """Tags of the sweep's runs, like a stage run's (``cecl.pipeline.run_tags``), the method aside."""
+    sweep = params.sweep
+    spec = params.spec(sweep.dataset)
+    return {
+        "dataset": sweep.dataset,
+        "family": spec.family,
+        "seed": sweep.seed,
+        "device": str(trial_device(params.device, sweep.gpus_per_trial)),
+        "data_verified": spec.options.verify,
+    }
+
+
+def run_sweep(
+    params: Params,
+    root: Path | None = None,
+    parent_run_id: str | None = None,
+    data_dir: Path | None = None,
+    storage: Path | None = None,
+    callbacks: Sequence[tune.Callback] = (),
+    verbose: int = 0,
+) -> SweepSummary:
+    """Run every method's grid; trial results and checkpoints go to ``storage`` (resumable).
+
+    ``root`` is the project root (default: the current directory); ``data_dir`` defaults to
+    ``<root>/data/<sweep.dataset>`` and ``storage`` to ``<root>/sweep/ray_results``. With
+    ``parent_run_id``, each trial gets a nested MLflow run.
+    """
+    import ray
+
+    from cecl.tracking import tracking_uri
+
+    sweep = params.sweep
+    root = (root or Path.cwd()).resolve()
+    data_dir = (data_dir or root / run_paths.data_dir(sweep.dataset)).resolve()
+    storage = (storage or root / run_paths.SWEEP_DIR / RAY_RESULTS).resolve()
+    params.spec(sweep.dataset).read_manifest(data_dir)  # one line if missing or not this entry's data
+    check_device(params)
+    runs = None
+    if parent_run_id is not None:
+        static = {
+            "dataset": sweep.dataset,
+            "seed": sweep.seed,
+            "epochs": sweep.epochs,
+            "train_size": sweep.train_size,
+            "scheduler": sweep.scheduler,
+        }
+        runs = TrialRuns(parent_run_id, tracking_uri(root), static, child_tags(params), root)
+    # Keeping 2 checkpoints per trial makes Tune snapshot the experiment state on every other
+    # report; on local storage a snapshot takes milliseconds, so its "bottleneck" warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # see the module docstring
+    started_ray = init_ray(params)
+    started = time.perf_counter()
+    outcomes: list[TrialOutcome] = []
+    experiments: dict[str, Path] = {}
+    try:
+        for method in sweep_methods(params):
+            experiments[method] = storage / experiment_name(params, method, data_dir)
+            outcomes += run_method_sweep(params, method, storage, data_dir, runs, callbacks, verbose)
+    except BaseException:
+        if runs is not None:
+            runs.abandon()
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return SweepSummary(outcomes, best_per_method(params, outcomes), time.perf_counter() - started, experiments)
