@@ -1,15 +1,20 @@
-"""Batched augmentations: shapes, range, seeding, per-sample independence and the identity settings."""
+"""Batched augmentations: shapes, range, seeding, per-sample independence, the identity settings,
+horizontal flips and 1-channel images."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from cecl.config import AugmentParams
-from cecl.data.augment import BatchAugment, _hue, make_views, to_float
+from cecl.data.augment import AugmentParams, BatchAugment, _hue, make_views, to_float
 
-IDENTITY = AugmentParams(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0)
-STRONG = AugmentParams(crop_scale=(0.2, 1.0), color_jitter=1.0, color_jitter_p=0.8, grayscale_p=0.2)
+IDENTITY = AugmentParams(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0, hflip_p=0.0
+)
+STRONG = AugmentParams(
+    crop_scale=(0.2, 1.0), color_jitter=1.0, color_jitter_p=0.8, grayscale_p=0.2, hflip_p=0.5
+)
 
 
 def _images(b: int = 16, seed: int = 0) -> torch.Tensor:
@@ -109,10 +114,103 @@ def test_hue_rotation_keeps_luma_and_zero_is_identity() -> None:
 
 def test_bad_inputs() -> None:
     augment = BatchAugment(AugmentParams())
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        augment(torch.zeros(2, 1, 28, 28), _gen())
+    with pytest.raises(ValueError, match=r"float images \[B, C, H, W\]"):
+        augment(torch.zeros(2, 28, 28), _gen())
+    with pytest.raises(ValueError, match=r"float images \[B, C, H, W\]"):
+        augment(torch.zeros(2, 3, 28, 28, dtype=torch.uint8), _gen())  # make_views converts, callers must too
     with pytest.raises(ValueError, match="n_views"):
         make_views(_images(2), 0, augment, _gen())
+
+
+def test_augment_params_validation() -> None:
+    for bad in ({"hflip_p": 1.5}, {"hflip_p": -0.1}, {"crop_scale": (0.9, 0.2)}, {"crop_scale": (0.5, 1.2)}):
+        with pytest.raises(ValidationError):
+            AugmentParams(**bad)
+    with pytest.raises(ValidationError):
+        AugmentParams(hflip_p=float("nan"))
+    assert AugmentParams().hflip_p == 0.0  # off unless a recipe asks (mirrored digits are not digits)
+    assert not AugmentParams().needs_colour()
+    assert AugmentParams(color_jitter=0.4).needs_colour()
+    assert not AugmentParams(color_jitter=0.4, color_jitter_p=0.0).needs_colour()  # never applied
+    assert AugmentParams(grayscale_p=0.1).needs_colour()
+    assert not AugmentParams(hflip_p=1.0, crop_scale=(0.2, 1.0)).needs_colour()
+
+
+# ----------------------------------------------------------------------------- horizontal flips
+
+
+def _asymmetric(b: int = 8, c: int = 3) -> torch.Tensor:
+    """float [B, C, 28, 28] images that differ from their mirror image everywhere it matters."""
+    x = to_float(_images(b))[:, :c].clone()
+    x[:, :, :, :5] = 0.0  # a dark left band: a mirrored image has it on the right
+    return x
+
+
+def test_hflip_p1_mirrors_exactly_after_an_identity_crop() -> None:
+    x = _asymmetric()
+    out = BatchAugment(IDENTITY.model_copy(update={"hflip_p": 1.0}))(x, _gen())
+    assert torch.allclose(out, x.flip(-1), atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-2)
+    assert torch.allclose(out[..., :, 0], x[..., :, -1], atol=1e-5)  # column 0 is the old last column
+
+
+def test_hflip_p0_never_flips() -> None:
+    x = _asymmetric(64)
+    for seed in range(3):
+        assert torch.allclose(BatchAugment(IDENTITY)(x, _gen(seed)), x, atol=1e-5)
+
+
+def test_hflip_is_drawn_per_sample_and_per_view() -> None:
+    x = _asymmetric(1).expand(256, -1, -1, -1).contiguous()  # one image, 256 times
+    out = BatchAugment(IDENTITY.model_copy(update={"hflip_p": 0.3}))(x, _gen())
+    as_is = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-5
+    mirrored = (out - x.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert (as_is ^ mirrored).all()  # every sample is either untouched or exactly mirrored
+    assert abs(float(mirrored.double().mean()) - 0.3) < 0.1  # about p of them, drawn independently
+    views = make_views(
+        (_asymmetric(1) * 255).round().to(torch.uint8).expand(64, -1, -1, -1),
+        2,
+        BatchAugment(IDENTITY.model_copy(update={"hflip_p": 0.5})),
+        _gen(1),
+    )
+    differ = (views[:, 0] - views[:, 1]).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert 0 < int(differ.sum()) < 64  # the two views of an image flip independently
+
+
+def test_hflip_follows_the_generator() -> None:
+    augment = BatchAugment(IDENTITY.model_copy(update={"hflip_p": 0.5}))
+    x = _asymmetric(64)
+    a, b, c = augment(x, _gen(5)), augment(x, _gen(5)), augment(x, _gen(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- 1-channel images
+
+
+def test_one_channel_images_crop_and_flip() -> None:
+    x = _asymmetric(16, c=1)
+    params = AugmentParams(crop_scale=(0.3, 0.8), hflip_p=0.5)
+    out = BatchAugment(params)(x, _gen())
+    assert out.shape == (16, 1, 28, 28) and out.min() >= 0.0 and out.max() <= 1.0
+    assert not torch.allclose(out, x)
+    assert torch.allclose(BatchAugment(IDENTITY)(x, _gen()), x, atol=1e-5)
+    views = make_views((x * 255).round().to(torch.uint8), 2, BatchAugment(params), _gen())
+    assert views.shape == (16, 2, 1, 28, 28)
+    # the crop is the same operation on one channel as on each of three
+    three = BatchAugment(AugmentParams(crop_scale=(0.3, 0.8), hflip_p=0.5))(x.expand(-1, 3, -1, -1), _gen())
+    assert torch.allclose(three[:, :1], out, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "colour",
+    [{"color_jitter": 0.5}, {"color_jitter": 0.5, "color_jitter_p": 1.0}, {"grayscale_p": 0.2}],
+)
+def test_colour_ops_on_one_channel_raise(colour: dict) -> None:
+    augment = BatchAugment(AugmentParams(**colour))
+    with pytest.raises(ValueError, match="3-channel") as info:
+        augment(torch.zeros(2, 1, 28, 28), _gen())
+    assert "\n" not in str(info.value)
+    assert augment(torch.zeros(2, 3, 28, 28), _gen()).shape == (2, 3, 28, 28)  # fine on colour images
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -482,6 +482,16 @@ def test_a_corrupt_split_file_is_a_one_line_integrity_error(store, corruption: s
         spec.load(out, "val")
 
 
+def test_a_split_file_swapped_for_another_fails_its_manifest_digest(store) -> None:
+    """A well-formed but wrong file (val.npz copied over train.npz) is caught by the manifest's SHA-256."""
+    spec, out = store
+    shutil.copy2(out / "val.npz", out / "train.npz")
+    with pytest.raises(DataIntegrityError) as info:
+        spec.load(out, "train")
+    message = _one_line(info)
+    assert "train.npz" in message and "does not match the manifest" in message, message
+
+
 def test_split_rejects_malformed_arrays() -> None:
     good = _good()
     Split(**good)

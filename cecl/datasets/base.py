@@ -28,7 +28,7 @@ from pydantic import Field
 
 from cecl.data.augment import AugmentParams
 from cecl.datasets.errors import DataIntegrityError
-from cecl.datasets.store import MANIFEST, Split, load_split, save_split
+from cecl.datasets.store import MANIFEST, Split, file_sha256, load_split, save_split
 from cecl.eval import Classification, Evaluator, GroupBias
 from cecl.io import atomic_dir, write_json
 from cecl.schema import Strict
@@ -225,7 +225,15 @@ class DatasetSpec(ABC):
         manifest = self.read_manifest(data_dir)
         if split not in manifest["splits"]:
             raise ValueError(f"{self.name} has no split {split!r}; it has {', '.join(manifest['splits'])}")
-        data = load_split(Path(data_dir) / manifest["splits"][split]["file"])
+        entry = manifest["splits"][split]
+        path = Path(data_dir) / entry["file"]
+        digest = file_sha256(path)
+        if digest != entry["sha256"]:
+            raise DataIntegrityError(
+                f"{path}: SHA-256 {digest} does not match the manifest's {entry['sha256']} "
+                f"(re-run prepare@{self.name})"
+            )
+        data = load_split(path)
         self._check(data, split)
         return data
 

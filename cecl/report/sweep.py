@@ -2,10 +2,10 @@
 
 Every number is a trial's best online linear-probe value on the **validation** split over the
 epochs it ran: the dataset evaluator's primary metric, named in best.json (``metric``; the column
-keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown table says which
-configuration each cell is, marks trials ASHA stopped early and trials that failed, and lists the
-configuration chosen per method (the one in best.json). The aggregate stage can include
-sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
+keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown
+table says which configuration each cell is, marks trials ASHA stopped early and trials that
+failed, and lists the configuration chosen per method (the one in best.json). The aggregate stage
+can include sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
 """
 
 from __future__ import annotations
@@ -94,17 +94,20 @@ def metric_name(best: dict[str, Any]) -> str:
 
 def _setting(best: dict[str, Any]) -> str:
     size = best.get("train_size")
-    data = f"{best['description']} (dataset entry `{best['dataset']}`), training seed {best.get('seed', 0)}"
+    data = f"Dataset entry `{best['dataset']}`: {best['description']}; training seed {best.get('seed', 0)}"
     if size:
-        data += f", {size} training images (seeded subsample)"
+        data += f", trained on a seeded subsample of {size} training images"
     stop = "ASHA early stopping" if best.get("scheduler") == "asha" else "no early stopping (full grid)"
     return f"{data}, up to {best['epochs']} pretraining epochs per trial, {stop}."
 
 
 def heatmap_title(best: dict[str, Any]) -> str:
+    """Three lines: the objective, the dataset entry, the sweep's budget."""
+    subset = f", {best['train_size']} training images (seeded subsample)" if best.get("train_size") else ""
     return (
-        f"CECL validation {metric_name(best)} (%) over τ × w, ≤ {best['epochs']} epochs\n"
-        f"{best['description']}"
+        f"CECL validation {metric_name(best)} (%) over τ × w\n"
+        f"{best['description']}\n"
+        f"≤ {best['epochs']} epochs per trial{subset}"
     )
 
 
@@ -115,9 +118,10 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
         "",
         _setting(best),
         f"Each number is one configuration's best online linear-probe {metric_name(best)} (%) on the",
-        "**validation** split over the epochs it ran; the test split is never used. **Bold**: the configuration selected",
-        "for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after k epochs. `failed`: the",
-        "trial crashed on every retry. Source: sweep/results.csv; MLflow: the `sweep` run's nested runs.",
+        "**validation** split over the epochs it ran; the test split is never used. **Bold**: the",
+        "configuration selected for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after",
+        "k epochs. `failed`: the trial crashed on every retry. Source: sweep/results.csv; MLflow: the",
+        "`sweep` run's nested runs.",
         "",
     ]
     grid = _grid_rows(frame)

@@ -50,7 +50,15 @@ from ray import tune
 from cecl import runs as run_paths
 from cecl.config import Params
 from cecl.methods import resolve_options
-from cecl.tune.grid import CRASH_ENV, OBJECTIVE, grid_size, overrides_of, parse_crash_specs, search_space, sweep_methods
+from cecl.tune.grid import (
+    CRASH_ENV,
+    OBJECTIVE,
+    grid_size,
+    overrides_of,
+    parse_crash_specs,
+    search_space,
+    sweep_methods,
+)
 from cecl.tune.sink import SINKS, TrialEvents, TrialRuns
 from cecl.tune.trial import REPO_ROOT, TrialSetup, experiment_name, sweep_trial, trial_device
 
@@ -112,8 +120,8 @@ def check_device(params: Params) -> None:
     """One line when params.yaml asks for CUDA but the sweep's trials would get no GPU."""
     if params.device.startswith("cuda") and params.sweep.gpus_per_trial == 0:
         raise ValueError(
-            f"device is {params.device} but sweep.gpus_per_trial is 0, so every trial would train on the CPU; "
-            "set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU) or device: auto"
+            f"device is {params.device} but sweep.gpus_per_trial is 0, so every trial would train on the "
+            "CPU; set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU) or device: auto"
         )
 
 
@@ -135,7 +143,11 @@ def prune_stale(storage: Path, method: str, keep: str) -> None:
     if not storage.is_dir():
         return
     for stale in storage.iterdir():
-        if stale.is_dir() and stale.name != keep and re.fullmatch(rf"{re.escape(method)}-[0-9a-f]{{12}}", stale.name):
+        if (
+            stale.is_dir()
+            and stale.name != keep
+            and re.fullmatch(rf"{re.escape(method)}-[0-9a-f]{{12}}", stale.name)
+        ):
             print(f"[sweep] removing stale experiment {stale} (params, data or code changed)", flush=True)
             shutil.rmtree(stale)
 
@@ -298,7 +310,9 @@ def run_method_sweep(
         history = _history(frames.get(trial.trial_id))
         outcome = _outcome(params, trial, history)
         if runs is not None:
-            outcome = TrialOutcome(**{**outcome.row(), "mlflow_run_id": runs.finish(trial.config, outcome, history)})
+            outcome = TrialOutcome(
+                **{**outcome.row(), "mlflow_run_id": runs.finish(trial.config, outcome, history)}
+            )
         outcomes.append(outcome)
     return sorted(outcomes, key=_order)
 
@@ -311,16 +325,23 @@ def best_per_method(params: Params, outcomes: Sequence[TrialOutcome]) -> dict[st
     """
     methods: dict[str, Any] = {}
     for method in sweep_methods(params):
-        done = [o for o in outcomes if o.method == method and o.status == "TERMINATED" and o.best_val_accuracy is not None]
+        done = [
+            o
+            for o in outcomes
+            if o.method == method and o.status == "TERMINATED" and o.best_val_accuracy is not None
+        ]
         if not done:
             continue
         top = max(done, key=lambda o: o.best_val_accuracy or 0.0)  # max keeps the first among ties
         methods[method] = {
-            k: v for k, v in top.row().items() if k not in ("method", "status") and not (k == "weight" and v is None)
+            k: v
+            for k, v in top.row().items()
+            if k not in ("method", "status") and not (k == "weight" and v is None)
         }
         # How many configurations reach the same value: > 1 means the selection among them is arbitrary.
         methods[method]["ties"] = sum(
-            math.isclose(o.best_val_accuracy or 0.0, top.best_val_accuracy or 0.0, abs_tol=1e-12) for o in done
+            math.isclose(o.best_val_accuracy or 0.0, top.best_val_accuracy or 0.0, abs_tol=1e-12)
+            for o in done
         )
     sweep = params.sweep
     spec = params.spec(sweep.dataset)
@@ -405,4 +426,6 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
-    return SweepSummary(outcomes, best_per_method(params, outcomes), time.perf_counter() - started, experiments)
+    return SweepSummary(
+        outcomes, best_per_method(params, outcomes), time.perf_counter() - started, experiments
+    )

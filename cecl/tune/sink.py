@@ -56,7 +56,11 @@ class TrialRuns:
         self.parent_run_id = parent_run_id
         self.experiment_id = parent.info.experiment_id
         commit = parent.data.tags.get("git_commit") or git_commit(root or Path.cwd())
-        self.tags = {"git_commit": commit, "dvc_stage": STAGE, **{k: str(v) for k, v in (static_tags or {}).items()}}
+        self.tags = {
+            "git_commit": commit,
+            "dvc_stage": STAGE,
+            **{k: str(v) for k, v in (static_tags or {}).items()},
+        }
         self.static_params = dict(static_params)
         self.runs: dict[tuple, str] = {}
         self.logged_steps: dict[tuple, set[int]] = {}
@@ -69,7 +73,9 @@ class TrialRuns:
         key = config_key(config)
         if key not in self.runs:
             tags = {**self.tags, "mlflow.parentRunId": self.parent_run_id, "method": config["method"]}
-            run = self.client.create_run(self.experiment_id, run_name=f"{STAGE}/{trial_label(config)}", tags=tags)
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{STAGE}/{trial_label(config)}", tags=tags
+            )
             params = {**self.static_params, "method": config["method"], **overrides_of(config)}
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
             self.runs[key] = run.info.run_id
@@ -172,17 +178,16 @@ class TrialEvents(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _error_line(trial)
+        crashed = f"crashed ({error})" if error else "crashed"
         print(
-            f"[sweep] {trial_label(trial.config)}: crashed ({error or 'no error file'}), "
-            "retrying from its last checkpoint",
-            flush=True,
+            f"[sweep] {trial_label(trial.config)}: {crashed}, retrying from its last checkpoint", flush=True
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The traceback: Tune's error log on stderr, and error.txt in the trial's folder under ray_results.
         error = _error_line(trial)
         print(
-            f"[sweep] {trial_label(trial.config)}: FAILED after {trial.num_failures} attempts"
-            + (f": {error}" if error else "")
-            + (f" (traceback: {trial.error_file})" if trial.error_file else ""),
+            f"[sweep] {trial_label(trial.config)}: FAILED after {trial.num_failures} attempt(s)"
+            + (f": {error}" if error else ""),
             flush=True,
         )

@@ -31,7 +31,6 @@ from cecl.config import Params
 from cecl.datasets import DatasetSpec, TensorSplit
 from cecl.pipeline import RunSetup, load_splits, run_setup
 from cecl.runs import RunKey
-from cecl.train.checkpoint import fingerprint
 from cecl.tune.grid import CRASH_ENV, OBJECTIVE, CrashSpec, overrides_of, trial_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +89,9 @@ def trial_device(device: str, gpus_per_trial: float) -> torch.device:
     return torch.device("cpu")
 
 
-def load_train_val(spec: DatasetSpec, device: torch.device, data_dir: Path) -> tuple[TensorSplit, TensorSplit]:
+def load_train_val(
+    spec: DatasetSpec, device: torch.device, data_dir: Path
+) -> tuple[TensorSplit, TensorSplit]:
     """The training and validation splits of the entry. The test split is deliberately not loaded."""
     splits = load_splits(spec, device, ("train", "val"), data_dir)
     return splits["train"], splits["val"]

@@ -1,0 +1,146 @@
+"""The checked-in profiles: cpu (what `make repro` runs; params.yaml is it) and paper (GPU hosts).
+
+The paper profile validates here, its DVC stage list is the full dataset x method x seed matrix, and its
+recipes run end to end (prepare, pretrain, probe, aggregate) for one epoch on every dataset entry it
+has, on shrunken data, in this process (the DVC round trip itself is tests/test_pipeline_e2e.py's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cecl.config import load_params, parse_params
+from cecl.repro import use_profile
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "profiles"
+
+
+def test_params_yaml_is_the_cpu_profile() -> None:
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == yaml.safe_load(
+        (PROFILES / "cpu.yaml").read_text()
+    )
+
+
+def test_cpu_profile_covers_both_offline_datasets_with_three_seeds() -> None:
+    params = load_params(PROFILES / "cpu.yaml")
+    families = {params.spec(name).family for name in params.pretrain.datasets}
+    assert families == {"biased_mnist", "fashion_mnist"}
+    assert len(params.seeds) >= 3
+    assert {"ce", "simclr", "supcon", "cecl"} <= set(params.pretrain.methods)
+
+
+def test_paper_profile_validates_with_the_paper_recipes() -> None:
+    from cecl.methods import available
+
+    params = load_params(PROFILES / "paper.yaml")
+    assert set(params.pretrain.methods) == set(available())  # all 19
+    assert len(params.seeds) == 3
+    rhos = sorted(params.datasets[n].rho for n in params.datasets if params.spec(n).family == "biased_mnist")
+    assert rhos == [0.9, 0.95, 0.99, 0.995, 0.997, 0.999]
+    recipe = params.recipe("bmnist_0.99")
+    assert recipe.model.backbone == "simple_conv_net" and recipe.pretrain.epochs == 80
+    assert recipe.pretrain.optimizer.milestones == [26, 53] and recipe.pretrain.optimizer.lr == 1e-3
+    assert params.datasets["bmnist_0.99"].train_size is None  # all of MNIST train left after validation
+
+
+def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
+    params = load_params(PROFILES / "paper.yaml")
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy2(PROFILES / "paper.yaml", tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(
+        [dvc, "stage", "list", "--name-only"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    expected = {key.stage("pretrain") for key in params.runs()} | {
+        key.stage("probe") for key in params.runs()
+    }
+    assert expected <= set(listed)
+    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 7 * 19 * 3
+
+
+def _shrunk_paper_profile(root: Path) -> dict:
+    raw = yaml.safe_load((PROFILES / "paper.yaml").read_text())
+    for entry in raw["datasets"].values():
+        entry.update(train_size=16, val_size=16, test_size=16)
+        entry.setdefault("overrides", {}).setdefault("pretrain", {}).update(epochs=1, batch_size=8)
+    raw["seeds"] = [0]
+    raw["pretrain"].update(epochs=1, batch_size=8)
+    raw["probe"].update(epochs=1)
+    raw["device"] = "cpu"
+    return raw
+
+
+@pytest.mark.slow
+def test_paper_recipes_run_end_to_end_on_every_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One epoch of every paper recipe (each dataset entry's backbone, optimiser, schedule) with CECL.
+
+    Every method runs through the same loop in tests/test_training.py; here the recipes are the point.
+    """
+    from stages import aggregate, prepare, pretrain, probe
+
+    raw = _shrunk_paper_profile(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sensitivity.md").write_text("(sweep not run in this test)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = parse_params(raw)
+    from cecl.runs import RunKey
+
+    keys = [RunKey(d, "cecl", 0) for d in params.pretrain.datasets]
+    for name in params.pretrain.datasets:
+        prepare.main(name)
+    for key in keys:
+        pretrain.main(key)
+        probe.main(key)
+    # aggregate reads every run params.yaml defines: restrict the profile to the ones run here
+    raw["pretrain"]["methods"] = ["cecl"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    aggregate.main()
+    report = (tmp_path / "reports" / "report.md").read_text()
+    for name in params.pretrain.datasets:
+        assert name in report
+    assert (tmp_path / "models/fmnist/cecl/seed_0/encoder.pt").is_file()
+
+
+def test_switching_profile_never_loses_uncommitted_edits(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name in ("cpu", "paper"):
+        shutil.copy2(PROFILES / f"{name}.yaml", profiles / f"{name}.yaml")
+    params = tmp_path / "params.yaml"
+    shutil.copy2(PROFILES / "cpu.yaml", params)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        use_profile("paper", params, profiles)  # params.yaml was a saved profile: switching is safe
+        assert params.read_bytes() == (profiles / "paper.yaml").read_bytes()
+        params.write_text(params.read_text() + "\n# my edit\n")
+        with pytest.raises(SystemExit, match="uncommitted edits"):
+            use_profile("cpu", params, profiles)
+        assert params.read_text().endswith("# my edit\n")  # nothing lost
+        with pytest.raises(SystemExit, match="no profile"):
+            use_profile("nope", params, profiles)
+    finally:
+        os.chdir(cwd)
