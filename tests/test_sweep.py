@@ -35,6 +35,7 @@ from cecl.tune import (
     SweepInterrupted,
     SweepSummary,
     TrialOutcome,
+    check_device,
     init_ray,
     parse_crash_specs,
     run_sweep,
@@ -42,8 +43,8 @@ from cecl.tune import (
     subsample,
     trial_device,
     trial_label,
+    trial_resources,
 )
-from cecl.tune.runner import check_device, trial_resources
 
 GRIDS = {"cecl": {"temperature": [0.1], "weight": [0.0, 1.0]}, "supcon": {"temperature": [0.1]}}
 # supcon crashes once (retried from its checkpoint); cecl w=1 crashes on every attempt (ERROR), but

@@ -220,12 +220,18 @@ def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def make_views(
-    images: torch.Tensor, n_views: int, augment: BatchAugment, generator: torch.Generator
+    images: torch.Tensor, n_views: int, augment: BatchAugment | None, generator: torch.Generator
 ) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> float [B, V, C, H, W]: V independently augmented views of each image."""
+    """uint8 [B, C, H, W] -> float [B, V, C, H, W]: V independently augmented views of each image.
+
+    ``augment=None`` gives the images themselves (V copies, no randomness drawn): the vanilla
+    cross-entropy baseline of the bias benchmarks trains without augmentation.
+    """
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     x = to_float(images)
+    if augment is None:
+        return x.unsqueeze(1).expand(len(x), n_views, *x.shape[1:])
     b = len(x)
     repeated = x.unsqueeze(1).expand(b, n_views, *x.shape[1:]).reshape(b * n_views, *x.shape[1:])
     return augment(repeated, generator).reshape(b, n_views, *x.shape[1:])

@@ -18,6 +18,7 @@ class Method(nn.Module, ABC):
     """Encoder + objective. ``n_views`` is how many augmented views per image the loop must make."""
 
     n_views: int = 2
+    augments: bool = True  # False: the loop feeds the images un-augmented (vanilla cross-entropy)
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()

@@ -20,8 +20,9 @@ from cecl.schema import Strict
 class CrossEntropyMethod(Method):
     n_views = 1
 
-    def __init__(self, encoder: Encoder, n_classes: int) -> None:
+    def __init__(self, encoder: Encoder, n_classes: int, augment: bool = False) -> None:
         super().__init__(encoder)
+        self.augments = augment
         self.classifier = nn.Linear(encoder.feature_dim, n_classes)
 
     def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,11 @@ class CrossEntropyMethod(Method):
 
 
 class CEOptions(Strict):
-    """Cross-entropy has no options of its own."""
+    # The references' vanilla model (ReBias, BiasCon) trains on the images as they are; True gives it the
+    # dataset's augmentation recipe (one view).
+    augment: bool = False
 
 
 @register_method("ce", CEOptions)
-def _build(ctx: MethodContext, _options: CEOptions) -> Method:
-    return CrossEntropyMethod(ctx.make_encoder(), ctx.n_classes)
+def _build(ctx: MethodContext, options: CEOptions) -> Method:
+    return CrossEntropyMethod(ctx.make_encoder(), ctx.n_classes, augment=options.augment)

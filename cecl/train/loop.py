@@ -158,7 +158,9 @@ def run_pretraining(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * batch_size : (step + 1) * batch_size]
-            views = make_views(train.images[idx], method.n_views, augment, generator)
+            views = make_views(
+                train.images[idx], method.n_views, augment if method.augments else None, generator
+            )
             # The whole global batch is augmented in every process (same generator), then sharded.
             views, labels = distributed.split_batch([views, train.targets[idx]])
             loss = trainer(views, labels)  # the loss of the global batch, equal in every process

@@ -8,7 +8,8 @@ usual linear-evaluation shortcut and is documented as such in the README.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,40 @@ def fit_linear_probe(
     weight_decay: float = 0.0,
     after_epoch: Callable[[LinearProbe, int], None] | None = None,
 ) -> LinearProbe:
-    """Train a linear classifier on fixed features; ``after_epoch(probe, epoch)`` is called 1-based."""
+    """Train a linear classifier on fixed features; ``after_epoch(probe, epoch)`` is called 1-based.
+
+    On a CPU this runs on one thread: its ops are tiny (a [batch, D] x [D, classes] matmul), and
+    intra-op threads cost more than they save (measured on 2 cores: 3.8 s vs 0.05 s for 3 epochs of
+    6000 x 64 features); one thread also makes the result independent of the machine's core count.
+    """
+    with _one_cpu_thread(features.device):
+        return _fit(features, labels, n_classes, epochs, lr, batch_size, seed, weight_decay, after_epoch)
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float,
+    after_epoch: Callable[[LinearProbe, int], None] | None,
+) -> LinearProbe:
     generator = torch.Generator().manual_seed(seed)
     mean = features.mean(0)
     std = features.std(0).clamp_min(1e-6)

@@ -37,10 +37,14 @@ from cecl.tune.runner import (
     SweepSummary,
     TrialOutcome,
     best_per_method,
+    check_device,
     child_tags,
     init_ray,
+    prune_stale,
     run_method_sweep,
     run_sweep,
+    scheduler,
+    trial_resources,
 )
 from cecl.tune.sink import TrialEvents, TrialRuns
 from cecl.tune.trial import (
@@ -70,6 +74,7 @@ __all__ = [
     "TrialRuns",
     "TrialSetup",
     "best_per_method",
+    "check_device",
     "child_tags",
     "code_digest",
     "experiment_name",
@@ -78,8 +83,10 @@ __all__ = [
     "load_train_val",
     "overrides_of",
     "parse_crash_specs",
+    "prune_stale",
     "run_method_sweep",
     "run_sweep",
+    "scheduler",
     "search_space",
     "subsample",
     "sweep_methods",
@@ -88,5 +95,6 @@ __all__ = [
     "trial_device",
     "trial_fingerprint",
     "trial_label",
+    "trial_resources",
     "write_outputs",
 ]
