@@ -96,6 +96,7 @@ class OnlineProbeParams(Strict):
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-2, gt=0.0)
     batch_size: int = Field(256, ge=2)
+    train_size: int | None = Field(None, ge=10)  # a fixed seeded subset of the training split (None: all)
 
 
 class ProbeParams(Strict):

@@ -25,8 +25,9 @@ SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 
 
-def _reasons(entries: Sequence) -> str:
-    """dvc status's entries of one stage as a short phrase: 'changed deps (params.yaml: seeds modified)'."""
+def _reasons(entries: Sequence, most: int = 3) -> str:
+    """dvc status's entries of one stage as a short phrase, e.g.
+    'changed deps (data/bm: deleted; cecl/train: modified; +4 more); changed outs (...)'."""
     parts = []
     for entry in entries:
         if isinstance(entry, str):
@@ -38,7 +39,8 @@ def _reasons(entries: Sequence) -> str:
                 if isinstance(change, dict):
                     change = ", ".join(f"{k} {v}" for k, v in change.items())
                 items.append(f"{path}: {change}")
-            parts.append(f"{kind} ({'; '.join(items)})" if items else kind)
+            shown = items[:most] + ([f"+{len(items) - most} more"] if len(items) > most else [])
+            parts.append(f"{kind} ({'; '.join(shown)})" if items else kind)
     return "; ".join(parts)
 
 
@@ -107,7 +109,8 @@ def main(argv: Sequence[str]) -> int:
     status = process.wait()
     print("\n".join(summary("".join(captured), reasons)), flush=True)
     if status != 0:
-        print(f"[repro] dvc repro failed with exit status {status}", flush=True)
+        errors = [line.strip() for line in captured if line.startswith("ERROR")]
+        print(f"[repro] dvc repro failed with exit status {status}", *errors[:1], flush=True)
     return status
 
 

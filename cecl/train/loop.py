@@ -59,9 +59,16 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
 def online_probe_accuracy(
     method: Method, setup: RunSetup, train: TensorSplit, val: TensorSplit, seed: int
 ) -> float:
-    """The evaluator's primary metric on validation of a linear probe fitted on frozen training features."""
+    """The evaluator's primary metric on validation of a linear probe fitted on frozen training features.
+
+    ``online_probe.train_size`` fits it on a fixed seeded subset of the training split (the same in
+    every epoch), which bounds the per-epoch cost on large datasets.
+    """
     opts = setup.recipe.pretrain.online_probe
     evaluator = setup.spec.evaluator()
+    if opts.train_size is not None and opts.train_size < len(train):
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(setup.key.seed))
+        train = train.subset(keep[: opts.train_size].sort().values.to(train.targets.device))
     probe = fit_linear_probe(
         extract_features(method.encoder, train.images),
         train.targets,
