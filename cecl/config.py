@@ -163,7 +163,7 @@ class TransferParams(Strict):
     targets: list[str] = Field(default_factory=list)
 
 
-SWEEPABLE = {"cecl": ("temperature", "weight"), "supcon": ("temperature",), "simclr": ("temperature",)}
+SWEEP_AXES = ("temperature", "weight")  # the loss temperature tau and CECL's weight w (cecl/tune/grid.py)
 
 
 class SweepParams(Strict):
@@ -186,20 +186,26 @@ class SweepParams(Strict):
     @field_validator("grids")
     @classmethod
     def _known_grids(cls, grids: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        """A method can be swept over the SWEEP_AXES its own options schema has; values are checked by it."""
+        schemas = options_schemas()
         for method, axes in grids.items():
-            if method not in SWEEPABLE:
-                raise ValueError(f"cannot sweep method {method!r}; sweepable: {', '.join(SWEEPABLE)}")
+            if method not in schemas:
+                raise ValueError(f"cannot sweep unknown method {method!r}; known: {', '.join(schemas)}")
+            schema = schemas[method]
             for axis, values in axes.items():
-                if axis not in SWEEPABLE[method]:
-                    raise ValueError(f"{method} has no sweepable option {axis!r}")
+                if axis not in SWEEP_AXES or axis not in schema.model_fields:
+                    sweepable = [a for a in SWEEP_AXES if a in schema.model_fields]
+                    raise ValueError(
+                        f"{method} has no sweepable option {axis!r} (sweepable: {sweepable or 'none'})"
+                    )
                 if not values:
                     raise ValueError(f"{method}.{axis} grid is empty")
-                if any(v != v or v in (float("inf"), float("-inf")) for v in values):
-                    raise ValueError(f"{method}.{axis} values must be finite, got {values}")
-                if axis == "temperature" and min(values) <= 0:
-                    raise ValueError(f"{method}.temperature values must be > 0, got {values}")
-                if axis == "weight" and not all(0.0 <= v <= 1.0 for v in values):
-                    raise ValueError(f"{method}.weight values must be in [0, 1], got {values}")
+                for value in values:
+                    try:
+                        schema.model_validate({axis: value})
+                    except ValidationError as err:
+                        message = err.errors()[0]["msg"]
+                        raise ValueError(f"{method}.{axis} value {value!r}: {message}") from None
         return grids
 
 

@@ -295,6 +295,18 @@ BAD: list[tuple[str, Callable[[dict], object], str, str]] = [
 ]
 
 
+def test_a_sweep_axis_comes_from_the_methods_own_options() -> None:
+    """No method list in the config: a method is sweepable over the axes its options schema has."""
+    assert _error(_raw(lambda r: r["sweep"].update(grids={"supcon": {"weight": [0.5]}}))).endswith(
+        "supcon has no sweepable option 'weight' (sweepable: ['temperature'])"
+    )
+    assert "weight value 1.5" in _error(_raw(lambda r: r["sweep"].update(grids={"cecl": {"weight": [1.5]}})))
+    assert "unknown method 'nope'" in _error(
+        _raw(lambda r: r["sweep"].update(grids={"nope": {"weight": [1]}}))
+    )
+    parse_params(_raw(lambda r: r["sweep"].update(grids={"dcl": {"temperature": [0.1, 0.2]}})))
+
+
 @pytest.mark.parametrize(
     ("change", "key", "fragment"), [case[1:] for case in BAD], ids=[case[0] for case in BAD]
 )
@@ -305,7 +317,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(change, key: str, fragment
 
 
 def test_a_sweep_temperature_grid_with_inf_or_nonpositive_values() -> None:
-    for values, fragment in (([0.1, math.inf], "finite"), ([0.0, 0.1], "> 0")):
+    for values, fragment in (([0.1, math.inf], "finite"), ([0.0, 0.1], "greater than 0")):
         message = _error(_raw(lambda r, v=values: r["sweep"].update(grids={"cecl": {"temperature": v}})))
         assert "sweep.grids" in message and fragment in message, message
 

@@ -57,7 +57,24 @@ def fit_linear_probe(
     6000 x 64 features); one thread also makes the result independent of the machine's core count.
     """
     with _one_cpu_thread(features.device):
-        return _fit(features, labels, n_classes, epochs, lr, batch_size, seed, weight_decay, after_epoch)
+        generator = torch.Generator().manual_seed(seed)
+        mean = features.mean(0)
+        std = features.std(0).clamp_min(1e-6)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            probe = LinearProbe(mean, std, n_classes).to(features.device)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+        for epoch in range(1, epochs + 1):
+            order = torch.randperm(len(labels), generator=generator).to(features.device)
+            for start in range(0, len(labels), batch_size):
+                idx = order[start : start + batch_size]
+                loss = F.cross_entropy(probe(features[idx]), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if after_epoch is not None:
+                after_epoch(probe, epoch)
+        return probe
 
 
 @contextmanager
@@ -71,37 +88,6 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _fit(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    n_classes: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    weight_decay: float,
-    after_epoch: Callable[[LinearProbe, int], None] | None,
-) -> LinearProbe:
-    generator = torch.Generator().manual_seed(seed)
-    mean = features.mean(0)
-    std = features.std(0).clamp_min(1e-6)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        probe = LinearProbe(mean, std, n_classes).to(features.device)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(labels), generator=generator).to(features.device)
-        for start in range(0, len(labels), batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(probe(features[idx]), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if after_epoch is not None:
-            after_epoch(probe, epoch)
-    return probe
 
 
 @torch.no_grad()

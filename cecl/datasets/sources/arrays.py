@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,18 @@ class GreyArrays:
                 raise DataIntegrityError(
                     f"{self.name} {split} labels must be in 0..9, got {labels.min()}..{labels.max()}"
                 )
+
+    @staticmethod
+    def from_torchvision(train: Any, test: Any, name: str) -> GreyArrays:
+        """From a torchvision MNIST-style dataset pair (``.data`` uint8 [N, 28, 28], ``.targets``)."""
+        return GreyArrays(
+            train_images=np.ascontiguousarray(train.data.numpy(), dtype=np.uint8),
+            train_labels=np.ascontiguousarray(train.targets.numpy(), dtype=np.int64),
+            test_images=np.ascontiguousarray(test.data.numpy(), dtype=np.uint8),
+            test_labels=np.ascontiguousarray(test.targets.numpy(), dtype=np.int64),
+            source="torchvision",
+            name=name,
+        )
 
     def digests(self) -> dict[str, str]:
         """SHA-256 of each array (keys KEYS): images as C-order uint8 bytes, labels as uint8 bytes."""

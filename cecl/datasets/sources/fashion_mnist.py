@@ -148,13 +148,7 @@ def _from_torchvision(root: Path, debian_dir: Path | None) -> GreyArrays:
                 f"({type(err).__name__}: {first}); {_how_to_get(root)}"
             )
         ) from err
-    return ImageArrays(
-        train_images=np.ascontiguousarray(train.data.numpy(), dtype=np.uint8),
-        train_labels=np.ascontiguousarray(train.targets.numpy(), dtype=np.int64),
-        test_images=np.ascontiguousarray(test.data.numpy(), dtype=np.uint8),
-        test_labels=np.ascontiguousarray(test.targets.numpy(), dtype=np.int64),
-        source="torchvision",
-    )
+    return GreyArrays.from_torchvision(train, test, "Fashion-MNIST")
 
 
 def load_fashion_mnist(

@@ -159,13 +159,7 @@ def _from_torchvision(root: Path) -> GreyArrays:
 
     train = MNIST(str(root), train=True, download=True)
     test = MNIST(str(root), train=False, download=True)
-    return MnistArrays(
-        train_images=np.ascontiguousarray(train.data.numpy(), dtype=np.uint8),
-        train_labels=np.ascontiguousarray(train.targets.numpy(), dtype=np.int64),
-        test_images=np.ascontiguousarray(test.data.numpy(), dtype=np.uint8),
-        test_labels=np.ascontiguousarray(test.targets.numpy(), dtype=np.int64),
-        source="torchvision",
-    )
+    return GreyArrays.from_torchvision(train, test, "MNIST")
 
 
 def load_mnist(
