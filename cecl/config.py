@@ -122,6 +122,11 @@ class PretrainParams(Strict):
     processes: int = Field(1, ge=1)  # torchrun processes (one per GPU); batch_size is the global batch
     optimizer: OptimizerParams = OptimizerParams()
     online_probe: OnlineProbeParams = OnlineProbeParams()
+    # linear_probe: frozen encoder, linear classifier fitted afterwards (stages/probe.py); joint: BiasCon's
+    # end-to-end training, CE on a linear head + joint_weight x the method's loss, that head is scored at
+    # the pretraining epoch selected on validation (cecl/methods/joint.py).
+    protocol: Literal["linear_probe", "joint"] = "linear_probe"
+    joint_weight: float = Field(1.0, ge=0.0)  # joint: the weight on the method's loss (CE has weight 1)
 
     @field_validator("methods")
     @classmethod

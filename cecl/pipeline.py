@@ -113,14 +113,84 @@ def load_encoder(path: Path, device: torch.device) -> Encoder:
     return encoder_from_payload(payload).to(device)
 
 
+def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Linear, int]:
+    """The classifier head a pretrain stage saved beside the encoder, and the pretraining epoch it is from.
+
+    encoder.pt holds one under protocol ``joint`` (the jointly trained head of the validation-selected
+    epoch) and for cross-entropy always (its own head). A missing file or head is a one-line error.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the matching pretrain stage first")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable encoder file ({type(err).__name__})") from None
+    saved = payload.get("classifier") if isinstance(payload, dict) else None
+    if saved is None:
+        raise ValueError(
+            f"{path} holds no classifier head (saved under pretrain.protocol joint and for ce only): "
+            "re-run the matching pretrain stage"
+        )
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or set(state) != {"weight", "bias"}:
+        raise ValueError(f"{path}: its classifier is not a linear layer's state_dict (weight, bias)")
+    classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: bad classifier state_dict ({str(err).splitlines()[0]})") from None
+    return classifier.to(device).eval(), int(saved["epoch"])
+
+
+@torch.no_grad()
+def classifier_metrics(
+    encoder: Encoder, classifier: torch.nn.Module, split: TensorSplit, evaluator: Evaluator
+) -> dict[str, float]:
+    """The evaluator's metrics of ``classifier(encoder(images))`` on ``split`` (eval mode, unaugmented)."""
+    features = extract_features(encoder, split.images)
+    was_training = classifier.training
+    classifier.eval()
+    logits = torch.cat([classifier(features[i : i + 8192]) for i in range(0, len(features), 8192)])
+    classifier.train(was_training)
+    return evaluator(logits, split.targets, split.bias)
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     selected_epoch: int
     val: dict[str, float]
     test: dict[str, float]
-    official_epoch: int
-    official_test_accuracy: float
-    curve: list[dict[str, float]]  # per probe epoch: val and test metrics
+    official_epoch: int | None  # None: no per-epoch test curve (protocol joint)
+    official_test_accuracy: float | None
+    curve: list[dict[str, float]]  # per probe epoch (joint: the selected pretraining epoch): val and test
+
+
+def score_saved_classifier(
+    model_file: Path, splits: dict[str, TensorSplit], evaluator: Evaluator, device: torch.device
+) -> ProbeResult:
+    """Protocol ``joint`` (and ce's own head): score the saved encoder + classifier on val and test.
+
+    Nothing is fitted: the epoch is the pretraining epoch the pretrain stage selected on validation
+    (joint; the last one for ce's own head under linear_probe). There is no per-epoch test curve, so
+    the official (test-selected) number is None.
+    """
+    encoder = load_encoder(model_file, device)
+    classifier, epoch = load_classifier(model_file, device)
+    row: dict[str, float] = {"epoch": epoch}
+    scored = {
+        name: classifier_metrics(encoder, classifier, splits[name], evaluator) for name in ("val", "test")
+    }
+    for name, metrics in scored.items():
+        row.update({f"{name}_{k}": v for k, v in metrics.items()})
+    return ProbeResult(
+        selected_epoch=epoch,
+        val=scored["val"],
+        test=scored["test"],
+        official_epoch=None,
+        official_test_accuracy=None,
+        curve=[row],
+    )
 
 
 def linear_probe(

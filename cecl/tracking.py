@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -126,7 +127,8 @@ def _experiment_id(experiment: str, root: Path) -> str:
         return found.experiment_id
     # Artifacts next to the database, not in whatever the current directory happens to be.
     location = (root / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    # Without this tag MLflow 3's UI opens the experiment on its GenAI overview, not on the runs.
+    return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 @contextmanager

@@ -4,6 +4,11 @@ Writes models/{dataset}/{method}/seed_{seed}/{encoder.pt, history.csv, run.json}
 epoch under checkpoints/ (outside DVC's outputs) and resumes from them when run again after an
 interruption.
 
+encoder.pt is ``cecl.train.loop.model_payload``: the encoder payload, and a ``classifier`` head
+``{state_dict, epoch}`` under ``pretrain.protocol: joint`` (encoder and jointly trained head of the
+pretraining epoch selected on validation) and for ce always (its own head after the last epoch under
+linear_probe), which the probe stage scores.
+
 Multi-process: with ``pretrain.processes: N > 1`` the stage relaunches itself under torchrun with N
 processes on this host (one per GPU, nccl; gloo on CPU). It also runs when launched by torchrun directly,
 e.g. ``torchrun --nproc-per-node 8 -m stages.pretrain --dataset bmnist_0.95 --method cecl --seed 0``.
@@ -29,7 +34,7 @@ from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags
 from cecl.runs import ENCODER_FILE, HISTORY_FILE, RUN_FILE, RunKey
 from cecl.tracking import NoRun, RunLogger, stage_run
 from cecl.train.device import resolve_device
-from cecl.train.loop import run_pretraining
+from cecl.train.loop import model_payload, run_pretraining
 
 
 def launch_processes(setup: RunSetup, device_name: str) -> int:
@@ -92,7 +97,7 @@ def train(setup: RunSetup, experiment: str, device_name: str) -> None:
         if not distributed.is_main_process():
             return
         with atomic_dir(key.model_dir) as tmp:
-            torch.save(method.encoder.payload(), tmp / ENCODER_FILE)
+            torch.save(model_payload(method, history), tmp / ENCODER_FILE)
             with (tmp / HISTORY_FILE).open("w", newline="") as handle:
                 rows = [r.history_row() for r in history]
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

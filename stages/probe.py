@@ -3,6 +3,11 @@
 Writes probe/{dataset}/{method}/seed_{seed}/metrics.json (validation-selected test metrics from the
 dataset's evaluator, plus the official protocol's test-selected number, labelled as such) and
 curve.csv (per probe epoch). The transfer stage runs the same evaluation on another dataset.
+
+Under ``pretrain.protocol: joint`` (BiasCon) nothing is fitted: the jointly trained classifier saved in
+encoder.pt, from the pretraining epoch selected on validation, is scored on val and test
+(``protocol: "joint"``; curve.csv is that one epoch's row). For ce, whose own head is saved too, the
+head's own metrics are also recorded under ``own_head`` whatever the protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ from cecl import runs
 from cecl.cli import run_key_stage
 from cecl.config import Params, load_params
 from cecl.io import atomic_dir, write_json
-from cecl.pipeline import linear_probe, load_encoder, load_splits, read_run_file, run_tags
+from cecl.pipeline import (
+    ProbeResult,
+    linear_probe,
+    load_encoder,
+    load_splits,
+    read_run_file,
+    run_tags,
+    score_saved_classifier,
+)
 from cecl.tracking import stage_run
 from cecl.train.device import resolve_device
 
@@ -22,19 +35,40 @@ from cecl.train.device import resolve_device
 def evaluate_encoder(
     params: Params, key: runs.RunKey | runs.TransferKey, pretrained: runs.RunKey, target: str, out: Path
 ) -> None:
-    """Probe the encoder of ``pretrained`` on dataset entry ``target``; write metrics.json and curve.csv."""
+    """Evaluate the encoder of ``pretrained`` on dataset entry ``target``; write metrics.json and curve.csv.
+
+    A probe stage (``target`` is the pretraining entry) follows the entry's ``pretrain.protocol``; a
+    transfer is always a linear probe of the frozen encoder on the target.
+    """
     spec = params.spec(target)
     device = resolve_device(params.device)
-    encoder = load_encoder(pretrained.model_dir / runs.ENCODER_FILE, device)
+    model_file = pretrained.model_dir / runs.ENCODER_FILE
     splits = load_splits(spec, device)
     probe_params = params.recipe(target).probe
     kind = "transfer" if isinstance(key, runs.TransferKey) else "probe"
+    protocol = params.recipe(pretrained.dataset).pretrain.protocol if kind == "probe" else "linear_probe"
     name = key.stage(kind)
-    with stage_run(
-        name, params.tracking.experiment, {"probe": probe_params.model_dump()}, run_tags(key, spec, device)
-    ) as run:
-        print(f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True)
-        result = linear_probe(encoder, splits, spec.evaluator(), probe_params, seed=key.seed)
+    logged = {"probe": probe_params.model_dump(), "protocol": protocol}
+    with stage_run(name, params.tracking.experiment, logged, run_tags(key, spec, device)) as run:
+        evaluator = spec.evaluator()
+        if protocol == "joint":
+            print(
+                f"[{name}] scoring {pretrained.stage('pretrain')}'s joint classifier on {spec.describe()}",
+                flush=True,
+            )
+            result = score_saved_classifier(model_file, splits, evaluator, device)
+        else:
+            print(
+                f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True
+            )
+            result = linear_probe(load_encoder(model_file, device), splits, evaluator, probe_params, key.seed)
+        own_head: ProbeResult | None = None
+        if kind == "probe" and key.method == "ce":  # scored by its own head and by the probe
+            own_head = (
+                result
+                if protocol == "joint"
+                else score_saved_classifier(model_file, splits, evaluator, device)
+            )
         for row in result.curve:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         pretrain_run = read_run_file(pretrained.model_dir)
@@ -53,7 +87,7 @@ def evaluate_encoder(
                 "pretrain_mlflow_run_id": pretrain_run.get("mlflow_run_id", ""),
             },
             "evaluator": spec.evaluator().name,
-            "protocol": "linear_probe",
+            "protocol": protocol,
             "selected_on": "val",
             "val_description": spec.val_description(),
             "data_verified": spec.options.verify,
@@ -61,12 +95,19 @@ def evaluate_encoder(
             "val_accuracy": result.val[spec.evaluator().primary],
             "val": result.val,
             "test": result.test,
+            # Joint: null, there is no per-epoch test curve (one classifier, selected on validation).
             "official_protocol": {
                 "test_accuracy": result.official_test_accuracy,
                 "epoch": result.official_epoch,
             },
             "config": params.method_options[key.method].model_dump(),
         }
+        if own_head is not None:
+            metrics["own_head"] = {
+                "epoch": own_head.selected_epoch,
+                "val": own_head.val,
+                "test": own_head.test,
+            }
         with atomic_dir(out) as tmp:
             write_json(tmp / runs.METRICS_FILE, metrics)
             with (tmp / runs.CURVE_FILE).open("w", newline="") as handle:
@@ -74,6 +115,8 @@ def evaluate_encoder(
                 writer.writeheader()
                 writer.writerows(result.curve)
         run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
+        if own_head is not None:
+            run.log_metrics({f"own_head_test_{k}": v for k, v in own_head.test.items()})
         run.log_artifact(out)
         print(
             f"[{name}] test {result.test} (epoch {result.selected_epoch}, selected on validation)", flush=True

@@ -3,6 +3,9 @@ linear probe on another (the paper's Caltech-101/256 transfer protocol).
 
 Writes transfer/{source}__{target}/{method}/seed_{seed}/{metrics.json, curve.csv}, in the probe
 stage's format (the target's evaluator; the epoch selected on the target's validation split).
+Under ``pretrain.protocol: joint`` too it stays a linear probe of the frozen encoder (``protocol:
+"linear_probe"``): the jointly trained head knows only the source's classes. The encoder is then the
+one of the source's validation-selected joint epoch (what encoder.pt holds).
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ def test_unreachable_tracking_server_fails_before_training(lab: dict) -> None:
     [
         ({"pretrain": {**TINY["pretrain"], "batch_size": 1}}, "pretrain.batch_size"),
         ({"pretrain": {**TINY["pretrain"], "methods": ["cecl", "nope"]}}, "unknown method 'nope'"),
-        ({"method_options": {"cecl": {"temperature": -1}}}, "method_options.cecl.temperature"),
+        ({"method_options": {"ce": {}, "cecl": {"temperature": -1}}}, "method_options.cecl.temperature"),
         ({"datasets": {**TINY["datasets"], "bm": {**TINY["datasets"]["bm"], "rho": 1.5}}}, "datasets.bm.rho"),
         ({"datasets": {**TINY["datasets"], "bm": {"family": "nope"}}}, "unknown dataset family 'nope'"),
         ({"seeds": [0, 0]}, "seeds"),

@@ -128,3 +128,16 @@ def test_failed_body_marks_run_failed_and_children_nest(tmp_path, sqlite_uri) ->
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_experiment_is_tagged_as_model_training(tmp_path) -> None:
+    """MLflow 3's UI opens an untagged experiment on its GenAI overview instead of the training runs."""
+    from mlflow.tracking import MlflowClient
+
+    from cecl.tracking import stage_run
+
+    with stage_run("prepare@x", "kind-test", root=tmp_path):
+        pass
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_experiment_by_name("kind-test").tags
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"

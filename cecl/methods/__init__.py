@@ -20,7 +20,7 @@ from cecl.methods.registry import (
 # Registration order is table order: cross-entropy, the contrastive losses (CECL and its family), then
 # the queue, siamese and clustering methods; any further module after them, alphabetically.
 _FIRST = ("cross_entropy", "contrastive", "queue", "siamese", "nnclr", "swav")
-_HELPERS = {"base", "registry", "momentum"}
+_HELPERS = {"base", "registry", "momentum", "joint"}  # joint: a wrapper, not a method
 for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
     if _name not in _HELPERS:
         importlib.import_module(f"{__name__}.{_name}")

@@ -6,6 +6,13 @@ validation split (the convergence curve), and save a checkpoint. All randomness 
 comes from generators seeded by (seed, e), so a run resumed from the checkpoint of epoch e-1 is
 identical to an uninterrupted one.
 
+Under ``pretrain.protocol: joint`` (BiasCon) the method is wrapped in :class:`JointMethod` (CE on a
+linear head + ``joint_weight`` x the method's loss) and, instead of an online probe, each epoch scores
+the jointly trained classifier on the validation split with the evaluator (its primary metric fills the
+same ``online_probe_val_accuracy`` column). The encoder and classifier state of the best validation
+epoch (the first among ties) is kept, in the checkpoint too, and returned on the method as
+``best_state`` / ``best_epoch``; :func:`model_payload` turns it into the stage's encoder.pt.
+
 Under torchrun (``cecl.distributed``) the same loop runs in every process: each process draws
 the same global batch and the same augmentations, keeps its contiguous shard, and runs the method in
 ``DistributedDataParallel``. Every method computes its loss on the global batch (features or
@@ -16,10 +23,12 @@ statistics stay per process. Only rank 0 runs the online probe, logs and writes 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +39,9 @@ from cecl import distributed
 from cecl.data.augment import BatchAugment, make_views
 from cecl.datasets import TensorSplit
 from cecl.methods import Method, build_method
-from cecl.pipeline import RunSetup
+from cecl.methods.cross_entropy import CrossEntropyMethod
+from cecl.methods.joint import JointMethod
+from cecl.pipeline import RunSetup, classifier_metrics
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
 from cecl.train.probe import extract_features, fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
@@ -82,6 +93,43 @@ def online_probe_accuracy(
     return metrics[evaluator.primary]
 
 
+def joint_val_accuracy(method: JointMethod, setup: RunSetup, val: TensorSplit) -> float:
+    """Protocol joint: the evaluator's primary metric of the jointly trained classifier on validation."""
+    evaluator = setup.spec.evaluator()
+    return classifier_metrics(method.encoder, method.classifier, val, evaluator)[evaluator.primary]
+
+
+def build_training_method(setup: RunSetup) -> Method:
+    """The method ``setup`` trains: the registered one, wrapped in JointMethod under protocol joint."""
+    method = build_method(setup.key.method, setup.method_context(), setup.options)
+    cfg = setup.recipe.pretrain
+    if cfg.protocol == "joint":
+        method = JointMethod(method, setup.spec.n_classes, cfg.joint_weight)
+    return method
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def model_payload(method: Method, history: list[EpochRecord]) -> dict[str, Any]:
+    """What the pretrain stage saves as encoder.pt (``torch.load(weights_only=True)`` reads it back).
+
+    The encoder payload (``encoder_from_payload``); under protocol joint the encoder of the best validation
+    epoch plus ``classifier: {state_dict, epoch}`` (the jointly trained head of that epoch); for
+    cross-entropy under linear_probe, its own head after the last epoch, so it is also scored by it.
+    """
+    payload = method.encoder.payload()
+    if isinstance(method, JointMethod):
+        if method.best_state is None:
+            raise ValueError("joint training kept no best epoch (no epoch was scored on validation)")
+        payload["state_dict"] = method.best_state["encoder"]
+        payload["classifier"] = {"state_dict": method.best_state["classifier"], "epoch": method.best_epoch}
+    elif isinstance(method, CrossEntropyMethod):
+        payload["classifier"] = {"state_dict": _cpu_state(method.classifier), "epoch": history[-1].epoch}
+    return payload
+
+
 def _make_optimizer(method: Method, setup: RunSetup) -> torch.optim.Optimizer:
     opt = setup.recipe.pretrain.optimizer
     if opt.name == "sgd":
@@ -120,13 +168,17 @@ def run_pretraining(
     so a resumed run logs the complete curve. ``epochs`` overrides the recipe's (the sweep).
     Under torchrun only rank 0 probes, checkpoints, prints and calls ``on_epoch``; the other ranks'
     records carry NaN as online-probe accuracy.
+
+    Under protocol joint the returned method is the :class:`JointMethod` after the last epoch; its
+    ``best_epoch`` / ``best_state`` hold the validation-selected epoch (rank 0; None on the others).
     """
     cfg = setup.recipe.pretrain
     total_epochs = epochs or cfg.epochs
     seed = setup.key.seed
     method_name = setup.key.method
     torch.manual_seed(seed)
-    method = build_method(method_name, setup.method_context(), setup.options).to(device)
+    method = build_training_method(setup).to(device)
+    joint = isinstance(method, JointMethod)
     trainer = _training_module(method, device)
     main_process = distributed.is_main_process()
     progress = progress and main_process
@@ -139,6 +191,10 @@ def run_pretraining(
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         history = [EpochRecord(**record) for record in state["history"]]
+        if joint and "joint_best" in state:
+            best = state["joint_best"]
+            method.best_epoch = int(best["epoch"])
+            method.best_state = {"encoder": best["encoder"], "classifier": best["classifier"]}
         if main_process:
             print(f"resumed {method_name} from {checkpoint_path} after epoch {len(history)}", flush=True)
         for record in history:
@@ -181,7 +237,17 @@ def run_pretraining(
             method.after_step()
             loss_sum += loss.detach()
         accuracy = float("nan")
-        if main_process:
+        if main_process and joint:
+            accuracy = joint_val_accuracy(method, setup, val)
+            if method.best_epoch is None or _score(accuracy) > _score(
+                history[method.best_epoch - 1].online_probe_val_accuracy
+            ):  # strictly better: the first epoch among ties is kept
+                method.best_epoch = epoch + 1
+                method.best_state = {
+                    "encoder": _cpu_state(method.encoder),
+                    "classifier": _cpu_state(method.classifier),
+                }
+        elif main_process:
             accuracy = online_probe_accuracy(method, setup, train, val, seed + epoch)
         record = EpochRecord(
             epoch=epoch + 1,
@@ -199,14 +265,25 @@ def run_pretraining(
                     "method": method.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "history": [asdict(r) for r in history],
+                    **(
+                        {"joint_best": {"epoch": method.best_epoch, **method.best_state}}
+                        if joint and method.best_state is not None
+                        else {}
+                    ),
                 },
             )
         if progress:
+            scored = "joint classifier" if joint else "online probe"
             print(
                 f"{method_name} epoch {record.epoch}/{total_epochs}: loss {record.train_loss:.4f}, "
-                f"online probe val acc {record.online_probe_val_accuracy:.4f} ({record.seconds:.1f}s)",
+                f"{scored} val acc {record.online_probe_val_accuracy:.4f} ({record.seconds:.1f}s)",
                 flush=True,
             )
         if on_epoch is not None and main_process:
             on_epoch(record)
     return method, history
+
+
+def _score(value: float) -> float:
+    """Validation value for selecting the best epoch: NaN (an undefined metric) is never better."""
+    return -math.inf if math.isnan(value) else value
