@@ -47,6 +47,8 @@ TINY = {
         "batch_size": 32,
         "views": 2,
         "processes": 1,
+        "protocol": "linear_probe",
+        "joint_weight": 1.0,
         "optimizer": {"name": "adam", "lr": 0.001},
         "online_probe": {"epochs": 1, "batch_size": 128},
     },
