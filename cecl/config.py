@@ -270,8 +270,13 @@ class Params(Strict):
         known = families()
         entries = {}
         for name, entry in raw.items():
-            if not isinstance(name, str) or not name.replace("_", "").replace(".", "").isalnum():
-                raise ValueError(f"dataset entry names are letters, digits, '_' and '.', got {name!r}")
+            # DVC reads params keys as dotted paths (datasets.<entry>) and joins matrix values with '-'
+            # into stage names, so an entry name holds neither '.' nor '-'.
+            if not isinstance(name, str) or not name.replace("_", "").isalnum() or not name.isascii():
+                raise ValueError(
+                    f"{NESTED}datasets: entry names are letters, digits and '_' only, got {name!r} "
+                    "(DVC reads '.' as a key separator and '-' separates stage-name parts)"
+                )
             family = entry.get("family") if isinstance(entry, Mapping) else None
             if family not in known:
                 raise ValueError(

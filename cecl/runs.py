@@ -1,10 +1,10 @@
 """One run identity, from which every name is derived: DVC stage names, paths, MLflow names and tags.
 
 A pretraining run is ``RunKey(dataset, method, seed)``: ``dataset`` is a named entry of params.yaml
-``datasets`` (e.g. ``bmnist_0.95``), not a family. A transfer run is ``TransferKey(source, target,
+``datasets`` (e.g. ``bmnist_rho95``), not a family. A transfer run is ``TransferKey(source, target,
 method, seed)``: the encoder of ``RunKey(source, method, seed)`` probed on ``target``. This module is
 the only place these strings and paths are formatted; dvc.yaml's matrix names follow the same rule
-(``pretrain@bmnist_0.95-cecl-0``: DVC joins the matrix values with ``-``).
+(``pretrain@bmnist_rho95-cecl-0``: DVC joins the matrix values with ``-``).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ class RunKey:
 
     @property
     def slug(self) -> str:
-        """``bmnist_0.95-cecl-0``: the matrix part of the DVC stage names."""
+        """``bmnist_rho95-cecl-0``: the matrix part of the DVC stage names."""
         return f"{self.dataset}-{self.method}-{self.seed}"
 
     def stage(self, kind: str = "pretrain") -> str:
-        """``pretrain@bmnist_0.95-cecl-0`` / ``probe@...``: the DVC stage and the MLflow run name."""
+        """``pretrain@bmnist_rho95-cecl-0`` / ``probe@...``: the DVC stage and the MLflow run name."""
         return f"{kind}@{self.slug}"
 
     @property

@@ -1,6 +1,6 @@
 """MLflow tracking: the one place that opens runs, tags them and logs params, metrics and artifacts.
 
-Every DVC stage execution is one MLflow run named after the stage (``pretrain@bmnist_0.95-cecl-0``) in the
+Every DVC stage execution is one MLflow run named after the stage (``pretrain@bmnist_rho95-cecl-0``) in the
 experiment from ``params.yaml: tracking.experiment``. The tracking URI defaults to
 ``sqlite:///<repo>/mlflow.db`` (MLflow 3 refuses ``./mlruns`` file stores by default) and is
 overridden by ``MLFLOW_TRACKING_URI``. :func:`check_reachable` runs before any training so an

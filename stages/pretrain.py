@@ -11,7 +11,7 @@ linear_probe), which the probe stage scores.
 
 Multi-process: with ``pretrain.processes: N > 1`` the stage relaunches itself under torchrun with N
 processes on this host (one per GPU, nccl; gloo on CPU). It also runs when launched by torchrun directly,
-e.g. ``torchrun --nproc-per-node 8 -m stages.pretrain --dataset bmnist_0.95 --method cecl --seed 0``.
+e.g. ``torchrun --nproc-per-node 8 -m stages.pretrain --dataset bmnist_rho95 --method cecl --seed 0``.
 Rank 0 alone logs to MLflow and writes the outputs.
 """
 

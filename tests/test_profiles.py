@@ -45,10 +45,10 @@ def test_paper_profile_validates_with_the_paper_recipes() -> None:
     assert len(params.seeds) == 3
     rhos = sorted(params.datasets[n].rho for n in params.datasets if params.spec(n).family == "biased_mnist")
     assert rhos == [0.9, 0.95, 0.99, 0.995, 0.997, 0.999]
-    recipe = params.recipe("bmnist_0.99")
+    recipe = params.recipe("bmnist_rho99")
     assert recipe.model.backbone == "simple_conv_net" and recipe.pretrain.epochs == 80
     assert recipe.pretrain.optimizer.milestones == [26, 53] and recipe.pretrain.optimizer.lr == 1e-3
-    assert params.datasets["bmnist_0.99"].train_size is None  # all of MNIST train left after validation
+    assert params.datasets["bmnist_rho99"].train_size is None  # all of MNIST train left after validation
 
 
 def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
@@ -66,6 +66,40 @@ def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
     }
     assert expected <= set(listed)
     assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 7 * 19 * 3
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_every_param_dvc_tracks_exists_in_the_profile(tmp_path: Path, profile: str) -> None:
+    """DVC refuses a stage whose tracked params key is missing (or unaddressable, like a dotted name)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    raw = yaml.safe_load((PROFILES / f"{profile}.yaml").read_text())
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    Repo.init(str(tmp_path))
+    missing = []
+    with Repo(str(tmp_path)) as repo:
+        for stage in repo.index.stages:
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    for key in dep.params:
+                        node = raw
+                        for part in key.split("."):
+                            node = node.get(part) if isinstance(node, dict) else None
+                        if node is None and not _declared_null(raw, key):
+                            missing.append(f"{stage.addressing}: {key}")
+    assert not missing, missing[:5]
+
+
+def _declared_null(raw: dict, key: str) -> bool:
+    """A key present with the value null (e.g. model.proj_hidden) is fine for DVC."""
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return isinstance(node, dict) and last in node
 
 
 def _shrunk_paper_profile(root: Path) -> dict:

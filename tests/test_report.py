@@ -24,7 +24,7 @@ from cecl.report.stats import direction, format_summary, summarize, welch
 from cecl.report.tables import epochs_to_fraction
 from cecl.runs import RunKey, TransferKey
 
-BMNIST, FMNIST = "bmnist_0.95", "fmnist"
+BMNIST, FMNIST = "bmnist_rho95", "fmnist"
 TRANSFER = "transfer"  # BASE key of the transfer runs' values (BiasedMNIST encoder probed on fmnist)
 FAMILY = {BMNIST: "biased_mnist", FMNIST: "fashion_mnist"}
 EVALUATOR = {BMNIST: "group_bias", FMNIST: "classification"}
@@ -435,7 +435,7 @@ def test_convergence_table_and_csv(full) -> None:
     assert list(long.columns) == ["dataset", "method", "seed", "epoch", "online_probe_val_accuracy", "series"]
     assert len(long) == 2 * len(METHODS) * len(SEEDS) * EPOCHS
     assert long["series"].nunique() == 2 * len(METHODS) * len(SEEDS)
-    assert "cecl (bmnist_0.95, seed 2)" in set(long["series"])
+    assert "cecl (bmnist_rho95, seed 2)" in set(long["series"])
 
 
 def test_dvc_template_colours_by_series(full) -> None:
@@ -549,7 +549,7 @@ def test_missing_baseline_is_named(tmp_path: Path) -> None:
         ("probe/fmnist/supcon/seed_1/metrics.json", "probe@fmnist-supcon-1"),
         ("models/fmnist/supcon/seed_1/history.csv", "pretrain@fmnist-supcon-1"),
         ("models/fmnist/supcon/seed_1/run.json", "pretrain@fmnist-supcon-1"),
-        ("transfer/bmnist_0.95__fmnist/cecl/seed_0/metrics.json", "transfer@bmnist_0.95-fmnist-cecl-0"),
+        ("transfer/bmnist_rho95__fmnist/cecl/seed_0/metrics.json", "transfer@bmnist_rho95-fmnist-cecl-0"),
     ],
 )
 def test_missing_file_names_the_stage(tmp_path: Path, relative: str, stage: str) -> None:

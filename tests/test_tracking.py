@@ -46,7 +46,7 @@ def test_missing_database_folder_and_file_store_are_rejected(tmp_path) -> None:
 
 
 def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None:
-    key = RunKey("bmnist_0.95", "cecl", 0)
+    key = RunKey("bmnist_rho95", "cecl", 0)
     stage = key.stage()
     tags = {**key.tags(), "device": "cpu"}
     with stage_run(stage, "exp", {"pretrain": {"epochs": 2}}, tags, root=tmp_path) as run:
@@ -58,10 +58,10 @@ def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None
         run.set_tags({"best_epoch": 2})
     client = MlflowClient(sqlite_uri)
     logged = client.get_run(run.run_id)
-    assert logged.info.run_name == stage == "pretrain@bmnist_0.95-cecl-0"
+    assert logged.info.run_name == stage == "pretrain@bmnist_rho95-cecl-0"
     assert logged.info.status == "FINISHED"
     assert logged.data.tags["dvc_stage"] == stage
-    assert logged.data.tags["dataset"] == "bmnist_0.95" and logged.data.tags["method"] == "cecl"
+    assert logged.data.tags["dataset"] == "bmnist_rho95" and logged.data.tags["method"] == "cecl"
     assert logged.data.tags["seed"] == "0" and logged.data.tags["best_epoch"] == "2"
     assert "git_commit" in logged.data.tags
     assert logged.data.params["pretrain.epochs"] == "2"
@@ -70,9 +70,9 @@ def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None
 
 
 def test_run_logger_knows_its_experiment_and_writes_a_reference(tmp_path, sqlite_uri) -> None:
-    with stage_run("probe@bmnist_0.95-cecl-0", "exp", root=tmp_path) as run:
+    with stage_run("probe@bmnist_rho95-cecl-0", "exp", root=tmp_path) as run:
         pass
-    with stage_run("probe@bmnist_0.95-cecl-1", "exp", root=tmp_path) as second:
+    with stage_run("probe@bmnist_rho95-cecl-1", "exp", root=tmp_path) as second:
         pass
     with stage_run("other", "another-exp", root=tmp_path) as third:
         pass
@@ -83,8 +83,8 @@ def test_run_logger_knows_its_experiment_and_writes_a_reference(tmp_path, sqlite
     assert second.experiment_id == run.experiment_id  # the experiment is found, not created twice
     assert third.experiment_id != run.experiment_id
     assert third.experiment_id == client.get_experiment_by_name("another-exp").experiment_id
-    assert run.reference("probe@bmnist_0.95-cecl-0") == {
-        "stage": "probe@bmnist_0.95-cecl-0",
+    assert run.reference("probe@bmnist_rho95-cecl-0") == {
+        "stage": "probe@bmnist_rho95-cecl-0",
         "mlflow_run_id": run.run_id,
         "mlflow_experiment_id": experiment.experiment_id,
     }

@@ -58,7 +58,7 @@ def display(method: str) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    where: str  # "`bmnist_0.95` (linear_probe)"
+    where: str  # "`bmnist_rho95` (linear_probe)"
     baseline: str
     difference: Difference
     higher_is_better: bool

@@ -6,7 +6,7 @@ up to 20 methods apart; the legend sits outside the axes. Drawn with matplotlib'
 on an Agg canvas, so it neither needs a display nor changes the process-wide backend.
 
 convergence.csv: long format, one row per (dataset, method, seed, epoch), with a ``series`` column
-(``cecl (bmnist_0.95, seed 0)``) that the custom DVC template .dvc/plots/convergence.json colours by.
+(``cecl (bmnist_rho95, seed 0)``) that the custom DVC template .dvc/plots/convergence.json colours by.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """provenance.md: every run's DVC stage, the md5 of that stage's outputs in dvc.lock, its MLflow run.
 
 dvc.lock (YAML) is read as ``stages: {<stage name>: {outs: [{path, md5, ...}, ...]}}``; matrix stages
-appear under their expanded names (``pretrain@bmnist_0.95-cecl-0``). A stage missing from the lock
+appear under their expanded names (``pretrain@bmnist_rho95-cecl-0``). A stage missing from the lock
 (or no lock at all) prints "not in dvc.lock". MLflow runs link to
 ``{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}``.
 """
