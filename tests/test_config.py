@@ -371,7 +371,7 @@ def test_registries_are_what_the_schema_checks_against() -> None:
 
 @pytest.mark.parametrize("name", ["bmnist_0.9", "bm-1", "bm 1"])
 def test_dataset_entry_names_that_dvc_cannot_address_are_rejected(name: str) -> None:
-    """DVC reads params.yaml keys as dotted paths: `datasets.bmnist_0.9` would be datasets -> bmnist_0 -> 9."""
+    """DVC reads params keys as dotted paths: `datasets.bmnist_0.9` would be datasets -> bmnist_0 -> 9."""
     raw = _raw(lambda r: r["datasets"].update({name: {"family": "biased_mnist", "rho": 0.9}}))
     message = _error(raw)
     assert message.startswith("params.yaml: datasets: entry names are letters, digits and '_' only"), message

@@ -409,7 +409,7 @@ def test_tidy_csv(full) -> None:
 def test_latex_is_booktabs(full) -> None:
     _, paths, _ = full
     tex = paths["table_bias_tex"].read_text()
-    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\multicolumn{2}{c}{bmnist\\_0.95}"):
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\multicolumn{2}{c}{bmnist\\_rho95}"):
         assert rule in tex
     values = seeds_of(BMNIST, "cecl")
     cell = reference_cell(values).replace("±", "$\\pm$")
