@@ -129,13 +129,23 @@ def _mlflow_runs(root: Path) -> dict[str, list]:
     return by_name
 
 
+def _tiny_outputs(root: Path, name: str) -> list[Path]:
+    """The files called ``name`` under the tiny profile's run folders (the repository also commits the
+    default profile's metrics.json files, which belong to no stage of the tiny profile)."""
+    folders = [f"probe/{d}" for d in TINY["datasets"]] + [f"models/{d}" for d in TINY["datasets"]]
+    folders += [
+        f"transfer/{s}__{t}" for s in TINY["transfer"]["sources"] for t in TINY["transfer"]["targets"]
+    ]
+    return [path for folder in folders for path in (root / folder).glob(f"**/{name}")]
+
+
 def _run_ids_in_outputs(root: Path) -> set[str]:
     """Every MLflow run id the committed and cached outputs name."""
     ids: set[str] = set()
-    for path in [*root.glob("probe/**/metrics.json"), *root.glob("transfer/**/metrics.json")]:
+    for path in _tiny_outputs(root, "metrics.json"):
         block = json.loads(path.read_text())["run"]
         ids |= {block["mlflow_run_id"], block["pretrain_mlflow_run_id"]}
-    for path in root.glob("models/**/run.json"):
+    for path in _tiny_outputs(root, "run.json"):
         ids.add(json.loads(path.read_text())["mlflow_run_id"])
     with (root / "sweep/results.csv").open() as handle:
         ids |= {row["mlflow_run_id"] for row in csv.DictReader(handle)}
@@ -231,10 +241,9 @@ def test_fresh_clone_regenerates_every_stage_with_its_own_runs(lab: dict) -> Non
 
 
 def _run_ids_in_outputs_committed(root: Path) -> set[str]:
-    ids: set[str] = set()
-    for path in root.glob("probe/**/metrics.json"):
-        ids.add(json.loads(path.read_text())["run"]["mlflow_run_id"])
-    return ids
+    return {
+        json.loads(path.read_text())["run"]["mlflow_run_id"] for path in _tiny_outputs(root, "metrics.json")
+    }
 
 
 def test_dvc_remote_round_trip(lab: dict) -> None:
