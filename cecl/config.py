@@ -49,6 +49,17 @@ class TrackingParams(Strict):
     experiment: str = Field("cecl", min_length=1)
 
 
+class ComputeParams(Strict):
+    """How the arithmetic is laid out, not what is computed (results agree to float tolerance).
+
+    ``channels_last``: encoders keep conv weights and activations NHWC, the layout oneDNN's CPU convs
+    and GPU tensor cores prefer (its effect: benchmarks/throughput.py, README "Benchmarks"). It enters
+    the checkpoint fingerprint: a run never resumes across layouts.
+    """
+
+    channels_last: bool = True
+
+
 class ModelParams(Strict):
     backbone: str = "small_cnn"
     backbone_options: dict[str, Any] = Field(default_factory=dict)  # validated by the backbone's schema
@@ -240,6 +251,7 @@ def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]
 
 class Params(Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # training seeds
     datasets: dict[str, DatasetOptions] = Field(min_length=1)  # named entries, each validated by its family
@@ -340,6 +352,14 @@ class Params(Strict):
                     f"{NESTED}transfer.targets: {target!r} has {self.spec(target).channels} channel(s) "
                     "but encoders "
                     f"pretrained on {source!r} take {self.spec(source).channels}"
+                )
+            source_size, target_size = self.spec(source).image_size, self.spec(target).image_size
+            if tuple(source_size) != tuple(target_size):
+                # The encoders pool globally, so another size would run, but not by the transfer protocol
+                # (targets are resized to the source's input size when prepared).
+                raise ValueError(
+                    f"{NESTED}transfer.targets: {target!r} stores {list(target_size)} px images but "
+                    f"encoders pretrained on {source!r} take {list(source_size)} (resize the target entry)"
                 )
         self._entry(self.sweep.dataset, "sweep.dataset")
         for name, entry in self.datasets.items():

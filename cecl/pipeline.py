@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cecl import runs
-from cecl.config import Params, Recipe
+from cecl.config import ComputeParams, Params, Recipe
 from cecl.datasets import DatasetSpec, TensorSplit
 from cecl.eval import Evaluator
 from cecl.methods import MethodContext, resolve_options
@@ -36,6 +36,7 @@ class RunSetup:
     options: Strict  # the method's options (with sweep overrides applied)
     device: str  # params.yaml ``device`` (enters the fingerprint)
     overrides: dict[str, Any] = field(default_factory=dict)
+    compute: ComputeParams = field(default_factory=ComputeParams)
 
     @property
     def data_dir(self) -> Path:
@@ -43,9 +44,10 @@ class RunSetup:
 
     def make_encoder(self) -> Encoder:
         model = self.recipe.model
-        return build_backbone(
+        encoder = build_backbone(
             model.backbone, self.spec.channels, self.spec.mean, self.spec.std, model.options()
         )
+        return encoder.use_channels_last(self.compute.channels_last)
 
     def method_context(self) -> MethodContext:
         model = self.recipe.model
@@ -68,6 +70,7 @@ class RunSetup:
                 "augment": self.recipe.augment.model_dump(),
                 "pretrain": self.recipe.pretrain.model_dump(exclude={"methods", "datasets"}),
                 "device": self.device,
+                "compute": self.compute.model_dump(),
                 "data": {name: split["sha256"] for name, split in manifest["splits"].items()},
                 **(extra or {}),
             }
@@ -83,6 +86,7 @@ def run_setup(params: Params, key: runs.RunKey, overrides: dict[str, Any] | None
         options,
         params.device,
         dict(overrides or {}),
+        params.compute,
     )
 
 
@@ -102,22 +106,32 @@ def run_tags(key: runs.RunKey | runs.TransferKey, spec: DatasetSpec, device: tor
     return {**key.tags(), "family": spec.family, "device": str(device), "data_verified": spec.options.verify}
 
 
-def load_encoder(path: Path, device: torch.device) -> Encoder:
-    """The encoder a pretrain stage saved; a missing, corrupt or foreign file is a one-line error."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the matching pretrain stage first")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable encoder file ({type(err).__name__})") from None
-    return encoder_from_payload(payload).to(device)
+@dataclass(frozen=True)
+class SavedModel:
+    """What a pretrain stage's encoder.pt holds: the encoder and, when one was saved, its classifier head.
+
+    encoder.pt holds a head under protocol ``joint`` (the jointly trained head of the validation-selected
+    epoch) and for cross-entropy always (its own head); ``classifier_epoch`` is the pretraining epoch.
+    """
+
+    path: Path
+    encoder: Encoder
+    classifier: torch.nn.Linear | None
+    classifier_epoch: int | None
+
+    def head(self) -> tuple[torch.nn.Linear, int]:
+        if self.classifier is None or self.classifier_epoch is None:
+            raise ValueError(
+                f"{self.path} holds no classifier head (saved under pretrain.protocol joint and for ce "
+                "only): re-run the matching pretrain stage"
+            )
+        return self.classifier, self.classifier_epoch
 
 
-def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Linear, int]:
-    """The classifier head a pretrain stage saved beside the encoder, and the pretraining epoch it is from.
+def load_saved_model(path: Path, device: torch.device, compute: ComputeParams | None = None) -> SavedModel:
+    """Read encoder.pt once; a missing, corrupt, truncated or foreign file is a one-line error.
 
-    encoder.pt holds one under protocol ``joint`` (the jointly trained head of the validation-selected
-    epoch) and for cross-entropy always (its own head). A missing file or head is a one-line error.
+    ``weights_only=True`` always: a file that needs more is foreign, and no message suggests otherwise.
     """
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the matching pretrain stage first")
@@ -125,12 +139,21 @@ def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Linear, 
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for a truncated or foreign file
         raise ValueError(f"{path}: not a readable encoder file ({type(err).__name__})") from None
-    saved = payload.get("classifier") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not an encoder file (holds a {type(payload).__name__})")
+    try:
+        encoder = encoder_from_payload(payload).to(device)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    encoder.use_channels_last((compute or ComputeParams()).channels_last)
+    saved = payload.get("classifier")
     if saved is None:
-        raise ValueError(
-            f"{path} holds no classifier head (saved under pretrain.protocol joint and for ce only): "
-            "re-run the matching pretrain stage"
-        )
+        return SavedModel(path, encoder, None, None)
+    classifier, epoch = _classifier_of(path, saved)
+    return SavedModel(path, encoder, classifier.to(device).eval(), epoch)
+
+
+def _classifier_of(path: Path, saved: Any) -> tuple[torch.nn.Linear, int]:
     state = saved.get("state_dict") if isinstance(saved, dict) else None
     weight = state.get("weight") if isinstance(state, dict) else None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or set(state) != {"weight", "bias"}:
@@ -140,7 +163,7 @@ def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Linear, 
         classifier.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{path}: bad classifier state_dict ({str(err).splitlines()[0]})") from None
-    return classifier.to(device).eval(), int(saved["epoch"])
+    return classifier, int(saved["epoch"])
 
 
 @torch.no_grad()
@@ -167,7 +190,7 @@ class ProbeResult:
 
 
 def score_saved_classifier(
-    model_file: Path, splits: dict[str, TensorSplit], evaluator: Evaluator, device: torch.device
+    saved: SavedModel, splits: dict[str, TensorSplit], evaluator: Evaluator
 ) -> ProbeResult:
     """Protocol ``joint`` (and ce's own head): score the saved encoder + classifier on val and test.
 
@@ -175,11 +198,11 @@ def score_saved_classifier(
     (joint; the last one for ce's own head under linear_probe). There is no per-epoch test curve, so
     the official (test-selected) number is None.
     """
-    encoder = load_encoder(model_file, device)
-    classifier, epoch = load_classifier(model_file, device)
+    classifier, epoch = saved.head()
     row: dict[str, float] = {"epoch": epoch}
     scored = {
-        name: classifier_metrics(encoder, classifier, splits[name], evaluator) for name in ("val", "test")
+        name: classifier_metrics(saved.encoder, classifier, splits[name], evaluator)
+        for name in ("val", "test")
     }
     for name, metrics in scored.items():
         row.update({f"{name}_{k}": v for k, v in metrics.items()})

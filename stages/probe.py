@@ -22,7 +22,7 @@ from cecl.io import atomic_dir, write_json
 from cecl.pipeline import (
     ProbeResult,
     linear_probe,
-    load_encoder,
+    load_saved_model,
     load_splits,
     read_run_file,
     run_tags,
@@ -51,24 +51,21 @@ def evaluate_encoder(
     logged = {"probe": probe_params.model_dump(), "protocol": protocol}
     with stage_run(name, params.tracking.experiment, logged, run_tags(key, spec, device)) as run:
         evaluator = spec.evaluator()
+        saved = load_saved_model(model_file, device, params.compute)
         if protocol == "joint":
             print(
                 f"[{name}] scoring {pretrained.stage('pretrain')}'s joint classifier on {spec.describe()}",
                 flush=True,
             )
-            result = score_saved_classifier(model_file, splits, evaluator, device)
+            result = score_saved_classifier(saved, splits, evaluator)
         else:
             print(
                 f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True
             )
-            result = linear_probe(load_encoder(model_file, device), splits, evaluator, probe_params, key.seed)
+            result = linear_probe(saved.encoder, splits, evaluator, probe_params, key.seed)
         own_head: ProbeResult | None = None
         if kind == "probe" and key.method == "ce":  # scored by its own head and by the probe
-            own_head = (
-                result
-                if protocol == "joint"
-                else score_saved_classifier(model_file, splits, evaluator, device)
-            )
+            own_head = result if protocol == "joint" else score_saved_classifier(saved, splits, evaluator)
         for row in result.curve:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         pretrain_run = read_run_file(pretrained.model_dir)

@@ -184,6 +184,15 @@ BAD: list[tuple[str, Callable[[dict], object], str, str]] = [
         "'bm' has 3 channel",
     ),
     (
+        "transfer 28 px -> 32 px",
+        lambda r: r.update(
+            datasets={**r["datasets"], "c101": {"family": "caltech101", "image_size": 32}},
+            transfer={"sources": ["bm"], "targets": ["c101"]},
+        ),
+        "transfer.targets",
+        "'c101' stores [32, 32] px images but encoders pretrained on 'bm' take [28, 28]",
+    ),
+    (
         "colour jitter on 1 channel",
         lambda r: r["datasets"]["fm"].update(augment={"color_jitter": 0.4}),
         "datasets.fm.augment",

@@ -655,3 +655,26 @@ def test_fashion_mnist_verify_false_is_recorded(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "fm" / "manifest.json").read_text())
     assert on_disk["verified"] is False
     assert [on_disk["splits"][s]["count"] for s in SPLIT_NAMES] == [100, 50, 50]
+
+
+def test_an_empty_split_is_a_one_line_error_and_nothing_is_written(tmp_path) -> None:
+    """A split with no images (options too large for the source) fails prepare before anything lands."""
+
+    from cecl.datasets import DataIntegrityError, DatasetOptions, DatasetSpec, Split
+
+    class Tiny(DatasetSpec):
+        family = "tiny_test"
+        Options = DatasetOptions
+        n_classes, channels, image_size, mean, std = 2, 1, (4, 4), (0.5,), (0.5,)
+
+        def describe(self) -> str:
+            return "tiny"
+
+        def build(self) -> Iterator[tuple[str, Split]]:
+            for name, n in (("train", 4), ("val", 0), ("test", 4)):
+                yield name, Split(np.zeros((n, 1, 4, 4), np.uint8), np.zeros(n, np.int64))
+
+    out = tmp_path / "tiny"
+    with pytest.raises(DataIntegrityError, match="tiny val: the split is empty") as err:
+        Tiny("tiny", DatasetOptions(family="tiny_test")).prepare(out)
+    assert "\n" not in str(err.value) and not out.exists()

@@ -10,7 +10,7 @@ from cecl.config import ConfigError
 from cecl.methods import MethodContext, build_method
 from cecl.methods.joint import JointMethod
 from cecl.models import encoder_from_payload
-from cecl.pipeline import load_classifier, score_saved_classifier
+from cecl.pipeline import load_saved_model, score_saved_classifier
 from cecl.train.checkpoint import load_checkpoint
 from cecl.train.loop import model_payload, run_pretraining
 from tests.helpers import bn_free_encoder, synthetic_split, tiny_params, tiny_setup
@@ -154,7 +154,9 @@ def test_probe_scores_the_saved_joint_classifier(tmp_path) -> None:
     classifier.load_state_dict(payload["classifier"]["state_dict"])
     evaluator = setup.spec.evaluator()
 
-    result = score_saved_classifier(path, {"train": train, "val": val, "test": test}, evaluator, CPU)
+    result = score_saved_classifier(
+        load_saved_model(path, CPU), {"train": train, "val": val, "test": test}, evaluator
+    )
     with torch.no_grad():
         by_hand = {
             name: evaluator(classifier(encoder(split.images.float() / 255.0)), split.targets, split.bias)
@@ -180,7 +182,7 @@ def test_cross_entropy_saves_its_own_head_under_linear_probe(tmp_path) -> None:
     assert not isinstance(method, JointMethod)
     path = tmp_path / "encoder.pt"
     torch.save(model_payload(method, history), path)
-    classifier, epoch = load_classifier(path, CPU)
+    classifier, epoch = load_saved_model(path, CPU).head()
     assert epoch == 2  # the last epoch
     assert torch.equal(classifier.weight, method.classifier.weight.detach())
 
@@ -191,10 +193,10 @@ def test_cross_entropy_saves_its_own_head_under_linear_probe(tmp_path) -> None:
     torch.save(model_payload(other, other_history), plain)
     assert "classifier" not in torch.load(plain, weights_only=True)
     with pytest.raises(ValueError, match="holds no classifier head") as err:
-        load_classifier(plain, CPU)
+        load_saved_model(plain, CPU).head()
     assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="not found"):
-        load_classifier(tmp_path / "missing.pt", CPU)
+        load_saved_model(tmp_path / "missing.pt", CPU)
 
 
 def test_config_protocol_and_joint_weight() -> None:
@@ -258,7 +260,7 @@ def test_probe_stage_names_the_protocol_and_scores_ce_by_its_own_head(
             assert len(curve) == params.probe.epochs
         if method_name == "ce":
             own = score_saved_classifier(
-                key.model_dir / runs.ENCODER_FILE, splits, setup.spec.evaluator(), CPU
+                load_saved_model(key.model_dir / runs.ENCODER_FILE, CPU), splits, setup.spec.evaluator()
             )
             expected = {"epoch": own.selected_epoch, "val": own.val, "test": own.test}
             assert json.dumps(metrics["own_head"], sort_keys=True) == json.dumps(expected, sort_keys=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -224,3 +225,29 @@ def test_count_macs_small_cnn_width_16_is_2_15_mmacs() -> None:
     assert macs == pytest.approx(2.15e6, rel=0.01)
     with pytest.raises(TypeError):
         count_macs(_build("small_cnn"))  # input_shape is required
+
+
+@pytest.mark.parametrize(
+    "name,in_channels,options", [("small_cnn", 3, {"width": 4}), ("resnet18", 3, {"cifar_stem": True})]
+)
+def test_channels_last_is_a_layout_not_a_model(name, in_channels, options) -> None:
+    """NHWC gives NCHW's outputs and gradients: both float32 layouts agree with a float64 reference."""
+    torch.manual_seed(0)
+    plain = build_backbone(name, in_channels, [0.4] * in_channels, [0.3] * in_channels, options)
+    nhwc = copy.deepcopy(plain).use_channels_last()
+    reference = copy.deepcopy(plain).double()
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and nhwc.channels_last
+    images = torch.rand(6, in_channels, 32, 32)
+    outputs = {"nchw": plain(images), "nhwc": nhwc(images)}
+    expected = reference(images.double())
+    expected.square().sum().backward()
+    for layout, model in (("nchw", plain), ("nhwc", nhwc)):
+        torch.testing.assert_close(outputs[layout].double(), expected, rtol=1e-4, atol=1e-5)
+        outputs[layout].square().sum().backward()
+        for (key, p), r in zip(model.named_parameters(), reference.parameters(), strict=True):
+            assert (p.grad.double() - r.grad).norm() <= 1e-3 * r.grad.norm() + 1e-9, (layout, key)
+    assert nhwc.payload()["spec"] == plain.payload()["spec"]
+    assert nhwc.state_dict().keys() == plain.state_dict().keys()
+    nhwc.use_channels_last(False)
+    assert conv.weight.is_contiguous() and not nhwc.channels_last

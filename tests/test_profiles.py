@@ -7,6 +7,7 @@ has, on shrunken data, in this process (the DVC round trip itself is tests/test_
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,7 +66,8 @@ def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
         key.stage("probe") for key in params.runs()
     }
     assert expected <= set(listed)
-    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 7 * 19 * 3
+    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 14 * 19 * 3
+    assert len([s for s in listed if s.startswith("transfer@")]) == len(params.transfers()) == 3 * 2 * 19 * 3
 
 
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
@@ -102,27 +104,74 @@ def _declared_null(raw: dict, key: str) -> bool:
     return isinstance(node, dict) and last in node
 
 
+# Per family: the options that shrink an entry to its stand-in, and the stand-in writer (real on-disk
+# formats, tests/fixtures/standins_*.py) that puts the raw files where the entry reads them.
+SHRINK: dict[str, dict] = {
+    "biased_mnist": {"train_size": 16, "val_size": 16, "test_size": 16},
+    "fashion_mnist": {"train_size": 16, "val_size": 16, "test_size": 16},
+    "cifar10": {"val_size": 10, "download": False, "verify": False},
+    "cifar100": {"val_size": 10, "download": False, "verify": False},
+    "imagenet32": {"val_size": 10, "verify": False},
+    "caltech101": {"train_per_class": 4, "val_per_class": 2, "download": False, "verify": False},
+    "caltech256": {"train_per_class": 4, "val_per_class": 2, "download": False, "verify": False},
+    "utkface": {"image_size": 32},
+    "celeba": {"image_size": 32, "verify": False},
+}
+
+
+def _write_standin(family: str, raw_root: Path) -> dict:
+    """Write ``family``'s stand-in under ``raw_root``; returns the entry options that point at it."""
+    from tests.fixtures import standins_caltech, standins_cifar, standins_faces
+
+    folder = raw_root / family
+    if family in ("cifar10", "cifar100"):
+        standins_cifar.write_cifar_archive(folder, 10 if family == "cifar10" else 100, per_batch=6, n_test=10)
+    elif family == "imagenet32":
+        standins_cifar.write_imagenet32(folder, per_batch=3, n_val=5)
+    elif family == "caltech101":
+        standins_caltech.write_caltech101_zip(folder / "caltech101")
+    elif family == "caltech256":
+        standins_caltech.write_caltech256_tar(folder / "caltech256")
+    elif family == "utkface":
+        standins_faces.write_utkface_archive(folder, standins_faces.utkface_files())
+    elif family == "celeba":
+        standins_faces.write_celeba(folder, standins_faces.celeba_annotations())
+    else:
+        return {}
+    return {"root": str(folder)}
+
+
 def _shrunk_paper_profile(root: Path) -> dict:
     raw = yaml.safe_load((PROFILES / "paper.yaml").read_text())
+    written: dict[str, dict] = {}
     for entry in raw["datasets"].values():
-        entry.update(train_size=16, val_size=16, test_size=16)
+        family = entry["family"]
+        if family not in written:
+            written[family] = _write_standin(family, root / "raw")
+        entry.update(SHRINK[family], **written[family])
         entry.setdefault("overrides", {}).setdefault("pretrain", {}).update(epochs=1, batch_size=8)
     raw["seeds"] = [0]
     raw["pretrain"].update(epochs=1, batch_size=8)
     raw["probe"].update(epochs=1)
     raw["device"] = "cpu"
+    raw["transfer"] = {"sources": ["cifar10"], "targets": raw["transfer"]["targets"]}
     return raw
+
+
+def test_every_paper_family_has_a_standin_and_a_shrink() -> None:
+    params = load_params(PROFILES / "paper.yaml")
+    assert {params.spec(name).family for name in params.datasets} <= set(SHRINK)
 
 
 @pytest.mark.slow
 def test_paper_recipes_run_end_to_end_on_every_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One epoch of every paper recipe (each dataset entry's backbone, optimiser, schedule) with CECL.
-
-    Every method runs through the same loop in tests/test_training.py; here the recipes are the point.
-    """
-    from stages import aggregate, prepare, pretrain, probe
+    """One epoch of every paper recipe on every paper dataset's stand-in, with CECL: prepare (the real
+    reading code on files in each dataset's real format, verify off), pretrain, probe, transfer to both
+    Caltechs, aggregate. Every method runs through the same loop in tests/test_training.py."""
+    from cecl.runs import RunKey, TransferKey
+    from stages import aggregate, prepare, pretrain, probe, transfer
 
     raw = _shrunk_paper_profile(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -131,14 +180,14 @@ def test_paper_recipes_run_end_to_end_on_every_dataset(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = parse_params(raw)
-    from cecl.runs import RunKey
-
-    keys = [RunKey(d, "cecl", 0) for d in params.pretrain.datasets]
-    for name in params.pretrain.datasets:
+    for name in params.datasets:
         prepare.main(name)
-    for key in keys:
+    for key in [RunKey(d, "cecl", 0) for d in params.pretrain.datasets]:
         pretrain.main(key)
         probe.main(key)
+    transfers = [TransferKey("cifar10", target, "cecl", 0) for target in params.transfer.targets]
+    for key in transfers:
+        transfer.main(key)
     # aggregate reads every run params.yaml defines: restrict the profile to the ones run here
     raw["pretrain"]["methods"] = ["cecl"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -146,7 +195,14 @@ def test_paper_recipes_run_end_to_end_on_every_dataset(
     report = (tmp_path / "reports" / "report.md").read_text()
     for name in params.pretrain.datasets:
         assert name in report
-    assert (tmp_path / "models/fmnist/cecl/seed_0/encoder.pt").is_file()
+    for key in transfers:
+        assert key.target in report
+        metrics = json.loads((key.out_dir / "metrics.json").read_text())
+        assert "mean_per_class_accuracy" in metrics["test"]
+    for name in ("utkface_race", "celeba_blond"):
+        metrics = json.loads((RunKey(name, "cecl", 0).probe_dir / "metrics.json").read_text())
+        assert metrics["protocol"] == "joint" and "conflicting_accuracy" in metrics["test"]
+    assert (tmp_path / "models/cifar10/cecl/seed_0/encoder.pt").is_file()
 
 
 def test_switching_profile_never_loses_uncommitted_edits(tmp_path: Path) -> None:

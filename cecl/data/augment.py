@@ -84,6 +84,14 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
+# SupContrast's recipe for natural images (the released CECL code applies it to every dataset; BiasCon's
+# contrastive recipe for faces too): RandomResizedCrop(scale 0.2-1), horizontal flip, ColorJitter(0.4,
+# 0.4, 0.4, 0.1) with p 0.8 (strength 1 in AugmentParams' convention), RandomGrayscale(0.2).
+SUPCON_RECIPE = AugmentParams(
+    crop_scale=(0.2, 1.0), color_jitter=1.0, color_jitter_p=0.8, grayscale_p=0.2, hflip_p=0.5
+)
+
+
 class BatchAugment:
     """Per-sample RandomResizedCrop, horizontal flip, colour jitter (with ``color_jitter_p``), grayscale."""
 

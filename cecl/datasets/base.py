@@ -35,6 +35,8 @@ from cecl.schema import Strict
 
 MANIFEST_VERSION = 2
 SPLITS = ("train", "val", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # normalisation of natural-image families (torchvision's)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetOptions(Strict):
@@ -86,13 +88,17 @@ class DatasetSpec(ABC):
     Options: ClassVar[type[DatasetOptions]]
     n_classes: ClassVar[int]
     channels: ClassVar[int]
-    image_size: ClassVar[tuple[int, int]]  # (H, W) of the stored images
+    image_size: tuple[int, int]  # (H, W) of the stored images (a class default; an entry may set its own)
     mean: ClassVar[tuple[float, ...]]  # per-channel normalisation the encoder applies
     std: ClassVar[tuple[float, ...]]
 
     def __init__(self, name: str, options: DatasetOptions) -> None:
         self.name = name
         self.options = options
+        size = getattr(options, "image_size", None)  # families that store at a chosen size (S x S)
+        if isinstance(size, int):
+            self.image_size = (size, size)
+        self._source: dict[str, Any] = {}  # filled by build(): what the raw data was
 
     # ------------------------------------------------------------------ what a family says about itself
 
@@ -105,8 +111,8 @@ class DatasetSpec(ABC):
         """One line for tables and captions, e.g. ``BiasedMNIST rho 0.95, 10 000 training images``."""
 
     def source_info(self) -> dict[str, Any]:
-        """What the raw data was and whether it was verified (recorded in the manifest)."""
-        return {}
+        """What the raw data was and whether it was verified (recorded in the manifest; set by build())."""
+        return self._source
 
     def default_augment(self) -> AugmentParams:
         return AugmentParams()
@@ -172,6 +178,8 @@ class DatasetSpec(ABC):
                     **self.split_stats(split),
                 }
             manifest["sources"] = self.source_info()  # known only once build() has run
+            # A family may find it could not verify (e.g. an extracted folder has no published digest).
+            manifest["verified"] = bool(self.options.verify and manifest["sources"].get("verified", True))
             missing = [s for s in SPLITS if s not in manifest["splits"]]
             if missing:
                 raise DataIntegrityError(f"{self.family}.build() produced no {missing[0]!r} split")
@@ -194,6 +202,10 @@ class DatasetSpec(ABC):
         return stats
 
     def _check(self, split: Split, name: str) -> None:
+        if len(split) == 0:
+            raise DataIntegrityError(
+                f"{self.name} {name}: the split is empty (too few source images for these options)"
+            )
         if tuple(split.images.shape[1:]) != self.shape():
             raise DataIntegrityError(
                 f"{self.name} {name}: images are {list(split.images.shape[1:])}, "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -28,8 +28,8 @@ from cecl.data.augment import AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import BiasAttribute, DatasetOptions, DatasetSpec
 from cecl.datasets.sources.mnist import MNIST_SHA256, load_mnist, mnist_digests
-from cecl.datasets.splitting import holdout_indices, seeded_rng, subsample_indices
-from cecl.datasets.store import Split, array_sha256
+from cecl.datasets.splitting import indices_digests, seeded_rng, train_val_test_indices
+from cecl.datasets.store import Split
 
 N_CLASSES = 10
 N_MNIST_TRAIN = 60000
@@ -123,10 +123,6 @@ class BiasedMNIST(DatasetSpec):
     mean = (0.5, 0.5, 0.5)  # the encoders' historical x * 2 - 1
     std = (0.5, 0.5, 0.5)
 
-    def __init__(self, name: str, options: BiasedMNISTOptions) -> None:
-        super().__init__(name, options)
-        self._source: dict[str, Any] = {}
-
     def default_augment(self) -> AugmentParams:
         # Crops only: colour jitter attacks the very shortcut (colour) the benchmark measures.
         return AugmentParams(crop_scale=(0.6, 1.0), color_jitter=0.0, grayscale_p=0.0, hflip_p=0.0)
@@ -146,23 +142,19 @@ class BiasedMNIST(DatasetSpec):
         size = "all" if o.train_size is None else f"{o.train_size}"
         return f"BiasedMNIST rho {o.rho:g} ({size} training images, validation rho {self.val_rho():g})"
 
-    def source_info(self) -> dict[str, Any]:
-        return self._source
-
     def build(self) -> Iterator[tuple[str, Split]]:
         o = self.options
         mnist = load_mnist(o.source, o.root, expected=MNIST_SHA256 if o.verify else None)
         digests = mnist_digests(mnist)
-        train_idx, val_idx = holdout_indices(len(mnist.train_labels), o.val_size, o.train_size, o.seed)
-        test_idx = subsample_indices(len(mnist.test_labels), o.test_size, o.seed)
+        idx = train_val_test_indices(
+            len(mnist.train_labels), len(mnist.test_labels), o.val_size, o.train_size, o.test_size, o.seed
+        )
+        train_idx, val_idx, test_idx = idx["train"], idx["val"], idx["test"]
         self._source = {
             "mnist": mnist.source,
             "sha256": digests,
             "verified": o.verify and digests == dict(MNIST_SHA256),
-            "indices_sha256": {
-                name: array_sha256(idx.astype("<i8"))
-                for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
-            },
+            "indices_sha256": indices_digests(idx),
             "colours": [list(c) for c in COLOURS],
         }
         yield (

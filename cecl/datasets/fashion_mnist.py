@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -20,8 +20,8 @@ from cecl.data.augment import AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import DatasetOptions, DatasetSpec
 from cecl.datasets.sources.fashion_mnist import FASHION_MNIST_SHA256, load_fashion_mnist
-from cecl.datasets.splitting import holdout_indices, subsample_indices
-from cecl.datasets.store import Split, array_sha256
+from cecl.datasets.splitting import indices_digests, select_splits, train_val_test_indices
+from cecl.datasets.store import Split
 
 N_TRAIN = 60000
 N_TEST = 10000
@@ -52,10 +52,6 @@ class FashionMNIST(DatasetSpec):
     mean = (0.2860,)  # Fashion-MNIST training-set pixel mean and std
     std = (0.3530,)
 
-    def __init__(self, name: str, options: FashionMNISTOptions) -> None:
-        super().__init__(name, options)
-        self._source: dict[str, Any] = {}
-
     def default_augment(self) -> AugmentParams:
         # Crops and flips (garments are left-right symmetric classes); no colour ops on grey images.
         return AugmentParams(crop_scale=(0.6, 1.0), color_jitter=0.0, grayscale_p=0.0, hflip_p=0.5)
@@ -67,26 +63,18 @@ class FashionMNIST(DatasetSpec):
     def val_description(self) -> str:
         return "held-out Fashion-MNIST training images"
 
-    def source_info(self) -> dict[str, Any]:
-        return self._source
-
     def build(self) -> Iterator[tuple[str, Split]]:
         o = self.options
         data = load_fashion_mnist(o.source, Path(o.root), verify=o.verify)
-        train_idx, val_idx = holdout_indices(len(data.train_labels), o.val_size, o.train_size, o.seed)
-        test_idx = subsample_indices(len(data.test_labels), o.test_size, o.seed)
+        idx = train_val_test_indices(
+            len(data.train_labels), len(data.test_labels), o.val_size, o.train_size, o.test_size, o.seed
+        )
         self._source = {
             "source": data.source,
             "verified": o.verify,
             "sha256": dict(FASHION_MNIST_SHA256) if o.verify else "not verified",
-            "indices_sha256": {
-                n: array_sha256(i.astype("<i8"))
-                for n, i in (("train", train_idx), ("val", val_idx), ("test", test_idx))
-            },
+            "indices_sha256": indices_digests(idx),
         }
-        for name, images, labels, idx in (
-            ("train", data.train_images, data.train_labels, train_idx),
-            ("val", data.train_images, data.train_labels, val_idx),
-            ("test", data.test_images, data.test_labels, test_idx),
-        ):
-            yield name, Split(images=images[idx][:, None], targets=labels[idx].astype(np.int64))
+        train, test = (data.train_images, data.train_labels), (data.test_images, data.test_labels)
+        for name, images, labels in select_splits(idx, train, test):
+            yield name, Split(images=images[:, None], targets=labels.astype(np.int64))

@@ -7,8 +7,11 @@ split never depends on which other splits or entries were built before it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
+
+from cecl.datasets.store import array_sha256
 
 
 def seeded_rng(seed: int, *purpose: object) -> np.random.Generator:
@@ -37,3 +40,26 @@ def subsample_indices(n: int, size: int | None, seed: int) -> np.ndarray:
     if size > n:
         raise ValueError(f"test_size {size} exceeds the {n} test images")
     return np.sort(seeded_rng(seed, "test subsample").permutation(n)[:size])
+
+
+def train_val_test_indices(
+    n_train: int, n_test: int, val_size: int, train_size: int | None, test_size: int | None, seed: int
+) -> dict[str, np.ndarray]:
+    """The usual protocol: validation held out of the official training images, the rest (or a seeded
+    ``train_size`` of them) trained on, the official test images (or a seeded ``test_size``) tested."""
+    train, val = holdout_indices(n_train, val_size, train_size, seed)
+    return {"train": train, "val": val, "test": subsample_indices(n_test, test_size, seed)}
+
+
+def indices_digests(indices: dict[str, np.ndarray]) -> dict[str, str]:
+    """SHA-256 of each split's indices (little-endian int64), for the manifest: same digest, same split."""
+    return {name: array_sha256(np.asarray(idx).astype("<i8")) for name, idx in indices.items()}
+
+
+def select_splits(
+    indices: dict[str, np.ndarray], train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(split, images, labels) for train/val (from the official training arrays) and test (official test)."""
+    for name in ("train", "val", "test"):
+        images, labels = test if name == "test" else train
+        yield name, images[indices[name]], labels[indices[name]]

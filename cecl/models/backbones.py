@@ -89,9 +89,22 @@ class Encoder(nn.Module):
         self._stats = ([float(m) for m in mean], [float(s) for s in std])  # as given, for the payload
         self.register_buffer("mean", torch.tensor(self._stats[0]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self._stats[1]).view(1, -1, 1, 1), persistent=False)
+        self.channels_last = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk((images - self.mean) / self.std)
+        x = (images - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.trunk(x)
+
+    def use_channels_last(self, enabled: bool = True) -> Encoder:
+        """Lay conv weights and activations out NHWC (or back to NCHW); the values do not change.
+
+        A layout, not a part of the model: it is not in ``payload`` and state dicts load either way.
+        """
+        self.channels_last = enabled
+        self.trunk.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        return self
 
     def payload(self) -> dict[str, Any]:
         """Everything needed to rebuild this encoder (``encoder_from_payload``), no params file needed."""
