@@ -131,7 +131,7 @@ def main() -> None:
         sweep = base.sweep
         print(
             f"grid: {', '.join(f'{m} {g}' for m, g in sweep.grids.items())}; "
-            f"epochs {args.epochs}, {sweep.max_concurrent} concurrent trials x {sweep.cpus_per_trial:g} CPU; "
+            f"epochs {sweep.epochs}, {sweep.max_concurrent} trials at once x {sweep.cpus_per_trial:g} CPU; "
             f"ASHA grace_period {sweep.asha.grace_period}, reduction_factor {sweep.asha.reduction_factor:g}",
             flush=True,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -11,16 +12,30 @@ from cecl.config import ConfigError
 from cecl.runs import RunKey, TransferKey
 from cecl.tracking import TrackingUnavailable
 
-# Errors that describe bad input or environment: shown as one line, no traceback.
-USER_ERRORS = (ConfigError, TrackingUnavailable, FileNotFoundError, ValueError)
+# Errors that describe bad input or environment: shown as one line, no traceback. OSError covers missing,
+# unreadable and unwritable files; pickle.UnpicklingError and RuntimeError come from torch loading foreign
+# or truncated files where a caller did not wrap them; MLflow's errors are matched by module (importing
+# mlflow here would add seconds to stages that never log).
+USER_ERRORS = (ConfigError, TrackingUnavailable, OSError, ValueError, pickle.UnpicklingError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, USER_ERRORS) or type(err).__module__.split(".")[0] == "mlflow"
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def run_stage(name: str, body: Callable[[], None]) -> None:
     started = time.perf_counter()
     try:
         body()
-    except USER_ERRORS as err:
-        print(f"error: {name}: {err}", file=sys.stderr)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"error: {name}: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     print(f"[{name}] done in {time.perf_counter() - started:.1f}s", flush=True)
 

@@ -31,5 +31,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def ensure_writable(*folders: Path) -> None:
+    """Fail before any work (one line, PermissionError) when an output folder cannot be written.
+
+    Creates each folder's parents as the stage would, then creates and removes a probe file in the
+    parent, where :func:`atomic_dir` puts its temporary sibling.
+    """
+    for folder in folders:
+        parent = Path(folder).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(prefix=".write-probe.", dir=parent):
+                pass
+        except OSError as err:
+            raise PermissionError(f"cannot write outputs under {parent}: {err.strerror or err}") from None
+
+
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

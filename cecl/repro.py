@@ -3,7 +3,9 @@
 Before the run, ``dvc status --json`` says why each out-of-date stage must run (changed deps, params,
 outs, command; a missing output is what a fresh clone has). During the run DVC's own lines say what it
 did with each stage: ``Running stage``, ``didn't change, skipping`` (up to date), or ``is cached``
-(restored from the run-cache). The summary joins the two. Extra arguments go to ``dvc repro``.
+(restored from the run-cache). The summary joins the two, with each stage's wall time (from its
+``Running stage`` line to the next stage's line or the end: the command plus DVC's hashing and caching
+of its outputs) and the total. Extra arguments go to ``dvc repro``.
 
 ``--profile NAME`` first composes ``profiles/NAME.yaml`` into params.yaml (the file DVC reads). It
 refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
@@ -17,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,14 +57,34 @@ def status_reasons() -> dict[str, str]:
         return {}
 
 
-def summary(output: str, reasons: dict[str, str]) -> list[str]:
+def stage_seconds(lines: Sequence[tuple[float, str]], end: float) -> dict[str, float]:
+    """Wall seconds of each stage that ran: from its ``Running stage`` line to the next stage line
+    (ran, skipped or cached) or ``end``. ``lines`` are (monotonic time, DVC output line)."""
+    marks = [
+        (at, match.group(1), bool(RAN.search(line)))
+        for at, line in lines
+        if (match := RAN.search(line) or SKIPPED.search(line) or CACHED.search(line))
+    ]
+    seconds = {}
+    for i, (at, stage, ran) in enumerate(marks):
+        if ran:
+            seconds[stage] = (marks[i + 1][0] if i + 1 < len(marks) else end) - at
+    return seconds
+
+
+def summary(
+    output: str, reasons: dict[str, str], seconds: dict[str, float] | None = None, total: float | None = None
+) -> list[str]:
     ran, skipped, cached = RAN.findall(output), SKIPPED.findall(output), CACHED.findall(output)
+    seconds = seconds or {}
+    took = f" in {total:.0f} s" if total is not None else ""
     lines = [
         f"[repro] {len(ran)} stage(s) ran, {len(skipped)} reused (up to date), "
-        f"{len(cached)} restored from the run-cache"
+        f"{len(cached)} restored from the run-cache{took}"
     ]
     lines += [
-        f"  ran      {stage}: {reasons.get(stage) or 'an upstream stage changed its outputs'}"
+        f"  ran      {stage}{f' ({seconds[stage]:.1f} s)' if stage in seconds else ''}: "
+        f"{reasons.get(stage) or 'an upstream stage changed its outputs'}"
         for stage in ran
     ]
     lines += [f"  reused   {stage}: up to date (deps, params and outs match dvc.lock)" for stage in skipped]
@@ -97,19 +120,23 @@ def main(argv: Sequence[str]) -> int:
             raise SystemExit("error: repro: --profile needs a name (e.g. --profile paper)")
         use_profile(argv[at + 1])
         del argv[at : at + 2]
+    started = time.monotonic()
     reasons = status_reasons()
     process = subprocess.Popen(
         ["dvc", "repro", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    captured = []
+    captured: list[tuple[float, str]] = []
     assert process.stdout is not None
     for line in process.stdout:
         sys.stdout.write(line)
-        captured.append(line)
+        captured.append((time.monotonic(), line))
     status = process.wait()
-    print("\n".join(summary("".join(captured), reasons)), flush=True)
+    end = time.monotonic()
+    text = "".join(line for _, line in captured)
+    seconds = stage_seconds(captured, end)
+    print("\n".join(summary(text, reasons, seconds, end - started)), flush=True)
     if status != 0:
-        errors = [line.strip() for line in captured if line.startswith("ERROR")]
+        errors = [line.strip() for _, line in captured if line.startswith("ERROR")]
         print(f"[repro] dvc repro failed with exit status {status}", *errors[:1], flush=True)
     return status
 

@@ -29,7 +29,7 @@ import torch
 from cecl import distributed
 from cecl.cli import run_key_stage
 from cecl.config import load_params
-from cecl.io import atomic_dir, write_json
+from cecl.io import atomic_dir, ensure_writable, write_json
 from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags
 from cecl.runs import ENCODER_FILE, HISTORY_FILE, RUN_FILE, RunKey
 from cecl.tracking import NoRun, RunLogger, stage_run
@@ -90,6 +90,7 @@ def train(setup: RunSetup, experiment: str, device_name: str) -> None:
                     "online_probe_val_accuracy": r.online_probe_val_accuracy,
                     "lr": r.lr,
                     "epoch_seconds": r.seconds,
+                    "online_probe_seconds": r.probe_seconds,
                 },
                 step=r.epoch,
             ),
@@ -112,6 +113,7 @@ def main(key: RunKey) -> None:
     params = load_params()
     params.check_run(key)
     setup = run_setup(params, key)
+    ensure_writable(key.model_dir, key.checkpoint)
     if setup.recipe.pretrain.processes > 1 and "WORLD_SIZE" not in os.environ:
         status = launch_processes(setup, params.device)
         if status != 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 from cecl import runs
 from cecl.cli import run_key_stage
 from cecl.config import Params, load_params
-from cecl.io import atomic_dir, write_json
+from cecl.io import atomic_dir, ensure_writable, write_json
 from cecl.pipeline import (
     ProbeResult,
     linear_probe,
@@ -41,6 +41,7 @@ def evaluate_encoder(
     transfer is always a linear probe of the frozen encoder on the target.
     """
     spec = params.spec(target)
+    ensure_writable(out)
     device = resolve_device(params.device)
     model_file = pretrained.model_dir / runs.ENCODER_FILE
     splits = load_splits(spec, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -183,3 +184,15 @@ def sharded_step(method: torch.nn.Module, views: torch.Tensor, labels: torch.Ten
     ddp = DistributedDataParallel(distributed.TrainingLoss(method))
     local_views, local_labels = distributed.split_batch([views, labels])
     return {**one_step(method, ddp, local_views, local_labels), "local_size": local_views.shape[0]}
+
+
+def committed(root: Path, path: str) -> str:
+    """``path`` as committed (``git show HEAD:<path>``), else the file. The invariant "params.yaml is the
+    CPU profile" is checked on the commit (what CI's clean clone has), so a user's uncommitted edits to
+    params.yaml never fail ``make test``."""
+    import subprocess
+
+    shown = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=root, capture_output=True, text=True, check=False
+    )
+    return shown.stdout if shown.returncode == 0 else (root / path).read_text()

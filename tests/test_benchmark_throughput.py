@@ -86,7 +86,7 @@ def test_cifar_workload_builds_the_resnet_recipe() -> None:
     """Workload (b) without training: cifar10 entry, ResNet-18 CIFAR stem, the batch asked for, SGD."""
     import yaml
 
-    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "profiles" / "cpu.yaml").read_text())
     workload = throughput.cifar_workload(raw, "resnet18", 256, 300, 16, seed=0)
     setup = workload.setups["cecl"]
     assert setup.recipe.model.backbone == "resnet18" and setup.recipe.model.options().cifar_stem

@@ -20,6 +20,7 @@ from cecl.datasets import families
 from cecl.methods import available as available_methods
 from cecl.models import available_backbones
 from cecl.runs import RunKey, TransferKey
+from tests.helpers import committed
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_METHOD = available_methods()[0]  # whatever is registered first; nothing depends on which
@@ -57,10 +58,10 @@ def _error(raw: dict) -> str:
 
 
 def test_cpu_profile_is_params_yaml_and_both_validate() -> None:
-    params_yaml = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cpu = yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text())
-    assert cpu == params_yaml  # params.yaml is the CPU profile (`make repro` runs it)
-    for path in (ROOT / "params.yaml", ROOT / "profiles" / "cpu.yaml"):
+    params_yaml = yaml.safe_load(committed(ROOT, "params.yaml"))
+    cpu = yaml.safe_load(committed(ROOT, "profiles/cpu.yaml"))
+    assert cpu == params_yaml  # the committed params.yaml is the CPU profile (`make repro` runs it)
+    for path in (ROOT / "profiles" / "cpu.yaml",):
         params = load_params(path)
         assert isinstance(params, Params)
         # Internally consistent, whatever methods and entries the user listed:

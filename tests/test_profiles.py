@@ -19,15 +19,15 @@ import yaml
 
 from cecl.config import load_params, parse_params
 from cecl.repro import use_profile
+from tests.helpers import committed
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
 
 
 def test_params_yaml_is_the_cpu_profile() -> None:
-    assert yaml.safe_load((REPO / "params.yaml").read_text()) == yaml.safe_load(
-        (PROFILES / "cpu.yaml").read_text()
-    )
+    params, cpu = committed(REPO, "params.yaml"), committed(REPO, "profiles/cpu.yaml")
+    assert yaml.safe_load(params) == yaml.safe_load(cpu)
 
 
 def test_cpu_profile_covers_both_offline_datasets_with_three_seeds() -> None:

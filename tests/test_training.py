@@ -111,10 +111,10 @@ def test_history_rows_have_no_wall_clock_column() -> None:
     fields = [f.name for f in dataclasses.fields(EpochRecord)]
     assert "seconds" in fields  # still logged to MLflow (epoch_seconds)
     slow = EpochRecord(epoch=2, train_loss=0.5, online_probe_val_accuracy=0.25, lr=1e-3, seconds=12.5)
-    fast = dataclasses.replace(slow, seconds=0.1)
+    fast = dataclasses.replace(slow, seconds=0.1, probe_seconds=0.05)
     row = slow.history_row()
     assert row == {"epoch": 2, "train_loss": 0.5, "online_probe_val_accuracy": 0.25, "lr": 1e-3}
-    assert list(row) == [f for f in fields if f != "seconds"]  # the CSV's column order
+    assert list(row) == [f for f in fields if f not in ("seconds", "probe_seconds")]  # the CSV's column order
     assert fast.history_row() == row  # equal runs give equal bytes
     assert set(HISTORY_COLUMNS) <= set(row)  # what the report reads back
 
@@ -159,3 +159,23 @@ def test_linear_probe_learns_separable_features() -> None:
     )
     assert epochs_seen == list(range(1, 21))
     assert float((logits_of(probe, features).argmax(dim=1) == labels).float().mean()) > 0.95
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "tensor"])
+def test_unreadable_checkpoint_is_set_aside_and_training_restarts(tmp_path, capsys, damage) -> None:
+    """A truncated, corrupt or foreign checkpoint: one warning line, moved aside, None (start over)."""
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"fingerprint": "fp", "history": []}, ckpt)
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:40])
+    elif damage == "garbage":
+        ckpt.write_bytes(b"\x00not a checkpoint" * 10)
+    else:
+        torch.save(torch.zeros(2), ckpt)
+    assert load_checkpoint(ckpt, "fp") is None
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unreadable" in err and "from scratch" in err
+    assert "weights_only=False" not in err
+    assert not ckpt.exists() and (tmp_path / "ckpt.pt.corrupt").exists()
+    assert load_checkpoint(ckpt, "fp") is None  # the rerun: nothing there, no warning
+    assert capsys.readouterr().err == ""

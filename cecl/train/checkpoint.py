@@ -1,7 +1,9 @@
 """Atomic per-epoch checkpoints keyed by a fingerprint of everything that determines the run.
 
 A checkpoint whose fingerprint differs from the current run (params, data or code inputs changed)
-is ignored and replaced, so a stale file can never leak into a new result.
+is ignored and replaced, so a stale file can never leak into a new result. One that cannot be read
+(truncated, corrupt, foreign) is set aside as ``<name>.corrupt`` with a one-line warning and training
+starts from scratch: never a traceback on every rerun, never a hint to load it unsafely.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,20 @@ def load_checkpoint(path: Path | None, expected_fingerprint: str) -> dict[str, A
     """The saved state if it exists and belongs to this run, else None."""
     if path is None or not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}")
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(
+            f"warning: checkpoint {path} is unreadable ({type(err).__name__}); moved to {aside.name}, "
+            "training starts from scratch",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
     if state.get("fingerprint") != expected_fingerprint:
         return None
     return state
