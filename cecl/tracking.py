@@ -20,6 +20,14 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow's HTTP client retries a dead server for minutes (7 retries, backoff 2, 120 s timeouts). A stage
+# should instead fail within about 30 s, keeping its checkpoint, and resume when rerun; users can still
+# override each one in the environment.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -131,6 +139,24 @@ def _experiment_id(experiment: str, root: Path) -> str:
     return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
+def close_abandoned_runs(experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the runs of ``stage`` still RUNNING: a stage killed with SIGKILL never closed its run.
+
+    Called when the stage starts again, so the UI never shows a run that is "running" forever. Stages
+    never run twice at once (DVC's per-output locks), so a RUNNING run of this stage is abandoned.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'"
+    )
+    for run in found:
+        client.set_tag(run.info.run_id, "closed_by", "a later run of the same stage (it was killed)")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in found]
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -148,10 +174,13 @@ def stage_run(
     root = root or Path.cwd()
     uri = tracking_uri(root)
     check_reachable(uri)
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(experiment, root)
+    close_abandoned_runs(experiment_id, stage)
     all_tags = {"git_commit": git_commit(root), "dvc_stage": stage, **(tags or {})}
     with mlflow.start_run(
         run_name=stage,

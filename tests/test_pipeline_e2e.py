@@ -32,6 +32,7 @@ TOY_MODULE = Path(__file__).resolve().parent / "fixtures" / "toy_blobs.py"
 
 TINY = {
     "device": "cpu",
+    "compute": {"channels_last": True},
     "tracking": {"experiment": "cecl-e2e"},
     "seeds": [0, 1],
     "datasets": {

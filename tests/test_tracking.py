@@ -141,3 +141,61 @@ def test_experiment_is_tagged_as_model_training(tmp_path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tags = client.get_experiment_by_name("kind-test").tags
     assert tags.get("mlflow.experimentKind") == "custom_model_development"
+
+
+def test_an_abandoned_running_run_is_closed_when_the_stage_runs_again(tmp_path, sqlite_uri) -> None:
+    """A stage killed with SIGKILL leaves its run RUNNING; the rerun marks it KILLED (others untouched)."""
+    stage, other = "pretrain@bm-cecl-0", "pretrain@bm-ce-0"
+    with stage_run(stage, "exp", root=tmp_path) as first:
+        pass
+    client = MlflowClient(sqlite_uri)
+    killed = client.create_run(first.experiment_id, tags={"dvc_stage": stage}).info.run_id
+    busy = client.create_run(first.experiment_id, tags={"dvc_stage": other}).info.run_id
+    with stage_run(stage, "exp", root=tmp_path) as rerun:
+        assert client.get_run(killed).info.status == "KILLED"
+    assert "later run" in client.get_run(killed).data.tags["closed_by"]
+    assert client.get_run(busy).info.status == "RUNNING"
+    assert client.get_run(rerun.run_id).info.status == "FINISHED"
+
+
+def test_a_server_that_dies_after_the_health_check_fails_the_stage_fast(monkeypatch, capsys) -> None:
+    """Healthy at start, then every API call is dropped: one line and exit 2 within 30 s, not minutes."""
+    import http.server
+    import threading
+    import time
+
+    from cecl.cli import run_stage
+
+    class HealthOnly(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+            else:  # the server "dies": the connection closes without an answer
+                self.close_connection = True
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(name, raising=False)  # the stage's own limits apply
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+
+    def body() -> None:
+        with stage_run("probe@bm-cecl-0", "exp"):
+            raise AssertionError("the run must not open")
+
+    started = time.perf_counter()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_stage("probe@bm-cecl-0", body)
+    finally:
+        server.shutdown()
+    assert time.perf_counter() - started < 30
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: probe@bm-cecl-0: ")
