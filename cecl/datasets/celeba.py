@@ -42,9 +42,7 @@ from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
-import torchvision.transforms.functional as TF
 from pydantic import Field
-from torchvision.transforms import InterpolationMode
 
 from cecl.data.augment import SUPCON_RECIPE, AugmentParams
 from cecl.datasets import register_dataset
@@ -251,6 +249,9 @@ def select_splits(ann: Annotations, options: CelebAOptions) -> dict[str, np.ndar
 
 def squash_resize(data: bytes, size: int, name: str) -> np.ndarray:
     """uint8 [3, S, S]: torchvision's Resize((S, S)) of the whole image (BiasCon's eval transform)."""
+    import torchvision.transforms.functional as TF  # lazily: see cecl/datasets/sources/images.py
+    from torchvision.transforms import InterpolationMode
+
     image = TF.resize(decode_rgb(data, name), [size, size], InterpolationMode.BILINEAR, antialias=True)
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 

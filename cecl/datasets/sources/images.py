@@ -19,9 +19,7 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
-import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
 
 from cecl.datasets.errors import DataIntegrityError
 
@@ -63,6 +61,11 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
         raise ValueError(f"size must be positive, got {size}")
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image (decode_rgb), got mode {image.mode!r}")
+    # Imported here: torchvision pulls in torch._dynamo (about 2.5 s), and every stage imports this
+    # package while only prepare decodes images.
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     resized = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     cropped = TF.center_crop(resized, size)
     return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1))
