@@ -245,8 +245,11 @@ def test_channels_last_is_a_layout_not_a_model(name, in_channels, options) -> No
     for layout, model in (("nchw", plain), ("nhwc", nhwc)):
         torch.testing.assert_close(outputs[layout].double(), expected, rtol=1e-4, atol=1e-5)
         outputs[layout].square().sum().backward()
+        # Relative to the gradient's norm. Train-mode BatchNorm on 6 images amplifies float32 rounding,
+        # and oneDNN's NHWC kernels sum in another order: measured up to 5e-3 on resnet18's first conv
+        # (NCHW about 1e-5). A layout bug (a wrong permutation) is an O(1) error.
         for (key, p), r in zip(model.named_parameters(), reference.parameters(), strict=True):
-            assert (p.grad.double() - r.grad).norm() <= 1e-3 * r.grad.norm() + 1e-9, (layout, key)
+            assert (p.grad.double() - r.grad).norm() <= 2e-2 * r.grad.norm() + 1e-9, (layout, key)
     assert nhwc.payload()["spec"] == plain.payload()["spec"]
     assert nhwc.state_dict().keys() == plain.state_dict().keys()
     nhwc.use_channels_last(False)
