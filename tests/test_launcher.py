@@ -79,6 +79,7 @@ def _outputs(root: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.heavy
 def test_parallel_outputs_equal_serial_ones(lab: dict) -> None:
     """dvc.lock, every output file and the reports, byte for byte, apart from the per-run MLflow run ids
     and Ray trial ids, which the files naming them (and so their md5 in dvc.lock) necessarily differ by."""
@@ -126,6 +127,7 @@ def _lock_diff(a: Path, b: Path) -> list[str]:
     return [line for line in result.stdout.splitlines() if line[:1] in "<>"]
 
 
+@pytest.mark.heavy
 def test_every_stage_has_its_mlflow_run(lab: dict) -> None:
     parallel = lab["parallel"]
     stages = _run(["dvc", "stage", "list", "--name-only"], parallel).stdout.split()
@@ -139,6 +141,7 @@ def test_every_stage_has_its_mlflow_run(lab: dict) -> None:
     assert "logs/" in _git(parallel, "check-ignore", "logs/launch/sweep.log")
 
 
+@pytest.mark.heavy
 def test_second_launch_runs_nothing(lab: dict) -> None:
     result = _launch(lab["parallel"], "--jobs", "2")
     assert "0 of 7 stage(s) to run" in result.stdout and "0 stage(s) ran" in result.stdout
@@ -233,6 +236,7 @@ def test_bad_input_is_one_line_before_work(tmp_path: Path, args: list[str], expe
     assert result.returncode == 2 and "no dvc.yaml" in result.stderr
 
 
+@pytest.mark.heavy
 def test_cluster_mode_two_checkouts_and_a_dvc_remote(tmp_path: Path) -> None:
     """A local two-node Ray cluster: each node works in its own checkout; the user's final
     ``dvc repro --pull`` restores every stage from the run-cache and runs none."""
