@@ -26,6 +26,15 @@ $(STAMP): requirements/dev.lock requirements/nodeps.lock
 	    || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } \
 	    || echo "note: could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST"; \
 	else echo "note: torchvision will download Fashion-MNIST; offline: sudo apt-get install dataset-fashion-mnist"; fi
+	# Headless Chromium for the browser tests (tests/browser.py: MLflow UI, reports/report.html), Debian's
+	# chromium + chromium-driver where we can; without them those tests skip. Never fails the install.
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver \
+	    || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } \
+	    || echo "note: could not install chromium + chromium-driver; the browser tests will skip"; \
+	else echo "note: the browser tests skip without chromium; sudo apt-get install chromium chromium-driver"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

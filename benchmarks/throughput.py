@@ -13,27 +13,31 @@ warm-up); the figure is the median over windows (CUDA: synchronised before readi
 
 Rows, for each workload and method (RunSetup from params.yaml via ``load_params`` + ``run_setup``):
 
+Every row trains objects made by the loop's own ``build_training`` (method, training module, optimiser,
+with the ``compute:`` options applied) and steps them with the loop's own functions:
+
 1. ``bound``: model only. Views are made once with ``make_views`` (on the device) and reused; each step
-   is ``trainer(views, labels)``, ``zero_grad``, ``backward``, ``optimizer.step``, ``after_step``.
-2. ``pipeline``: the body of ``run_pretraining``'s step loop, built from the loop's own pieces
-   (``build_training_method``, ``_training_module``, ``_make_optimizer``, ``_epoch_generator``,
-   ``learning_rate``, ``make_views``, ``BatchAugment``, ``distributed.split_batch``), including the
-   per-step ``torch.isfinite(loss)`` check and the loss sum. ``pipeline_nchw`` is the same with
-   ``compute.channels_last: false``; on CUDA ``pipeline_nosync`` drops the per-step finiteness check (the
-   host-device sync it implies), to size that cost.
+   is the loop's ``model_step``: forward, ``zero_grad``, ``backward``, ``optimizer.step``, ``after_step``.
+2. ``pipeline``: ``cecl.train.loop.train_step``, the very function ``run_pretraining`` calls for each
+   step (learning rate, indexing the device-resident uint8 split, ``make_views`` with the recipe's
+   ``BatchAugment``, ``split_batch``, ``model_step`` with the non-finite-loss guard, the loss sum), with
+   the loop's ``start_epoch`` / ``finish_epoch`` at epoch boundaries. ``pipeline_nchw`` is the same with
+   ``compute.channels_last`` flipped.
 3. ``loader``: SupContrast's data path: a torchvision ``VisionDataset`` over the same uint8 images as
    PIL images, ``TwoCropTransform`` of RandomResizedCrop(size, scale=(0.2, 1.)), RandomHorizontalFlip,
    RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), RandomGrayscale(p=0.2), ToTensor, Normalize,
    in a ``DataLoader`` with ``os.cpu_count()`` persistent workers (pinned memory on CUDA), feeding the
-   same model and step as row 2. The encoder normalises again (values differ, cost is what is measured).
+   same model and ``model_step`` as row 2, with the same non-finite-loss guard. The encoder normalises
+   again (values differ, cost is what is measured).
    When the dataset's own recipe is lighter (BiasedMNIST: crops only), ``loader_recipe`` is the same
    loader with that recipe as PIL transforms (RandomResizedCrop with its scale and ratio, flip if any,
    ToTensor, Normalize), so the 2/3 ratio can be read both ways.
 
 Also measured: the online probe, excluded from every images/s figure, timed separately by calling the
 loop's ``online_probe_accuracy`` on the pipeline-trained method (median of ``--probe-repeats``); and a
-cross-check that the replica in row 2 is not optimistic: ``run_pretraining`` itself for one epoch on a
-prefix of the training split (steps = warm-up + timed steps of row 2), with ``cecl.train.loop``'s
+cross-check that row 2, which calls ``train_step`` outside ``run_pretraining``, is not optimistic:
+``run_pretraining`` itself for one epoch on a prefix of the training split (steps = warm-up + timed steps of
+row 2), with ``cecl.train.loop``'s
 ``online_probe_accuracy`` wrapped in a timer so that its seconds can be subtracted from the epoch's
 (cold start included: no warm-up).
 
@@ -51,13 +55,16 @@ images of the entry's shape; (b) CIFAR-shaped synthetic data (32x32 RGB, 50 000 
 with SupContrast's recipe), ResNet-18 with the CIFAR stem (and ResNet-50 with ``--large``), SGD as the
 paper profile's ResNet recipe, batch 256 (and 1024 on CUDA, where memory allows), 2 views, CECL.
 
-Options that only a GPU makes worthwhile, applied to rows 1-3 alike (public torch APIs, no library
-change): ``--autocast bf16`` (``torch.autocast`` around the method's forward), ``--compile``
-(``nn.Module.compile`` on the training module), ``--fused`` (the recipe's optimiser rebuilt with
-``fused=True``).
+Speed options: the ``compute:`` section of ``--params`` (``ComputeParams``), so the benchmark runs what
+the pipeline would; each flag overrides one key for every row and the cross-check: ``--autocast
+none|bf16`` (``compute.autocast``: ``torch.autocast`` around the forward), ``--compile`` /
+``--no-compile`` (``compute.compile``: ``nn.Module.compile`` of the training module), ``--fused`` /
+``--no-fused`` (``compute.fused_optimizer``), ``--threads N`` (``compute.threads``: torch's CPU threads
+for the whole benchmark). The loop applies them (``build_training``, ``model_step``, ``compute_threads``).
 
     python benchmarks/throughput.py [--device auto] [--windows 5] [--steps-per-window 0] [--warmup 3]
-        [--large] [--cifar-batches 256 1024] [--autocast bf16] [--compile] [--fused] [--json out.json]
+        [--large] [--cifar-batches 256 1024] [--autocast bf16] [--compile] [--fused] [--threads N]
+        [--json out.json]
     python benchmarks/throughput.py --quick      # tiny sizes, seconds (the smoke test runs this)
 """
 
@@ -83,26 +90,16 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cecl import distributed
-from cecl.config import ComputeParams, Params, load_params, parse_params
+from cecl.config import ComputeParams, Params, parse_params
 from cecl.data.augment import AugmentParams, BatchAugment, make_views
 from cecl.datasets import TensorSplit
 from cecl.pipeline import RunSetup, load_splits, run_setup
 from cecl.runs import RunKey
 from cecl.train import loop
 from cecl.train.device import resolve_device
-from cecl.train.loop import (
-    _epoch_generator,
-    _make_optimizer,
-    _training_module,
-    build_training_method,
-    online_probe_accuracy,
-)
-from cecl.train.schedule import learning_rate
 
 CIFAR_ENTRY = "cifar32"
 CIFAR_TRAIN = 50_000  # CIFAR-10's training images
@@ -115,16 +112,13 @@ Step = Callable[[], None]
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How every row is timed and which GPU-only options apply to rows 1-3."""
+    """How every row is timed (the speed options live in each RunSetup's ``compute``)."""
 
     device: torch.device
     windows: int = 5
     steps_per_window: int = 0  # 0: calibrated to fill window_seconds
     window_seconds: float = 2.0
     warmup: int = 3
-    autocast: str = "none"  # none | bf16
-    compile: bool = False
-    fused: bool = False
     probe_repeats: int = 3
     workers: int = 0  # loader workers; 0 -> os.cpu_count()
     seed: int = 0
@@ -150,11 +144,15 @@ def with_recipe(
     batch_size: int | None = None,
     channels_last: bool | None = None,
 ) -> RunSetup:
-    """``setup`` with the batch size or the layout (``compute.channels_last``) replaced."""
+    """``setup`` with the batch size or the layout (``compute.channels_last``) replaced, the rest kept."""
     pretrain = setup.recipe.pretrain
     update: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
     recipe = dataclasses.replace(setup.recipe, pretrain=pretrain.model_copy(update=update))
-    compute = setup.compute if channels_last is None else ComputeParams(channels_last=channels_last)
+    compute = (
+        setup.compute
+        if channels_last is None
+        else setup.compute.model_copy(update={"channels_last": channels_last})
+    )
     return dataclasses.replace(setup, recipe=recipe, compute=compute)
 
 
@@ -394,112 +392,53 @@ class PeakMemory:
         return max(0, peak - self._base) / 1024
 
 
-# --------------------------------------------------------------------------- the trained module and its step
+# --------------------------------------------------------------------------- the trained objects and steps
 
 
-class Trainee:
-    """Method, training module and optimiser exactly as ``run_pretraining`` builds them, plus the options.
-
-    ``step(views, labels, check_finite)`` is the loop's step: forward (under autocast if asked),
-    the finiteness check (a host-device sync on CUDA), ``zero_grad``, ``backward``, ``step``,
-    ``after_step``; it returns the detached loss.
-    """
-
-    def __init__(self, setup: RunSetup, settings: Settings) -> None:
-        device = settings.device
-        torch.manual_seed(setup.key.seed)
-        self.setup = setup
-        self.method = build_training_method(setup).to(device)
-        self.trainer: nn.Module = _training_module(self.method, device)
-        self.optimizer = _make_optimizer(self.method, setup)
-        if settings.fused:
-            defaults = {k: v for k, v in self.optimizer.defaults.items() if k not in ("foreach", "fused")}
-            self.optimizer = type(self.optimizer)(self.method.parameters(), **defaults, fused=True)
-        if settings.compile:
-            self.trainer.compile()
-        self.autocast = settings.autocast == "bf16"
-        self.device = device
-
-    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.autocast:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.trainer(views, labels)
-        return self.trainer(views, labels)
-
-    def step(self, views: torch.Tensor, labels: torch.Tensor, check_finite: bool) -> torch.Tensor:
-        loss = self.forward(views, labels)
-        if check_finite and not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.setup.key.method}: non-finite loss")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.method.after_step()
-        return loss.detach()
-
-
-def bound_step(setup: RunSetup, train: TensorSplit, settings: Settings) -> tuple[Step, int, Trainee]:
+def bound_step(setup: RunSetup, train: TensorSplit, settings: Settings) -> tuple[Step, int, loop.Training]:
     """Row 1: views made once on the device (the first batch, the recipe's augment), reused every step."""
-    trainee = Trainee(setup, settings)
     device = settings.device
+    training = loop.build_training(setup, device)
     batch = min(setup.recipe.pretrain.batch_size, len(train))
-    generator = _epoch_generator(setup.key.seed, 0, device)
-    augment = BatchAugment(setup.recipe.augment) if trainee.method.augments else None
+    generator = torch.Generator(device=device).manual_seed(setup.key.seed)
+    augment = BatchAugment(setup.recipe.augment) if training.method.augments else None
     views = make_views(
-        train.images[:batch].to(device), trainee.method.n_views, augment, generator
+        train.images[:batch].to(device), training.method.n_views, augment, generator
     ).contiguous()
     labels = train.targets[:batch].to(device)
 
     def step() -> None:
-        trainee.step(views, labels, check_finite=False)
+        loop.model_step(training, views, labels)
 
-    return step, batch, trainee
+    return step, batch, training
 
 
 class LoopReplica:
-    """Row 2: the body of ``run_pretraining``'s step loop, one call per step, epochs rolling over.
+    """Row 2: ``run_pretraining``'s steps, one ``loop.train_step`` per call, epochs rolling over.
 
-    Same order of operations as the loop: per epoch the (seed, epoch) generator and a device
-    ``randperm``; per step the learning rate, indexing the device-resident uint8 split, ``make_views``
-    with the recipe's ``BatchAugment``, ``split_batch``, the method's loss, the finiteness check,
-    ``zero_grad``, ``backward``, ``step``, ``after_step`` and the loss sum. The online probe is left out.
+    Epoch boundaries as in the loop: ``loop.finish_epoch`` (the epoch's last non-finite-loss read and the
+    mean loss) and ``loop.start_epoch`` (the (seed, epoch) generator and the device ``randperm``). The
+    epoch index cycles through the recipe's epochs, so the learning-rate schedule stays in range. The
+    online probe is left out.
     """
 
-    def __init__(self, setup: RunSetup, train: TensorSplit, settings: Settings, check_finite: bool) -> None:
-        self.trainee = Trainee(setup, settings)
+    def __init__(self, setup: RunSetup, train: TensorSplit, settings: Settings) -> None:
         self.device = settings.device
+        self.training = loop.build_training(setup, self.device)
         self.train = TensorSplit(train.images.to(self.device), train.targets.to(self.device))
-        self.cfg = setup.recipe.pretrain
-        self.augment = BatchAugment(setup.recipe.augment)
-        self.batch_size = min(self.cfg.batch_size, len(train))
-        self.steps = len(train) // self.batch_size
-        self.check_finite = check_finite
-        self.epoch = -1
-        self.step_index = self.steps
-        self.loss_sum = torch.zeros((), device=self.device)
-
-    def _new_epoch(self) -> None:
-        self.epoch += 1
+        self.total = setup.recipe.pretrain.epochs
+        self.epochs = 0
+        self.epoch = loop.start_epoch(self.training, self.train, 0, self.total)
+        self.batch_size = self.epoch.batch_size
         self.step_index = 0
-        self.generator = _epoch_generator(self.trainee.setup.key.seed, self.epoch, self.device)
-        self.order = torch.randperm(len(self.train), generator=self.generator, device=self.device)
-        self.loss_sum = torch.zeros((), device=self.device)
 
     def __call__(self) -> None:
-        if self.step_index == self.steps:
-            self._new_epoch()
-        step, b = self.step_index, self.batch_size
-        method = self.trainee.method
-        lr = learning_rate(
-            self.cfg.optimizer, min(self.epoch, self.cfg.epochs - 1), step, self.steps, self.cfg.epochs
-        )
-        for group in self.trainee.optimizer.param_groups:
-            group["lr"] = lr
-        idx = self.order[step * b : (step + 1) * b]
-        views = make_views(
-            self.train.images[idx], method.n_views, self.augment if method.augments else None, self.generator
-        )
-        views, labels = distributed.split_batch([views, self.train.targets[idx]])
-        self.loss_sum += self.trainee.step(views, labels, self.check_finite)
+        if self.step_index == self.epoch.steps:
+            loop.finish_epoch(self.epoch)
+            self.epochs += 1
+            self.epoch = loop.start_epoch(self.training, self.train, self.epochs % self.total, self.total)
+            self.step_index = 0
+        loop.train_step(self.training, self.epoch, self.step_index)
         self.step_index += 1
 
 
@@ -557,7 +496,10 @@ def image_dataset(images_hwc: np.ndarray, targets: np.ndarray, transform: Callab
 
 
 class LoaderFeed:
-    """Row 3: a persistent-worker DataLoader (SupContrast's data path) feeding the loop's step."""
+    """Row 3: a persistent-worker DataLoader (SupContrast's data path) feeding the loop's ``model_step``.
+
+    With the loop's non-finite-loss guard (read every ``loop.finite_check_steps`` steps, as in row 2).
+    """
 
     def __init__(
         self,
@@ -569,8 +511,10 @@ class LoaderFeed:
     ) -> None:
         from torch.utils.data import DataLoader
 
-        self.trainee = Trainee(setup, settings)
         self.device = settings.device
+        self.training = loop.build_training(setup, self.device)
+        self.steps = 0
+        self.guard = loop.FiniteLossGuard(setup.key.method, 0, self.device, self.training.finite_check_steps)
         spec = setup.spec
         transform = TwoCropTransform(pil_transform(spec.image_size[0], spec.mean, spec.std, recipe))
         dataset = image_dataset(images_hwc, train.targets.numpy(), transform)
@@ -595,7 +539,14 @@ class LoaderFeed:
             self.batches = iter(self.loader)
             views, labels = next(self.batches)
         views = torch.stack(views, dim=1).to(self.device, non_blocking=True)  # [B, V, C, H, W]
-        self.trainee.step(views, labels.to(self.device, non_blocking=True), check_finite=True)
+        step = self.steps
+        loop.model_step(
+            self.training,
+            views,
+            labels.to(self.device, non_blocking=True),
+            lambda loss: self.guard.record(loss, step),
+        )
+        self.steps += 1
 
     def close(self) -> float:
         """Shut the workers down; returns their summed PSS (MiB) just before."""
@@ -647,14 +598,16 @@ def on_device(split: TensorSplit, device: torch.device) -> TensorSplit:
     return TensorSplit(split.images.to(device), split.targets.to(device), bias)
 
 
-def time_probe(trainee: Trainee, workload: Workload, repeats: int, device: torch.device) -> list[float]:
+def time_probe(
+    training: loop.Training, workload: Workload, repeats: int, device: torch.device
+) -> list[float]:
     """Seconds of ``online_probe_accuracy`` (the loop's own) on the trained method, ``repeats`` times."""
     train, val = on_device(workload.train, device), on_device(workload.val, device)
     seconds = []
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        online_probe_accuracy(trainee.method, trainee.setup, train, val, trainee.setup.key.seed)
+        loop.online_probe_accuracy(training.method, training.setup, train, val, training.setup.key.seed)
         sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
@@ -698,11 +651,11 @@ def measure_method(
 ) -> list[dict[str, Any]]:
     """The rows of one method on one workload.
 
-    Model rows (bound, pipeline, and for the first method the other layout and, on CUDA, the pipeline
-    without the per-step sync) are built one after the other, then timed in interleaved rounds (one window
-    of each per round), so that a change in the machine's background load hits them alike. Loader rows
-    come after, one at a time, so their worker processes never compete with another row. Then the online
-    probe on the pipeline's trained method, and (first method) the ``run_pretraining`` cross-check.
+    Model rows (bound, pipeline, and for the first method the other layout) are built one after the
+    other, then timed in interleaved rounds (one window of each per round), so that a change in the
+    machine's background load hits them alike. Loader rows come after, one at a time, so their worker
+    processes never compete with another row. Then the online probe on the pipeline's trained method,
+    and (first method) the ``run_pretraining`` cross-check.
     """
     device = settings.device
     rows: list[dict[str, Any]] = []
@@ -713,8 +666,8 @@ def measure_method(
         _progress(row)
         return row
 
-    def pipeline(s: RunSetup, check: bool = True) -> tuple[Step, int, LoopReplica]:
-        replica = LoopReplica(s, workload.train, settings, check_finite=check)
+    def pipeline(s: RunSetup) -> tuple[Step, int, LoopReplica]:
+        replica = LoopReplica(s, workload.train, settings)
         return replica, replica.batch_size, replica
 
     builds: list[tuple[str, Build]] = [
@@ -725,8 +678,6 @@ def measure_method(
         flipped = with_recipe(setup, channels_last=not setup.compute.channels_last)
         layout = "pipeline_nchw" if setup.compute.channels_last else "pipeline_nhwc"
         builds.append((layout, lambda: pipeline(flipped)))
-        if device.type == "cuda":
-            builds.append(("pipeline_nosync", lambda: pipeline(setup, check=False)))
     prepared: list[Prepared] = []
     failed: dict[str, dict[str, Any]] = {}
     for kind, build in builds:
@@ -744,7 +695,7 @@ def measure_method(
         by_kind[kind] = add(kind, failed[kind] if match is None else {**timing_fields(match), **match.fields})
     pipe = next((p for p in prepared if p.kind == "pipeline"), None)
     if pipe is not None and settings.probe_repeats > 0:
-        seconds = time_probe(pipe.owner.trainee, workload, settings.probe_repeats, device)
+        seconds = time_probe(pipe.owner.training, workload, settings.probe_repeats, device)
         by_kind["pipeline"].update(
             probe_seconds=seconds,
             probe_s_per_epoch=statistics.median(seconds),
@@ -845,7 +796,6 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "channels_last_on_over_off": (_ratio(pipe, layout) if nchw_on else _ratio(layout, pipe))
             if layout is not None
             else None,
-            "nosync_over_pipeline": _ratio(by.get("pipeline_nosync"), pipe),
             "loop_over_pipeline": _ratio(by.get("loop"), pipe),
         }
         if pipe is not None and "probe_s_per_epoch" in pipe:
@@ -935,8 +885,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"device {s['device']}; median of {s['windows']} windows "
         f"({'auto' if s['steps_per_window'] <= 0 else s['steps_per_window']} steps each"
         + (f", ~{s['window_seconds']:g} s" if s["steps_per_window"] <= 0 else "")
-        + f") after {s['warmup']} warm-up steps; autocast {s['autocast']}, compile {s['compile']}, "
-        f"fused optimiser {s['fused']}; loader workers {s['workers']}",
+        + f") after {s['warmup']} warm-up steps; loader workers {s['workers']}; compute: "
+        + ", ".join(f"{k} {v}" for k, v in s["compute"].items()),
         "",
     ]
     for w in results["workloads"]:
@@ -1013,26 +963,18 @@ def format_report(results: dict[str, Any]) -> str:
     other = []
     for e in summary:
         key = (e["workload"], e["method"])
-        for kind, label in (
-            ("loader_recipe", "3' loader, dataset's recipe"),
-            ("pipeline_nosync", "2 without per-step isfinite sync"),
-        ):
-            r = by.get((*key, kind))
-            if r is not None:
-                ratio = (
-                    e["pipeline_over_loader_recipe"] if kind == "loader_recipe" else e["nosync_over_pipeline"]
-                )
-                name = "2/3'" if kind == "loader_recipe" else "nosync/2"
-                other.append(
-                    [
-                        e["workload"],
-                        e["method"],
-                        label,
-                        _fmt_rate(r),
-                        f"{name} {_fmt(ratio, '.2f')}",
-                        _fmt(r.get("peak_mib"), ".0f"),
-                    ]
-                )
+        r = by.get((*key, "loader_recipe"))
+        if r is not None:
+            other.append(
+                [
+                    e["workload"],
+                    e["method"],
+                    "3' loader, dataset's recipe",
+                    _fmt_rate(r),
+                    f"2/3' {_fmt(e['pipeline_over_loader_recipe'], '.2f')}",
+                    _fmt(r.get("peak_mib"), ".0f"),
+                ]
+            )
     if other:
         lines += ["", "other rows"]
         lines += _table(["workload", "method", "row", "img/s", "ratio", "MiB"], other)
@@ -1101,9 +1043,28 @@ def format_report(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def build_workloads(args: argparse.Namespace, device: torch.device) -> list[Workload]:
-    raw = yaml.safe_load(Path(args.params).read_text())
-    params = load_params(args.params)
+def with_compute_flags(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The params mapping with its ``compute:`` keys overridden by the flags that were given."""
+    compute = dict(raw.get("compute") or {})
+    if args.autocast is not None:
+        compute["autocast"] = None if args.autocast == "none" else args.autocast
+    if args.compile is not None:
+        compute["compile"] = args.compile
+    if args.fused is not None:
+        compute["fused_optimizer"] = args.fused
+    if args.threads > 0:
+        compute["threads"] = args.threads
+    return {**raw, "compute": compute}
+
+
+def build_workloads(args: argparse.Namespace, device: torch.device) -> tuple[ComputeParams, list[Workload]]:
+    """The effective ``compute:`` options (``--params``' section, flags applied) and the workloads."""
+    source = f"{args.params} (+ benchmark flags)"
+    try:
+        raw = with_compute_flags(yaml.safe_load(Path(args.params).read_text()) or {}, args)
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"{args.params}: {str(err).splitlines()[0]}") from None
+    params = parse_params(raw, source)
     workloads: list[Workload] = []
     if "params" in args.workloads:
         sizes = (96, 32) if args.quick else None
@@ -1120,7 +1081,7 @@ def build_workloads(args: argparse.Namespace, device: torch.device) -> list[Work
                 workloads.append(
                     cifar_workload(raw, arch, batch, max(train_size, batch), probe_images, args.seed)
                 )
-    return workloads
+    return params.compute, workloads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1146,10 +1107,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--probe-repeats", type=int, default=3, help="timed online-probe calls (0: skip)")
     parser.add_argument("--workers", type=int, default=0, help="loader workers (0: os.cpu_count())")
-    parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
-    parser.add_argument("--compile", action="store_true", help="nn.Module.compile on the training module")
-    parser.add_argument("--fused", action="store_true", help="the optimiser with fused=True (CUDA)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    # Speed options: each overrides one key of --params' compute section (absent: that file's value).
+    parser.add_argument("--autocast", choices=["none", "bf16"], help="compute.autocast (none = null)")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, help="compute.compile (torch.compile)"
+    )
+    parser.add_argument(
+        "--fused", action=argparse.BooleanOptionalAction, help="compute.fused_optimizer (fused=True)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="compute.threads: torch CPU threads (0: --params' value)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
@@ -1166,8 +1134,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every workload; returns the results dict that --json writes and format_report prints."""
     device = resolve_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     settings = Settings(
         device=device,
@@ -1175,24 +1141,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps_per_window=args.steps_per_window,
         window_seconds=args.window_seconds,
         warmup=args.warmup,
-        autocast=args.autocast,
-        compile=args.compile,
-        fused=args.fused,
         probe_repeats=args.probe_repeats,
         workers=args.workers,
         seed=args.seed,
     )
-    workloads = build_workloads(args, device)
+    compute, workloads = build_workloads(args, device)
     rows: list[dict[str, Any]] = []
-    for workload in workloads:
-        rows += measure_workload(workload, settings)
+    # compute.threads for every row, as run_pretraining holds it for a whole run (rows 1-3 call the
+    # loop's step functions directly; the cross-check's run_pretraining sets the same count again).
+    with loop.compute_threads(compute):
+        for workload in workloads:
+            rows += measure_workload(workload, settings)
+        machine = {**machine_info(device), "load_average_at_start": load_before}
     settings_out = {
         **{k: v for k, v in dataclasses.asdict(settings).items() if k != "device"},
         "device": str(device),
         "workers": settings.workers or os.cpu_count(),
         "quick": args.quick,
+        "compute": compute.model_dump(),
     }
-    machine = {**machine_info(device), "load_average_at_start": load_before}
     return {
         "machine": machine,
         "settings": settings_out,

@@ -50,14 +50,45 @@ class TrackingParams(Strict):
 
 
 class ComputeParams(Strict):
-    """How the arithmetic is laid out, not what is computed (results agree to float tolerance).
+    """How the arithmetic is laid out and run, not what is computed: results differ by round-off only
+    (float32's, or under ``autocast: bf16`` bfloat16's in the forward).
+
+    Every field enters the checkpoint fingerprint (``RunSetup.fingerprint`` dumps them all), so a run never
+    resumes across settings. The defaults (all off) are float32 eager training, as before these options.
 
     ``channels_last``: encoders keep conv weights and activations NHWC, the layout oneDNN's CPU convs
-    and GPU tensor cores prefer (its effect: benchmarks/throughput.py, README "Benchmarks"). It enters
-    the checkpoint fingerprint: a run never resumes across layouts.
+    and GPU tensor cores prefer (its effect: benchmarks/throughput.py, README "Benchmarks").
+    ``autocast``: ``bf16`` runs the training forward under ``torch.autocast`` in bfloat16; the losses
+    switch autocast off and compute their logits and log-sum-exps in float32 (``cecl.losses``). No fp16:
+    it would need loss scaling (a GradScaler), bf16 has float32's exponent range and does not.
+    ``compile``: ``torch.compile`` of the training module (method forward + loss; graph breaks where the
+    losses validate their inputs).
+    ``fused_optimizer``: Adam / SGD with ``fused=True`` (one kernel for the whole update) where torch has
+    a fused kernel for the device; elsewhere a one-line warning and the default implementation.
+    ``threads``: ``torch.set_num_threads`` while a run trains, so CPU results do not depend on the
+    machine's core count (intra-op reductions split by thread count); null keeps torch's default.
     """
 
     channels_last: bool = True
+    autocast: str | None = None  # null (float32) | bf16
+    compile: bool = False
+    fused_optimizer: bool = False
+    threads: int | None = None  # null: torch's default (the machine's cores)
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _known_autocast(cls, value: Any) -> Any:
+        if value is None or value == "bf16":
+            return value
+        raise ValueError(f"autocast must be null (float32) or bf16, got {value!r}")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _positive_threads(cls, value: Any) -> Any:
+        # bool is an int in Python: `threads: true` is a typo, not 1 thread.
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"threads must be null (torch's default) or an integer >= 1, got {value!r}")
 
 
 class ModelParams(Strict):

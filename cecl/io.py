@@ -6,6 +6,7 @@ next stage could mistake for a result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,3 +50,21 @@ def ensure_writable(*folders: Path) -> None:
 
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def tree_digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (sorted relative paths and their bytes).
+
+    What a stage tags its MLflow run with (``outputs_sha256``) and what the provenance report recomputes
+    from the workspace: stage outputs are byte-deterministic, so the digest links an output to the runs
+    that wrote exactly these bytes without any run id inside a DVC-tracked file.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        name = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(name.encode() + b"\0")
+        with file.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()

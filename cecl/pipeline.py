@@ -8,7 +8,6 @@ come from the entry's spec (and are checked against its manifest when the data i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,15 @@ import torch
 
 from cecl import runs
 from cecl.config import ComputeParams, Params, Recipe
+from cecl.data.augment import AugmentParams
+from cecl.data.streaming import BatchSource, batch_source, features_of
 from cecl.datasets import DatasetSpec, TensorSplit
 from cecl.eval import Evaluator
 from cecl.methods import MethodContext, resolve_options
 from cecl.models import Encoder, build_backbone, encoder_from_payload
 from cecl.schema import Strict
 from cecl.train.checkpoint import fingerprint
-from cecl.train.probe import extract_features, fit_linear_probe, logits_of
+from cecl.train.probe import fit_linear_probe, logits_of
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,25 @@ def load_splits(
     device: torch.device,
     names: tuple[str, ...] = ("train", "val", "test"),
     data_dir: Path | None = None,
-) -> dict[str, TensorSplit]:
-    """Prepared splits of one dataset entry on ``device`` (checked against its manifest)."""
+) -> dict[str, TensorSplit | BatchSource]:
+    """Prepared splits of one dataset entry on ``device`` (checked against its manifest).
+
+    In memory (TensorSplit) for every family that fits; a family that streams (the ImageFolder form of
+    ImageNet) gives its own batch sources, read in batches by the probes (cecl.data.streaming).
+    """
     folder = data_dir or runs.data_dir(spec.name)
+    if getattr(spec, "batch_source", None) is not None:
+        return {
+            name: batch_source(spec, folder, name, device, seed=0, augment=AugmentParams()) for name in names
+        }
     return {name: spec.tensors(folder, name, device) for name in names}
+
+
+def training_source(setup: RunSetup, device: torch.device) -> BatchSource:
+    """The pretraining split as the loop consumes it: seeded batches with the recipe's augmentation."""
+    return batch_source(
+        setup.spec, setup.data_dir, "train", device, seed=setup.key.seed, augment=setup.recipe.augment
+    )
 
 
 def run_tags(key: runs.RunKey | runs.TransferKey, spec: DatasetSpec, device: torch.device) -> dict[str, Any]:
@@ -171,7 +187,7 @@ def classifier_metrics(
     encoder: Encoder, classifier: torch.nn.Module, split: TensorSplit, evaluator: Evaluator
 ) -> dict[str, float]:
     """The evaluator's metrics of ``classifier(encoder(images))`` on ``split`` (eval mode, unaugmented)."""
-    features = extract_features(encoder, split.images)
+    features = features_of(encoder, split)
     was_training = classifier.training
     classifier.eval()
     logits = torch.cat([classifier(features[i : i + 8192]) for i in range(0, len(features), 8192)])
@@ -231,7 +247,7 @@ def linear_probe(
     released code.
     """
     cfg = params_probe
-    features = {name: extract_features(encoder, split.images) for name, split in splits.items()}
+    features = {name: features_of(encoder, split) for name, split in splits.items()}
     curve: list[dict[str, float]] = []
 
     def evaluate(probe: torch.nn.Module, epoch: int) -> None:
@@ -264,9 +280,3 @@ def linear_probe(
         official_test_accuracy=official["test_accuracy"],
         curve=curve,
     )
-
-
-def read_run_file(folder: Path) -> dict[str, Any]:
-    """The run.json a stage wrote next to its outputs (its MLflow run), or {} when absent."""
-    path = folder / runs.RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -7,6 +7,9 @@ did with each stage: ``Running stage``, ``didn't change, skipping`` (up to date)
 ``Running stage`` line to the next stage's line or the end: the command plus DVC's hashing and caching
 of its outputs) and the total. Extra arguments go to ``dvc repro``.
 
+The stages run in processes forked from a warm server that has torch, MLflow and the project imported
+(cecl/warm.py; about 6 s saved per stage); ``CECL_WARM=0`` runs every stage cold instead.
+
 ``--profile NAME`` first composes ``profiles/NAME.yaml`` into params.yaml (the file DVC reads). It
 refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
 not committed, so switching profiles never loses a user's parameters.
@@ -14,14 +17,18 @@ not committed, so switching profiles never loses a user's parameters.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from cecl import warm
 
 RAN = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
@@ -122,15 +129,23 @@ def main(argv: Sequence[str]) -> int:
         del argv[at : at + 2]
     started = time.monotonic()
     reasons = status_reasons()
-    process = subprocess.Popen(
-        ["dvc", "repro", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    captured: list[tuple[float, str]] = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        sys.stdout.write(line)
-        captured.append((time.monotonic(), line))
-    status = process.wait()
+    with warm.server() if os.environ.get("CECL_WARM") != "0" else contextlib.nullcontext({}) as variables:
+        if not variables:
+            print("[repro] stages run cold (no warm stage server)", flush=True)
+        process = subprocess.Popen(
+            ["dvc", "repro", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **variables},
+        )
+        captured: list[tuple[float, str]] = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            captured.append((time.monotonic(), line))
+        status = process.wait()
     end = time.monotonic()
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)

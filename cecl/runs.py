@@ -23,7 +23,6 @@ CHECKPOINT_DIR = Path("checkpoints")
 # Files inside the run folders (the contract between the stages and the report).
 ENCODER_FILE = "encoder.pt"
 HISTORY_FILE = "history.csv"
-RUN_FILE = "run.json"  # the MLflow run id of the stage execution that wrote the folder
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "curve.csv"
 

@@ -10,15 +10,19 @@ unreachable server fails the stage in seconds, not after the work.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS_DIR = "mlartifacts"  # next to mlflow.db; stored relative (see _make_artifacts_relative)
+OUTPUTS_TAG = "outputs_sha256"  # cecl.io.tree_digest of what the stage wrote (provenance)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's HTTP client retries a dead server for minutes (7 retries, backoff 2, 120 s timeouts). A stage
 # should instead fail within about 30 s, keeping its checkpoint, and resume when rerun; users can still
@@ -104,10 +108,6 @@ class RunLogger:
         self.run_id = run_id
         self.experiment_id = experiment_id
 
-    def reference(self, stage: str) -> dict[str, str]:
-        """What a stage writes next to its outputs (run.json) so the report can link to this run."""
-        return {"stage": stage, "mlflow_run_id": self.run_id, "mlflow_experiment_id": self.experiment_id}
-
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
@@ -126,17 +126,95 @@ class RunLogger:
 
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def record_outputs(self, path: Path) -> str:
+        """Tag the run with the digest of the outputs it wrote (provenance); returns the digest."""
+        from cecl.io import tree_digest
 
-def _experiment_id(experiment: str, root: Path) -> str:
+        digest = tree_digest(path)
+        self.set_tags({OUTPUTS_TAG: digest})
+        return digest
+
+
+def _experiment_id(experiment: str, root: Path, uri: str) -> str:
     import mlflow
 
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    # Artifacts next to the database, not in whatever the current directory happens to be.
-    location = (root / "mlartifacts").resolve().as_uri()
     # Without this tag MLflow 3's UI opens the experiment on its GenAI overview, not on the runs.
-    return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+    experiment_id = mlflow.create_experiment(
+        experiment, artifact_location=(root / ARTIFACTS_DIR).resolve().as_uri(), tags=EXPERIMENT_TAGS
+    )
+    if uri.startswith("sqlite:///") and root.resolve() == Path.cwd().resolve():
+        _make_artifacts_relative(Path(uri.removeprefix("sqlite:///")), experiment_id)
+    return experiment_id
+
+
+def _make_artifacts_relative(db: Path, experiment_id: str) -> None:
+    """Store the experiment's artifact location as ``mlartifacts`` (relative), so a moved repository works.
+
+    MLflow turns every local artifact location into an absolute path when the experiment is created
+    (``resolve_uri_if_local``) and has no API to change it, so a repository that moves (or runs in the
+    container at /workspace) would log to, and look up, the old folder. A relative location is resolved
+    against the working directory, which is the repository root for every stage (DVC runs commands there)
+    and for `mlflow ui` started as the README says; runs created afterwards inherit it. Only our own new
+    experiment in our own sqlite file is changed, right after creating it, and only when the working
+    directory is the root (a caller with another root, e.g. a test, keeps the absolute location).
+    """
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (ARTIFACTS_DIR, int(experiment_id)),
+        )
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """One finished MLflow run of a stage, as the provenance report lists it."""
+
+    run_id: str
+    experiment_id: str
+    outputs_sha256: str  # the tag a stage sets after writing its outputs ("" when it wrote none)
+    start_time: int  # ms since the epoch
+
+
+def finished_stage_runs(experiment: str, root: Path | None = None) -> dict[str, list[TrackedRun]]:
+    """Every FINISHED run of ``experiment`` in the tracking store, by ``dvc_stage`` tag, newest first.
+
+    Empty when the experiment does not exist (a workspace whose outputs were pulled, not run).
+    """
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    by_stage: dict[str, list[TrackedRun]] = {}
+    token = None
+    while True:  # paged: the paper profile has over a thousand stage runs
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            stage = run.data.tags.get("dvc_stage")
+            if stage:
+                by_stage.setdefault(stage, []).append(
+                    TrackedRun(
+                        run.info.run_id,
+                        run.info.experiment_id,
+                        run.data.tags.get(OUTPUTS_TAG, ""),
+                        int(run.info.start_time or 0),
+                    )
+                )
+        token = page.token
+        if not token:
+            return by_stage
 
 
 def close_abandoned_runs(experiment_id: str, stage: str) -> list[str]:
@@ -179,7 +257,7 @@ def stage_run(
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment_id(experiment, root)
+    experiment_id = _experiment_id(experiment, root, uri)
     close_abandoned_runs(experiment_id, stage)
     all_tags = {"git_commit": git_commit(root), "dvc_stage": stage, **(tags or {})}
     with mlflow.start_run(

@@ -1,8 +1,9 @@
 """DVC stage aggregate: the paper-style tables, convergence, claims and provenance, from the run files.
 
 Reads every run params.yaml defines (dataset entry x method x seed, and the transfers): the probe and
-transfer metrics.json, the pretraining history.csv and run.json, the sweep's sensitivity table and
-dvc.lock (for provenance); writes reports/ and logs it to MLflow.
+transfer metrics.json, the pretraining history.csv, the sweep's sensitivity table, and for provenance.md
+dvc.lock and this workspace's MLflow runs; writes reports/ (report.md, and report.html: the same page
+with the plots inline, opening offline) and logs it to MLflow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from cecl import runs
 from cecl.cli import run_stage
 from cecl.config import load_params
 from cecl.report import build_report
-from cecl.tracking import stage_run
+from cecl.report.html import write_html_report
+from cecl.tracking import finished_stage_runs, stage_run
 
 
 def main() -> None:
@@ -31,7 +33,9 @@ def main() -> None:
             out_dir=runs.REPORTS_DIR,
             extra_sections=[sensitivity + "\n" + heatmap],
             dataset_notes=notes,
+            tracked=finished_stage_runs(params.tracking.experiment),
         )
+        written["report_html"] = write_html_report(written["report"])
         for path in written.values():
             run.log_artifact(path)
 

@@ -1,6 +1,7 @@
 """DVC stage pretrain@{dataset}-{method}-{seed}: pretrain one method on one dataset entry with one seed.
 
-Writes models/{dataset}/{method}/seed_{seed}/{encoder.pt, history.csv, run.json}. Checkpoints every
+Writes models/{dataset}/{method}/seed_{seed}/{encoder.pt, history.csv}, byte-deterministic (timings and
+run ids live in MLflow, whose run is tagged with the folder's digest for provenance). Checkpoints every
 epoch under checkpoints/ (outside DVC's outputs) and resumes from them when run again after an
 interruption.
 
@@ -29,9 +30,9 @@ import torch
 from cecl import distributed
 from cecl.cli import run_key_stage
 from cecl.config import load_params
-from cecl.io import atomic_dir, ensure_writable, write_json
-from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags
-from cecl.runs import ENCODER_FILE, HISTORY_FILE, RUN_FILE, RunKey
+from cecl.io import atomic_dir, ensure_writable
+from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags, training_source
+from cecl.runs import ENCODER_FILE, HISTORY_FILE, RunKey
 from cecl.tracking import NoRun, RunLogger, stage_run
 from cecl.train.device import resolve_device
 from cecl.train.loop import model_payload, run_pretraining
@@ -74,13 +75,13 @@ def _tracked(setup: RunSetup, experiment: str, device: torch.device) -> Iterator
 def train(setup: RunSetup, experiment: str, device_name: str) -> None:
     """Pretrain in this process (one of the torchrun processes, or the only one)."""
     device = distributed.device_for_rank(resolve_device(device_name))
-    splits = load_splits(setup.spec, device, ("train", "val"))
+    val = load_splits(setup.spec, device, ("val",))["val"]
     key = setup.key
     with _tracked(setup, experiment, device) as run:
         method, history = run_pretraining(
             setup,
-            splits["train"],
-            splits["val"],
+            training_source(setup, device),
+            val,
             device,
             fingerprint=setup.fingerprint(),
             checkpoint_path=key.checkpoint,
@@ -104,7 +105,7 @@ def train(setup: RunSetup, experiment: str, device_name: str) -> None:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-            write_json(tmp / RUN_FILE, run.reference(key.stage("pretrain")))
+        run.record_outputs(key.model_dir)
         run.log_artifact(key.model_dir / HISTORY_FILE)
         key.checkpoint.unlink(missing_ok=True)
 

@@ -18,18 +18,18 @@ from pathlib import Path
 from cecl import runs
 from cecl.cli import run_key_stage
 from cecl.config import Params, load_params
-from cecl.io import atomic_dir, ensure_writable, write_json
+from cecl.io import atomic_dir, ensure_writable, tree_digest, write_json
 from cecl.pipeline import (
     ProbeResult,
     linear_probe,
     load_saved_model,
     load_splits,
-    read_run_file,
     run_tags,
     score_saved_classifier,
 )
 from cecl.tracking import stage_run
 from cecl.train.device import resolve_device
+from cecl.train.loop import compute_threads
 
 
 def evaluate_encoder(
@@ -69,7 +69,6 @@ def evaluate_encoder(
             own_head = result if protocol == "joint" else score_saved_classifier(saved, splits, evaluator)
         for row in result.curve:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        pretrain_run = read_run_file(pretrained.model_dir)
         metrics = {
             "run": {
                 "stage": name,
@@ -79,10 +78,10 @@ def evaluate_encoder(
                 "source": key.source if isinstance(key, runs.TransferKey) else None,
                 "method": key.method,
                 "seed": key.seed,
-                "mlflow_run_id": run.run_id,
-                "mlflow_experiment_id": run.experiment_id,
                 "pretrain_stage": pretrained.stage("pretrain"),
-                "pretrain_mlflow_run_id": pretrain_run.get("mlflow_run_id", ""),
+                # The encoder folder's digest, not its MLflow run id: metrics.json stays byte-identical
+                # between equal runs, and provenance.md finds the runs by these digests.
+                "pretrain_outputs_sha256": tree_digest(pretrained.model_dir),
             },
             "evaluator": spec.evaluator().name,
             "protocol": protocol,
@@ -115,6 +114,7 @@ def evaluate_encoder(
         run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
         if own_head is not None:
             run.log_metrics({f"own_head_test_{k}": v for k, v in own_head.test.items()})
+        run.record_outputs(out)
         run.log_artifact(out)
         print(
             f"[{name}] test {result.test} (epoch {result.selected_epoch}, selected on validation)", flush=True
@@ -124,7 +124,8 @@ def evaluate_encoder(
 def main(key: runs.RunKey) -> None:
     params = load_params()
     params.check_run(key)
-    evaluate_encoder(params, key, key, key.dataset, key.probe_dir)
+    with compute_threads(params.compute):
+        evaluate_encoder(params, key, key, key.dataset, key.probe_dir)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ together at the end. Trial results and checkpoints persist in sweep/ray_results 
 so a sweep interrupted by Ctrl-C or a crash resumes where it stopped when run again (exit status
 130). When every trial of some method failed, the stage writes no outputs and exits non-zero with
 one line naming the method (running it again retries the failed trials).
-Runs on the Ray cluster at RAY_ADDRESS when set, else on a local Ray.
+Runs on the Ray cluster at RAY_ADDRESS when set, else on a local Ray, on params.yaml ``device``
+(resolved against Ray's GPUs, recorded in the runs' ``device`` tag and best.json).
+
+Console: one ``[sweep]`` line per trial result, stop, retry and failure, then per method its best
+configuration and the files written; Ray's and Tune's own output is kept out (cecl/tune/console.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def main() -> None:
     sweep = params.sweep
     recipe = params.recipe(sweep.dataset)
     tags = {
-        **child_tags(params),
+        **child_tags(params),  # the device tag follows once Ray runs (run_sweep)
+        "methods": ",".join(sweep_methods(params)),
         "scheduler": sweep.scheduler,
         "ray_cluster": os.environ.get("RAY_ADDRESS", "local"),
     }
@@ -50,6 +55,9 @@ def main() -> None:
         run.set_tags({"failed_trials": sum(o.status != "TERMINATED" for o in summary.outcomes)})
         summary.raise_if_failed()  # SweepFailed: one line, non-zero exit, the run marked FAILED
         outputs = write_outputs(summary, runs.SWEEP_DIR)
+        for line in summary.report_lines():
+            print(line, flush=True)
+        print(f"[sweep] wrote {', '.join(str(path) for path in outputs)}", flush=True)
         for method, best in summary.best["methods"].items():
             run.log_metrics({f"best_val_accuracy.{method}": best["best_val_accuracy"]})
         for path in outputs:

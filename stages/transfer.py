@@ -13,6 +13,7 @@ from __future__ import annotations
 from cecl import runs
 from cecl.cli import transfer_stage
 from cecl.config import load_params
+from cecl.train.loop import compute_threads
 from stages.probe import evaluate_encoder
 
 
@@ -23,7 +24,8 @@ def main(key: runs.TransferKey) -> None:
         raise ValueError(
             f"{key.stage()} is not a transfer of params.yaml (pairs: {pairs}; see transfer, seeds)"
         )
-    evaluate_encoder(params, key, key.pretrained, key.target, key.out_dir)
+    with compute_threads(params.compute):
+        evaluate_encoder(params, key, key.pretrained, key.target, key.out_dir)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ promise: one module plus one params entry). Then, as a lab would:
 - ``first``: a clone runs ``dvc repro``, commits dvc.lock and the committed outputs, pushes its cache to
   a local-directory DVC remote;
 - ``fresh``: a clone of ``first`` runs ``dvc repro``: every stage runs again (nothing is silently
-  reused from git) and every MLflow run id in its outputs exists in its own tracking store;
+  reused from git), every output and dvc.lock come out byte-identical, and provenance.md links every
+  run to a run of the clone's own tracking store;
 - ``pulled``: a clone of ``first`` runs ``dvc pull``: ``dvc status`` is clean, the reports are identical.
 """
 
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.browser import check_mlflow_ui_shows_runs, requires_browser
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -140,18 +143,25 @@ def _tiny_outputs(root: Path, name: str) -> list[Path]:
     return [path for folder in folders for path in (root / folder).glob(f"**/{name}")]
 
 
-def _run_ids_in_outputs(root: Path) -> set[str]:
-    """Every MLflow run id the committed and cached outputs name."""
-    ids: set[str] = set()
-    for path in _tiny_outputs(root, "metrics.json"):
-        block = json.loads(path.read_text())["run"]
-        ids |= {block["mlflow_run_id"], block["pretrain_mlflow_run_id"]}
-    for path in _tiny_outputs(root, "run.json"):
-        ids.add(json.loads(path.read_text())["mlflow_run_id"])
-    with (root / "sweep/results.csv").open() as handle:
-        ids |= {row["mlflow_run_id"] for row in csv.DictReader(handle)}
-    ids |= set(re.findall(r"/runs/([0-9a-f]{32})", (root / "reports/provenance.md").read_text()))
-    return ids - {""}
+def _provenance_links(root: Path) -> dict[str, str]:
+    """Stage -> the MLflow run id reports/provenance.md links it to (rows without a run are left out)."""
+    links = {}
+    for line in (root / "reports/provenance.md").read_text().splitlines():
+        found = re.search(r"\| `([^`]+)` \|.*/runs/([0-9a-f]{32})\)", line)
+        if found:
+            links[found.group(1)] = found.group(2)
+    return links
+
+
+def _tracked_files(root: Path) -> dict[str, bytes]:
+    """Every file DVC tracks (stage outputs and metrics, directories expanded) by path, with its bytes."""
+    files: dict[str, bytes] = {}
+    for entry in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values():
+        for out in entry.get("outs", []):
+            path = root / out["path"]
+            for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+                files[file.relative_to(root).as_posix()] = file.read_bytes()
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +213,15 @@ def test_every_stage_ran_and_logged_its_run(lab: dict) -> None:
     assert len(tags["git_commit"]) >= 40
     summary = lab["repro_stdout"]
     assert f"[repro] {len(stages)} stage(s) ran, 0 reused" in summary
+    assert "stages run cold" not in summary  # they ran in processes forked from the warm server
     assert re.search(r"ran      prepare@bm \([0-9.]+ s\): ", summary), summary[-2000:]  # with its wall time
+
+
+@requires_browser
+def test_mlflow_ui_shows_every_stage_run(lab: dict) -> None:
+    """`mlflow ui` on the run's own database, in headless Chromium: the runs view lists every stage."""
+    first = lab["first"]
+    check_mlflow_ui_shows_runs(first / "mlflow.db", _stages(first), TINY["tracking"]["experiment"])
 
 
 def test_tables_show_mean_and_ci_over_seeds(lab: dict) -> None:
@@ -227,24 +245,27 @@ def test_second_repro_does_nothing(lab: dict) -> None:
     assert "Running stage" not in result.stdout and "up to date" in result.stdout
 
 
-def test_fresh_clone_regenerates_every_stage_with_its_own_runs(lab: dict) -> None:
+def test_fresh_clone_regenerates_every_stage_byte_for_byte_with_its_own_runs(lab: dict) -> None:
+    """A from-scratch dvc repro on the same machine rewrites every output byte for byte (dvc.lock does not
+    change), and provenance.md links each run to a run of the clone's own MLflow store. ``first`` ran
+    through ``python -m cecl.repro`` (stages forked from the warm server, cecl/warm.py), this clone runs
+    plain ``dvc repro`` (every stage a cold process): equal bytes also show the two are the same."""
     fresh = lab["base"] / "fresh"
     _run(["git", "clone", "-q", str(lab["first"]), str(fresh)], lab["base"])
-    committed = _run_ids_in_outputs_committed(fresh)
-    result = _run([sys.executable, "-m", "cecl.repro"], fresh)
+    result = _run(["dvc", "repro"], fresh)
     stages = _stages(fresh)
     assert sorted(re.findall(r"Running stage '([^']+)'", result.stdout)) == sorted(stages)
-    runs = _mlflow_runs(fresh)
-    ids = {run.info.run_id for group in runs.values() for run in group}
-    named = _run_ids_in_outputs(fresh)
-    assert named and named <= ids, sorted(named - ids)
-    assert not (committed & named), "a committed output kept another machine's run id"
-
-
-def _run_ids_in_outputs_committed(root: Path) -> set[str]:
-    return {
-        json.loads(path.read_text())["run"]["mlflow_run_id"] for path in _tiny_outputs(root, "metrics.json")
-    }
+    assert (fresh / "dvc.lock").read_text() == (lab["first"] / "dvc.lock").read_text()
+    assert _git(fresh, "status", "--porcelain") == ""  # the committed metrics and reports are unchanged
+    expected, produced = _tracked_files(lab["first"]), _tracked_files(fresh)
+    assert list(expected) == list(produced)
+    assert [p for p in expected if expected[p] != produced[p]] == []
+    links, first_links = _provenance_links(fresh), _provenance_links(lab["first"])
+    per_run = {s for s in stages if s.startswith(("pretrain@", "probe@", "transfer@"))}
+    assert set(links) == per_run == set(first_links)
+    ids = {run.info.run_id for group in _mlflow_runs(fresh).values() for run in group}
+    assert set(links.values()) <= ids
+    assert not set(links.values()) & set(first_links.values()), "provenance names another store's run"
 
 
 def test_dvc_remote_round_trip(lab: dict) -> None:
@@ -253,8 +274,9 @@ def test_dvc_remote_round_trip(lab: dict) -> None:
     _run(["dvc", "pull", "-q"], pulled)
     status = _run(["dvc", "status"], pulled).stdout
     assert "up to date" in status, status
-    for name in ("reports/report.md", "reports/tables/table_bias.csv", "reports/provenance.md"):
+    for name in ("reports/report.md", "reports/tables/table_bias.csv", "reports/convergence.png"):
         assert (pulled / name).read_bytes() == (lab["first"] / name).read_bytes(), name
+    assert not (pulled / "reports/provenance.md").exists()  # it describes an MLflow store, not a DVC output
     result = _run(["dvc", "repro"], pulled)
     assert "Running stage" not in result.stdout
 

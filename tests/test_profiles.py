@@ -66,7 +66,7 @@ def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
         key.stage("probe") for key in params.runs()
     }
     assert expected <= set(listed)
-    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 14 * 19 * 3
+    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 15 * 19 * 3
     assert len([s for s in listed if s.startswith("transfer@")]) == len(params.transfers()) == 3 * 2 * 19 * 3
 
 
@@ -116,12 +116,13 @@ SHRINK: dict[str, dict] = {
     "caltech256": {"train_per_class": 4, "val_per_class": 2, "download": False, "verify": False},
     "utkface": {"image_size": 32},
     "celeba": {"image_size": 32, "verify": False},
+    "imagenet": {"n_classes": 3, "image_size": 32, "val_per_class": 2, "verify": False, "workers": 0},
 }
 
 
 def _write_standin(family: str, raw_root: Path) -> dict:
     """Write ``family``'s stand-in under ``raw_root``; returns the entry options that point at it."""
-    from tests.fixtures import standins_caltech, standins_cifar, standins_faces
+    from tests.fixtures import standins_caltech, standins_cifar, standins_faces, standins_imagenet_folder
 
     folder = raw_root / family
     if family in ("cifar10", "cifar100"):
@@ -136,6 +137,8 @@ def _write_standin(family: str, raw_root: Path) -> dict:
         standins_faces.write_utkface_archive(folder, standins_faces.utkface_files())
     elif family == "celeba":
         standins_faces.write_celeba(folder, standins_faces.celeba_annotations())
+    elif family == "imagenet":
+        standins_imagenet_folder.write_imagenet_folder(folder)
     else:
         return {}
     return {"root": str(folder)}

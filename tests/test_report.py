@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from cecl.io import tree_digest
 from cecl.report import build_report
 from cecl.report.stats import direction, format_summary, summarize, welch
 from cecl.report.tables import epochs_to_fraction
 from cecl.runs import RunKey, TransferKey
+from cecl.tracking import TrackedRun
 
 BMNIST, FMNIST = "bmnist_rho95", "fmnist"
 TRANSFER = "transfer"  # BASE key of the transfer runs' values (BiasedMNIST encoder probed on fmnist)
@@ -97,7 +99,7 @@ def _metrics(run: dict, dataset: str, value: float) -> dict:
 
 
 def write_run(root: Path, key: RunKey, value: Callable = headline, curve_of: Callable = curve) -> None:
-    """models/<...>/history.csv + run.json and probe/<...>/metrics.json, as the stages write them."""
+    """models/<...>/history.csv and probe/<...>/metrics.json, as the stages write them."""
     model_dir, probe_dir = root / key.model_dir, root / key.probe_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -111,9 +113,6 @@ def write_run(root: Path, key: RunKey, value: Callable = headline, curve_of: Cal
         }
     ).to_csv(model_dir / "history.csv", index=False)
     pretrain = key.stage("pretrain")
-    (model_dir / "run.json").write_text(
-        json.dumps({"stage": pretrain, "mlflow_run_id": run_id(pretrain), "mlflow_experiment_id": "7"})
-    )
     stage = key.stage("probe")
     run = {
         "stage": stage,
@@ -123,10 +122,8 @@ def write_run(root: Path, key: RunKey, value: Callable = headline, curve_of: Cal
         "source": None,
         "method": key.method,
         "seed": key.seed,
-        "mlflow_run_id": run_id(stage),
-        "mlflow_experiment_id": "7",
         "pretrain_stage": pretrain,
-        "pretrain_mlflow_run_id": run_id(pretrain),
+        "pretrain_outputs_sha256": tree_digest(model_dir),
     }
     metrics = _metrics(run, key.dataset, value(key.dataset, key.method, key.seed))
     (probe_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -144,10 +141,8 @@ def write_transfer(root: Path, key: TransferKey) -> None:
         "source": key.source,
         "method": key.method,
         "seed": key.seed,
-        "mlflow_run_id": run_id(stage),
-        "mlflow_experiment_id": "8",
         "pretrain_stage": key.pretrained.stage("pretrain"),
-        "pretrain_mlflow_run_id": run_id(key.pretrained.stage("pretrain")),
+        "pretrain_outputs_sha256": tree_digest(root / key.pretrained.model_dir),
     }
     metrics = _metrics(run, key.target, headline(TRANSFER, key.method, key.seed))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -208,8 +203,29 @@ def full(tmp_path_factory) -> tuple[Path, dict[str, Path], list[RunKey]]:
         extra_sections=["## Sweep\n\nsweep goes here"],
         mlflow_ui="http://mlflow.example:5000/",
         dataset_notes=NOTES,
+        tracked=tracked_runs(root, runs, transfers),
     )
     return root, paths, runs
+
+
+def tracked_runs(root: Path, runs: list[RunKey], transfers: list[TransferKey]) -> dict[str, list[TrackedRun]]:
+    """MLflow runs as finished_stage_runs returns them: each stage's run tagged with its folder's digest.
+
+    The probe of the first run has two runs with equal outputs; the pretrain of the second run has only a
+    run that wrote other bytes; the transfers live in experiment 8.
+    """
+    tracked: dict[str, list[TrackedRun]] = {}
+    for key in runs:
+        pretrain, probe = key.stage("pretrain"), key.stage("probe")
+        tracked[pretrain] = [TrackedRun(run_id(pretrain), "7", tree_digest(root / key.model_dir), 2)]
+        tracked[probe] = [TrackedRun(run_id(probe), "7", tree_digest(root / key.probe_dir), 2)]
+    first_probe, second_pretrain = runs[0].stage("probe"), runs[1].stage("pretrain")
+    tracked[first_probe].append(TrackedRun("older", "7", tracked[first_probe][0].outputs_sha256, 1))
+    tracked[second_pretrain] = [TrackedRun("other", "7", "0" * 64, 1)]
+    for key in transfers:
+        stage = key.stage()
+        tracked[stage] = [TrackedRun(run_id(stage), "8", tree_digest(root / key.out_dir), 2)]
+    return tracked
 
 
 def markdown_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -548,7 +564,6 @@ def test_missing_baseline_is_named(tmp_path: Path) -> None:
     [
         ("probe/fmnist/supcon/seed_1/metrics.json", "probe@fmnist-supcon-1"),
         ("models/fmnist/supcon/seed_1/history.csv", "pretrain@fmnist-supcon-1"),
-        ("models/fmnist/supcon/seed_1/run.json", "pretrain@fmnist-supcon-1"),
         ("transfer/bmnist_rho95__fmnist/cecl/seed_0/metrics.json", "transfer@bmnist_rho95-fmnist-cecl-0"),
     ],
 )
@@ -588,7 +603,10 @@ def test_provenance(full) -> None:
     link = f"[{run_id(pretrain)}](http://mlflow.example:5000/#/experiments/7/runs/{run_id(pretrain)})"
     assert link in pretrain_row
     probe_row = next(line for line in text.splitlines() if f"`{probe}`" in line)
-    assert f"/#/experiments/7/runs/{run_id(probe)})" in probe_row
+    assert f"/#/experiments/7/runs/{run_id(probe)}) (+1 earlier with equal outputs)" in probe_row
+    assert "older" not in probe_row  # the newest matching run is the one linked
+    other_row = next(line for line in text.splitlines() if f"`{runs[1].stage('pretrain')}`" in line)
+    assert "none of this stage's 1 run(s) wrote these bytes" in other_row
     transfer = TransferKey(BMNIST, FMNIST, "cecl", 2).stage()
     transfer_row = next(line for line in text.splitlines() if f"`{transfer}`" in line)
     assert "not in dvc.lock" in transfer_row and f"/#/experiments/8/runs/{run_id(transfer)})" in transfer_row
@@ -599,11 +617,19 @@ def test_provenance(full) -> None:
 
 def test_provenance_flags_a_stale_probe(tmp_path: Path) -> None:
     runs, _ = make_tree(tmp_path, datasets=(FMNIST,), methods=("cecl",), seeds=(0,), transfer=False)
-    run_file = tmp_path / runs[0].model_dir / "run.json"
-    run_file.write_text(run_file.read_text().replace(run_id(runs[0].stage("pretrain")), "rerun123"))
+    before = tree_digest(tmp_path / runs[0].model_dir)
+    with (tmp_path / runs[0].model_dir / "history.csv").open("a") as handle:  # the encoder was retrained
+        handle.write("99,0.1,0.5,0.5\n")
     text = build_report(runs, [], tmp_path, tmp_path / "reports")["provenance"].read_text()
-    assert f"`{runs[0].stage('probe')}` used pretrain MLflow run {run_id(runs[0].stage('pretrain'))}" in text
-    assert "now names rerun123" in text
+    after = tree_digest(tmp_path / runs[0].model_dir)
+    assert f"`{runs[0].stage('probe')}` probed an encoder folder with digest {before[:12]}" in text
+    assert f"now has {after[:12]}: the result may be stale" in text
+
+
+def test_provenance_without_mlflow_says_so(tmp_path: Path) -> None:
+    runs, _ = make_tree(tmp_path, datasets=(FMNIST,), methods=("cecl",), seeds=(0,), transfer=False)
+    text = build_report(runs, [], tmp_path, tmp_path / "reports", tracked={})["provenance"].read_text()
+    assert text.count("no run of this stage in this MLflow store") == 2  # pretrain and probe rows
 
 
 def test_report_md(full) -> None:
@@ -634,3 +660,23 @@ def test_kind_without_runs_writes_no_files(tmp_path: Path) -> None:
     assert "No classification probe runs were measured: no classification table." in report
     assert "No transfer runs were measured: no transfer table." in report
     assert "No `dvc.lock` was found" in paths["provenance"].read_text()
+
+
+def test_summary_json_holds_the_seed_means_of_the_headline_metrics(full) -> None:
+    """The one DVC metrics file: means over seeds, checked against the values the runs were written with."""
+    _, paths, _ = full
+    summary = json.loads(paths["summary"].read_text())
+    assert list(summary) == [BMNIST, FMNIST, f"{BMNIST}->{FMNIST}"]
+    for method in METHODS:
+        unbiased = sum(headline(BMNIST, method, s) for s in SEEDS) / len(SEEDS)
+        conflicting = unbiased - 0.05  # _test_block's conflicting accuracy
+        assert summary[BMNIST][method] == {
+            "unbiased": round(unbiased, 4),
+            "conflicting": round(conflicting, 4),
+            "seeds": 3,
+        }
+        top1 = sum(headline(FMNIST, method, s) for s in SEEDS) / len(SEEDS)
+        assert summary[FMNIST][method] == {"top1": round(top1, 4), "seeds": 3}
+        transfer = sum(headline(TRANSFER, method, s) for s in SEEDS) / len(SEEDS)
+        assert summary[f"{BMNIST}->{FMNIST}"][method] == {"top1": round(transfer, 4), "seeds": 3}
+    assert sum(len(values) for entry in summary.values() for values in entry.values()) < 40

@@ -27,23 +27,28 @@ from ray import tune
 
 from cecl.config import Params, parse_params
 from cecl.datasets import TensorSplit
+from cecl.pipeline import run_tags
 from cecl.report import sweep as report
 from cecl.report.sweep import RESULT_COLUMNS
+from cecl.runs import RunKey
 from cecl.tune import (
     CRASH_ENV,
+    SweepDevice,
     SweepFailed,
     SweepInterrupted,
     SweepSummary,
     TrialOutcome,
     check_device,
+    gpu_pin,
     init_ray,
     parse_crash_specs,
+    resolve_sweep_device,
     run_sweep,
     search_space,
     subsample,
-    trial_device,
     trial_label,
     trial_resources,
+    visible_gpus,
 )
 
 GRIDS = {"cecl": {"temperature": [0.1], "weight": [0.0, 1.0]}, "supcon": {"temperature": [0.1]}}
@@ -125,16 +130,74 @@ def test_subsample_is_seeded_and_ordered() -> None:
     assert subsample(split, None, 0) is split and subsample(split, 80, 0) is split
 
 
-def test_trial_device_honours_params_device() -> None:
-    assert trial_device("cpu", 1.0) == torch.device("cpu")  # cpu wins over reserved GPUs
-    assert trial_device("auto", 0.0) == torch.device("cpu")
-    for device in ("auto", "cuda", "cuda:1"):
-        assert trial_device(device, 0.5) == torch.device("cuda")  # the GPU Ray assigned
-    # device: cpu reserves no GPU, so such trials also run on a machine without one.
-    assert trial_resources(_sweep_params("cpu", gpus_per_trial=0.5)) == {"cpu": 1.0, "gpu": 0.0}
-    assert trial_resources(_sweep_params("auto", gpus_per_trial=0.5)) == {"cpu": 1.0, "gpu": 0.5}
+def test_sweep_device_resolves_params_device_like_a_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto|cpu|cuda|cuda:N for the trials, against the GPUs Ray has (no GPU or Ray needed here)."""
+    # cpu: never a GPU, even when GPUs are reserved and Ray has some.
+    cpu = resolve_sweep_device("cpu", 0.5, 2.0)
+    assert (cpu.kind, cpu.name, cpu.gpus_per_trial) == ("cpu", "cpu", 0.0)
+    assert trial_resources(_sweep_params("cpu", gpus_per_trial=0.5), cpu) == {"cpu": 1.0, "gpu": 0.0}
+    # auto: CUDA when Ray has GPUs to reserve, else the CPU, like resolve_device in a stage.
+    gpu = resolve_sweep_device("auto", 0.5, 1.0)
+    assert (gpu.kind, gpu.name, gpu.note) == ("cuda", "cuda", "")
+    assert trial_resources(_sweep_params("auto", gpus_per_trial=0.5), gpu) == {"cpu": 1.0, "gpu": 0.5}
+    fallback = resolve_sweep_device("auto", 0.5, 0.0)  # no GPU anywhere: the CPU, not an error
+    assert (fallback.kind, fallback.gpus_per_trial) == ("cpu", 0.0) and "no GPU" in fallback.note
+    unused = resolve_sweep_device("auto", 0.0, 2.0)  # GPUs but none reserved: CPU, said in one line
+    assert unused.kind == "cpu" and "gpus_per_trial is 0" in unused.note and "2 GPU(s)" in unused.note
+    assert resolve_sweep_device("auto", 0.0, 0.0) == SweepDevice("auto", "cpu")
+    # cuda / cuda:N: a GPU or a one-line error before any trial starts.
+    assert resolve_sweep_device("cuda", 1.0, 2.0) == SweepDevice("cuda", "cuda", 1.0)
+    for args, message in [
+        (("cuda", 0.5, 0.0), "'cuda' requested but the Ray cluster has no GPU"),
+        (("cuda:0", 2.0, 1.0), "gpus_per_trial is 2 but Ray has 1 GPU"),
+        (("cuda", 0.0, 1.0), "gpus_per_trial is 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            resolve_sweep_device(*args)
     with pytest.raises(ValueError, match="gpus_per_trial is 0"):
         check_device(_sweep_params("cuda", gpus_per_trial=0))
+    # cuda:N is GPU N on a local Ray the sweep starts pinned to it, else the GPU Ray assigns.
+    pinned = resolve_sweep_device("cuda:1", 0.5, 1.0, pinned=True)
+    assert (pinned.kind, pinned.name, pinned.note) == ("cuda", "cuda:1", "")
+    assigned = resolve_sweep_device("cuda:1", 0.5, 4.0)
+    assert assigned.name == "cuda" and "the GPU Ray assigns" in assigned.note
+    assert gpu_pin("cuda:1", ["2", "3"]) == "3"  # N counts the visible GPUs, as torch does
+    assert gpu_pin("cuda", ["0"]) is None and gpu_pin("auto", []) is None and gpu_pin("cpu", []) is None
+    with pytest.raises(ValueError, match="'cuda:2' requested but this machine has 1 GPU"):
+        gpu_pin("cuda:2", ["0"])
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        gpu_pin("cuda:0", [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_summary_lines_name_each_methods_best_configuration() -> None:
+    """The console's final summary: one line per method (its best configuration, how trials ended)."""
+
+    def outcome(
+        method: str, weight: float | None, status: str, acc: float | None, **extra: Any
+    ) -> TrialOutcome:
+        fields = {"best_epoch": 2 if acc else None, "epochs_run": 2, "stopped_early": False, "retries": 0}
+        return TrialOutcome(method, 0.1, weight, acc, **{**fields, **extra}, status=status, trial_id="t")
+
+    outcomes = [
+        outcome("cecl", 0.0, "TERMINATED", 0.31, epochs_run=1, best_epoch=1, stopped_early=True),
+        outcome("cecl", 1.0, "TERMINATED", 0.42),
+        outcome("cecl", 0.5, "ERROR", None),
+        outcome("simclr", None, "ERROR", None),
+    ]
+    best = {
+        "cecl": {"temperature": 0.1, "weight": 1.0, "best_val_accuracy": 0.42, "best_epoch": 2, "ties": 1}
+    }
+    lines = SweepSummary(outcomes, _best(best), 1.0).report_lines()
+    assert lines == [
+        "[sweep] best cecl tau=0.1 w=1: val 0.4200 at epoch 2 (3 trials: 1 failed, 1 stopped early)",
+        "[sweep] simclr: no best configuration (1 trials: 1 failed, 0 stopped early)",
+    ]
+    best["cecl"]["ties"] = 2
+    assert "2 configurations tie" in SweepSummary(outcomes, _best(best), 1.0).report_lines()[0]
 
 
 def _row(method: str, temperature: float, weight: float | None, acc: float | None, **extra: object) -> dict:
@@ -264,6 +327,7 @@ def test_sweep_outputs(swept: Path) -> None:
     assert rows["supcon tau=0.1"]["weight"] == ""
     best = json.loads((swept / "sweep/best.json").read_text())
     assert set(best["methods"]) == {"cecl", "supcon"}
+    assert best["device"] == "cpu"  # where the trials trained (params.yaml device: cpu)
     assert (best["dataset"], best["seed"], best["metric"]) == ("bm", 0, "unbiased_accuracy")
     assert best["description"] == _sweep_params().spec("bm").describe()
     assert "rho" not in best
@@ -290,7 +354,7 @@ def test_crashing_trials_are_retried_and_reported(swept: Path) -> None:
 
 
 @pytest.mark.slow
-def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path) -> None:
+def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}")
@@ -306,14 +370,13 @@ def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path) -> None:
         "sweep/supcon tau=0.1",
     ]
     assert len(runs) == 4  # nothing else was logged
-    expected_tags = {
-        "dataset": "bm",
-        "family": "biased_mnist",
-        "seed": "0",
-        "device": "cpu",
-        "dvc_stage": "sweep",
-    }
-    assert {k: parent.data.tags[k] for k in expected_tags} == expected_tags
+    # The tags a pretrain stage run of the same dataset, seed and device gets, besides its method.
+    params = _sweep_params()
+    stage = run_tags(RunKey("bm", "cecl", 0), params.spec("bm"), torch.device("cpu"))
+    expected_tags = {k: str(v) for k, v in stage.items() if k != "method"} | {"dvc_stage": "sweep"}
+    assert expected_tags["data_verified"] == "True" and expected_tags["device"] == "cpu"
+    assert {k: parent.data.tags.get(k) for k in expected_tags} == expected_tags
+    assert parent.data.tags["methods"] == "cecl,supcon" and parent.data.tags["git_commit"]
     rows = _results(swept)
     for name, child in children.items():
         row = rows[name.removeprefix("sweep/")]
@@ -322,14 +385,17 @@ def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path) -> None:
         assert tags["method"] == row["method"] and tags["git_commit"] == parent.data.tags["git_commit"]
         assert tags["status"] == row["status"]
         assert child.info.status == ("FINISHED" if row["status"] == "TERMINATED" else "FAILED")
-        assert child.info.run_id == row["mlflow_run_id"]
+        assert "mlflow_run_id" not in row and "trial_id" not in row  # results.csv stays byte-reproducible
+        assert tags["ray_trial_id"]  # the trial is found from its run instead
         assert child.data.params["method"] == row["method"]
         assert child.data.params["dataset"] == "bm"
+        assert child.data.params["device"] == "cpu"  # params.yaml device, as a stage logs it
         assert float(child.data.params["temperature"]) == float(row["temperature"])
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
         assert steps == list(range(1, int(row["epochs_run"]) + 1)), name  # once per epoch, even when retried
     assert children["sweep/cecl tau=0.1 w=0"].data.params["weight"] == "0.0"
     assert parent.info.status == "FINISHED"
+    monkeypatch.chdir(swept)  # a relative artifact location (cecl.tracking) is the project root's
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "best.json", "heatmap.png", "heatmap.csv", "sensitivity.md"} <= artifacts
 
@@ -344,7 +410,13 @@ def test_objective_is_the_validation_probe(swept: Path) -> None:
     params = _sweep_params()
     row = _results(swept)["cecl tau=0.1 w=0"]
     epoch = int(row["epochs_run"])
-    (trial_dir,) = (swept / "sweep/ray_results").glob(f"cecl-*/*{row['trial_id']}*")
+    (trial_dir,) = [
+        folder
+        for folder in (swept / "sweep/ray_results").glob("cecl-*/*/")
+        if (folder / "params.json").is_file()
+        and json.loads((folder / "params.json").read_text()).get("weight") == 0.0
+        and json.loads((folder / "params.json").read_text()).get("temperature") == 0.1
+    ]
     history = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
     reported = next(r["val_accuracy"] for r in history if r["epoch"] == epoch)
     ckpt = sorted(trial_dir.glob("checkpoint_*/last.pt"))[-1]  # the latest one

@@ -7,12 +7,14 @@ import socket
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cecl.io import tree_digest
 from cecl.runs import RunKey
 from cecl.tracking import (
     NoRun,
     RunLogger,
     TrackingUnavailable,
     check_reachable,
+    finished_stage_runs,
     flatten,
     stage_run,
     tracking_uri,
@@ -69,7 +71,7 @@ def test_stage_run_logs_name_tags_params_and_steps(tmp_path, sqlite_uri) -> None
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["history.csv"]
 
 
-def test_run_logger_knows_its_experiment_and_writes_a_reference(tmp_path, sqlite_uri) -> None:
+def test_run_logger_knows_its_experiment(tmp_path, sqlite_uri) -> None:
     with stage_run("probe@bmnist_rho95-cecl-0", "exp", root=tmp_path) as run:
         pass
     with stage_run("probe@bmnist_rho95-cecl-1", "exp", root=tmp_path) as second:
@@ -83,26 +85,73 @@ def test_run_logger_knows_its_experiment_and_writes_a_reference(tmp_path, sqlite
     assert second.experiment_id == run.experiment_id  # the experiment is found, not created twice
     assert third.experiment_id != run.experiment_id
     assert third.experiment_id == client.get_experiment_by_name("another-exp").experiment_id
-    assert run.reference("probe@bmnist_rho95-cecl-0") == {
-        "stage": "probe@bmnist_rho95-cecl-0",
-        "mlflow_run_id": run.run_id,
-        "mlflow_experiment_id": experiment.experiment_id,
-    }
     assert run.run_id != second.run_id
-    # artifacts go next to the database, not into the current directory
+    # root is not the working directory here: artifacts go next to the database, at an absolute location
     assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
 
 
-def test_no_run_is_silent_and_has_an_empty_reference(tmp_path) -> None:
+def test_artifacts_survive_moving_the_repository(tmp_path, monkeypatch) -> None:
+    """Stages run at the repository root: the artifact location is stored relative, so a move keeps it."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{first / 'mlflow.db'}")
+    monkeypatch.chdir(first)
+    (first / "a.txt").write_text("a")
+    with stage_run("pretrain@x-cecl-0", "exp") as run:
+        run.log_artifact(first / "a.txt")
+    monkeypatch.chdir(tmp_path)
+    first.rename(moved)
+    monkeypatch.chdir(moved)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{moved / 'mlflow.db'}")
+    (moved / "b.txt").write_text("b")
+    with stage_run("probe@x-cecl-0", "exp") as later:
+        later.log_artifact(moved / "b.txt")
+    client = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}")
+    assert client.get_experiment_by_name("exp").artifact_location == "mlartifacts"
+    assert [f.path for f in client.list_artifacts(run.run_id)] == ["a.txt"]  # written before the move
+    assert [f.path for f in client.list_artifacts(later.run_id)] == ["b.txt"]
+    assert (moved / "mlartifacts" / later.run_id / "artifacts" / "b.txt").is_file()
+    assert not first.exists()
+
+
+def test_finished_stage_runs_by_stage_with_their_output_digests(tmp_path, sqlite_uri) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.json").write_text("{}")
+    with stage_run("probe@x-cecl-0", "exp", root=tmp_path) as older:
+        older.record_outputs(out)
+    with stage_run("probe@x-cecl-0", "exp", root=tmp_path) as newer:
+        digest = newer.record_outputs(out)
+    with pytest.raises(RuntimeError), stage_run("probe@x-cecl-1", "exp", root=tmp_path):
+        raise RuntimeError("failed")
+    found = finished_stage_runs("exp", tmp_path)
+    assert set(found) == {"probe@x-cecl-0"}  # failed runs are not provenance
+    assert [r.run_id for r in found["probe@x-cecl-0"]] == [newer.run_id, older.run_id]  # newest first
+    assert {r.outputs_sha256 for r in found["probe@x-cecl-0"]} == {digest}
+    assert digest == tree_digest(out)
+    assert finished_stage_runs("no-such-experiment", tmp_path) == {}
+
+
+def test_tree_digest_follows_names_and_bytes(tmp_path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a").write_bytes(b"1")
+    (tmp_path / "d" / "sub" / "b").write_bytes(b"2")
+    before = tree_digest(tmp_path / "d")
+    assert tree_digest(tmp_path / "d") == before
+    (tmp_path / "d" / "sub" / "b").write_bytes(b"3")
+    assert tree_digest(tmp_path / "d") != before
+    (tmp_path / "d" / "sub" / "b").write_bytes(b"2")
+    (tmp_path / "d" / "sub" / "b").rename(tmp_path / "d" / "sub" / "c")
+    assert tree_digest(tmp_path / "d") != before
+
+
+def test_no_run_is_silent(tmp_path) -> None:
     quiet = NoRun()
     quiet.log_metrics({"loss": 1.0}, step=1)
     quiet.log_artifact(tmp_path / "missing.csv")
     quiet.set_tags({"a": 1})
-    assert quiet.reference("pretrain@x") == {
-        "stage": "pretrain@x",
-        "mlflow_run_id": "",
-        "mlflow_experiment_id": "",
-    }
+    (tmp_path / "f").write_text("x")
+    assert quiet.record_outputs(tmp_path / "f") == tree_digest(tmp_path / "f")
 
 
 def test_tracking_uri_defaults_to_sqlite_at_the_root(tmp_path, monkeypatch) -> None:

@@ -233,7 +233,8 @@ class DatasetSpec(ABC):
                 )
         return manifest
 
-    def load(self, data_dir: Path, split: str) -> Split:
+    def split_file(self, data_dir: Path, split: str) -> Path:
+        """The prepared file of ``split``, after checking its SHA-256 against the manifest."""
         manifest = self.read_manifest(data_dir)
         if split not in manifest["splits"]:
             raise ValueError(f"{self.name} has no split {split!r}; it has {', '.join(manifest['splits'])}")
@@ -245,6 +246,10 @@ class DatasetSpec(ABC):
                 f"{path}: SHA-256 {digest} does not match the manifest's {entry['sha256']} "
                 f"(re-run prepare@{self.name})"
             )
+        return path
+
+    def load(self, data_dir: Path, split: str) -> Split:
+        path = self.split_file(data_dir, split)
         data = load_split(path)
         self._check(data, split)
         return data

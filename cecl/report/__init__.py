@@ -16,6 +16,7 @@ from cecl.report.claims import claims_markdown
 from cecl.report.collect import Collected, collect, ordered
 from cecl.report.plots import plot_convergence, write_convergence_csv
 from cecl.report.provenance import provenance_markdown
+from cecl.report.summary import write_summary
 from cecl.report.tables import (
     PROVENANCE_FILE,
     TABLES_DIR,
@@ -31,6 +32,7 @@ from cecl.report.tables import (
     write_table,
 )
 from cecl.runs import RunKey, TransferKey
+from cecl.tracking import TrackedRun
 
 __all__ = ["build_report", "collect"]
 
@@ -90,15 +92,17 @@ def build_report(
     extra_sections: Sequence[str] = (),
     mlflow_ui: str = "http://127.0.0.1:5000",
     dataset_notes: Mapping[str, str] | None = None,
+    tracked: Mapping[str, Sequence[TrackedRun]] | None = None,
 ) -> dict[str, Path]:
     """Read every run under ``root`` and write the report into ``out_dir``; returns kind -> path.
 
     Files (a table kind without runs writes none of its files): in out_dir/tables/ (dvc.yaml's
     ``reports/tables`` output) table_classification / table_bias / table_transfer .md/.csv/.tex,
     table_official.md/.tex and table_convergence.md/.csv; in out_dir convergence.png, convergence.csv
-    (DVC plot data), claims.md, provenance.md and report.md.
+    (DVC plot data), summary.json (the DVC metrics file: cecl/report/summary.py), claims.md,
+    provenance.md (links to ``tracked``, the MLflow runs by stage; not a DVC output) and report.md.
     Kinds are the file names with '.' as '_' ('table_bias_tex', 'convergence_png', ...), i.e.
-    'table_<name>_<ext>', 'convergence_png', 'convergence_csv', 'claims',
+    'table_<name>_<ext>', 'convergence_png', 'convergence_csv', 'summary', 'claims',
     'provenance', 'report'. ``dataset_notes`` (entry -> one-line description) go into captions,
     report.md and the claims' caveats. Raises FileNotFoundError / ValueError from collect().
     """
@@ -143,6 +147,7 @@ def build_report(
         convergence.append("No pretraining runs: no convergence plot.")
     sections.append("\n\n".join(convergence))
 
+    paths["summary"] = write_summary(collected, out_dir / "summary.json")
     claims = claims_markdown(collected, epochs, notes)
     paths["claims"] = out_dir / "claims.md"
     paths["claims"].write_text(claims)
@@ -151,7 +156,7 @@ def build_report(
     sections += list(extra_sections)
 
     paths["provenance"] = out_dir / PROVENANCE_FILE
-    paths["provenance"].write_text(provenance_markdown(collected, root, mlflow_ui))
+    paths["provenance"].write_text(provenance_markdown(collected, root, mlflow_ui, tracked))
     sections.append(
         f"## Provenance\n\nEvery run's DVC stage, output md5 (dvc.lock) and MLflow run: "
         f"[{PROVENANCE_FILE}]({PROVENANCE_FILE})."

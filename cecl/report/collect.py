@@ -1,9 +1,10 @@
 """Read every run's stage outputs (cecl/runs.py layout) into DataFrames, checking them against their keys.
 
-Per RunKey: ``<model_dir>/history.csv`` and ``<model_dir>/run.json`` (pretrain stage) and
-``<probe_dir>/metrics.json`` (probe stage); per TransferKey: ``<out_dir>/metrics.json`` (transfer
-stage). A missing file fails here, naming the file and the stage that writes it; a metrics.json whose
-``run`` block names another run (a stale or mis-copied file) fails naming the file.
+Per RunKey: ``<model_dir>/history.csv`` (pretrain stage; the folder's digest, cecl.io.tree_digest, links
+it to its MLflow run) and ``<probe_dir>/metrics.json`` (probe stage); per TransferKey:
+``<out_dir>/metrics.json`` (transfer stage). A missing file fails here, naming the file and the stage
+that writes it; a metrics.json whose ``run`` block names another run (a stale or mis-copied file) fails
+naming the file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from cecl.runs import HISTORY_FILE, METRICS_FILE, RUN_FILE, RunKey, TransferKey
+from cecl.io import tree_digest
+from cecl.runs import HISTORY_FILE, METRICS_FILE, RunKey, TransferKey
 
 # Evaluators (metrics.json "evaluator") and the test keys each must provide.
 GROUP_BIAS = "group_bias"
@@ -48,7 +50,7 @@ class Collected:
     probes: pd.DataFrame  # one row per RunKey: its probe metrics.json, flattened
     transfers: pd.DataFrame  # one row per TransferKey (same columns; ``source`` filled)
     histories: pd.DataFrame  # long: dataset, method, seed, epoch, train_loss, online_probe_val_accuracy, lr
-    pretrain: pd.DataFrame  # one row per RunKey: stage, mlflow_run_id, mlflow_experiment_id (run.json)
+    pretrain: pd.DataFrame  # one row per RunKey: stage, dataset, method, seed, outputs_sha256 (model folder)
 
 
 def require(root: Path, relative: Path, stage: str) -> Path:
@@ -153,10 +155,9 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
         "val_description": str(data.get("val_description") or ""),
         "selected_epoch": data.get("selected_epoch"),
         "val_accuracy": data.get("val_accuracy"),
-        "mlflow_run_id": run.get("mlflow_run_id"),
-        "mlflow_experiment_id": run.get("mlflow_experiment_id"),
+        "outputs_sha256": tree_digest(path.parent),
         "pretrain_stage": run.get("pretrain_stage"),
-        "pretrain_mlflow_run_id": run.get("pretrain_mlflow_run_id"),
+        "pretrain_outputs_sha256": run.get("pretrain_outputs_sha256"),
         OFFICIAL: (
             _check_accuracy(path, "official_protocol.test_accuracy", official["test_accuracy"])
             if official.get("test_accuracy") is not None
@@ -195,21 +196,17 @@ def read_history(root: Path, key: RunKey) -> pd.DataFrame:
     return history
 
 
-def read_run_file(root: Path, key: RunKey) -> dict[str, Any]:
-    """run.json of one pretraining run (its stage name and MLflow ids), checked against ``key``."""
-    relative = key.model_dir / RUN_FILE
-    path = require(root, relative, key.stage("pretrain"))
-    data = _read_json(path)
-    if data.get("stage") != key.stage("pretrain"):
-        raise ValueError(f"{path}: stage={data.get('stage')!r}, expected {key.stage('pretrain')!r}")
+def read_pretrain(root: Path, key: RunKey) -> dict[str, Any]:
+    """One pretraining run's stage name and the digest of its model folder (what its MLflow run is tagged)."""
+    relative = key.model_dir / HISTORY_FILE
+    require(root, relative, key.stage("pretrain"))
     return {
         "stage": key.stage("pretrain"),
         "dataset": key.dataset,
         "method": key.method,
         "seed": int(key.seed),
-        "mlflow_run_id": data.get("mlflow_run_id"),
-        "mlflow_experiment_id": data.get("mlflow_experiment_id"),
-        "path": relative.as_posix(),
+        "outputs_sha256": tree_digest(Path(root) / key.model_dir),
+        "path": key.model_dir.as_posix(),
     }
 
 
@@ -226,7 +223,7 @@ def collect(runs: Sequence[RunKey], transfers: Sequence[TransferKey], root: Path
     root = Path(root)
     probes = _frame([read_metrics(root, key) for key in runs])
     transfer_rows = _frame([read_metrics(root, key) for key in transfers])
-    pretrain = _frame([read_run_file(root, key) for key in runs])
+    pretrain = _frame([read_pretrain(root, key) for key in runs])
     histories = (
         pd.concat([read_history(root, key) for key in runs], ignore_index=True)
         if runs

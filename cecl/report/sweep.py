@@ -30,8 +30,6 @@ RESULT_COLUMNS = (
     "stopped_early",
     "status",
     "retries",
-    "trial_id",
-    "mlflow_run_id",
 )
 HEATMAP_COLUMNS = ("temperature", "weight", "best_val_accuracy")
 GRID_METHOD = "cecl"  # the method swept over τ × w
@@ -46,7 +44,7 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 def load_results(sweep_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """sweep/results.csv and sweep/best.json, as written by the sweep stage."""
     sweep_dir = Path(sweep_dir)
-    frame = pd.read_csv(sweep_dir / "results.csv", dtype={"trial_id": str, "mlflow_run_id": str})
+    frame = pd.read_csv(sweep_dir / "results.csv")
     return frame, json.loads((sweep_dir / "best.json").read_text())
 
 
@@ -161,15 +159,15 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
     lines += [
         f"### Selected configuration per method (highest validation {metric_name(best)})",
         "",
-        f"| method | τ | w | validation {metric_name(best)} (%) | at epoch | epochs run | MLflow run |",
-        "|---|---|---|---|---|---|---|",
+        f"| method | τ | w | validation {metric_name(best)} (%) | at epoch | epochs run |",
+        "|---|---|---|---|---|---|",
     ]
     tied = []
     for method, chosen in best.get("methods", {}).items():
         weight = f"{chosen['weight']:g}" if chosen.get("weight") is not None else "—"
         lines.append(
             f"| {method} | {chosen['temperature']:g} | {weight} | {_pct(chosen['best_val_accuracy'])} | "
-            f"{chosen['best_epoch']} | {chosen['epochs_run']} | {chosen.get('mlflow_run_id') or '—'} |"
+            f"{chosen['best_epoch']} | {chosen['epochs_run']} |"
         )
         if chosen.get("ties", 1) > 1:
             tied.append(

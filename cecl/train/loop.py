@@ -19,31 +19,42 @@ the same global batch and the same augmentations, keeps its contiguous shard, an
 per-sample losses are gathered with gradient), so P processes train exactly like one process on the
 global batch, BatchNorm aside: BatchNorm layers become SyncBatchNorm on CUDA; on CPU (gloo) their
 statistics stay per process. Only rank 0 runs the online probe, logs and writes checkpoints.
+
+One optimiser step is :func:`train_step` (learning rate, views, loss, finiteness, backward, step,
+``after_step``) on the objects :func:`build_training` makes once per run; benchmarks/throughput.py times
+this same function. ``compute:`` (``ComputeParams``) decides how it runs: bf16 autocast around the
+forward, ``torch.compile`` of the training module, fused optimiser kernels, the CPU thread count. A
+non-finite loss is recorded on the device and read back every ``FINITE_CHECK_STEPS`` steps and at the end
+of each epoch, so an accelerator is not synchronised every step; a CPU reads it at once (nothing to save).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cecl import distributed
-from cecl.data.augment import BatchAugment, make_views
+from cecl.config import ComputeParams, OptimizerParams
+from cecl.data.augment import BatchAugment
+from cecl.data.streaming import BatchSource, TensorBatchSource, features_of
 from cecl.datasets import TensorSplit
 from cecl.methods import Method, build_method
 from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
 from cecl.pipeline import RunSetup, classifier_metrics
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
-from cecl.train.probe import extract_features, fit_linear_probe, logits_of
+from cecl.train.probe import fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
 
 
@@ -64,12 +75,12 @@ class EpochRecord:
 EpochCallback = Callable[[EpochRecord], None]
 
 
-def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-
-
 def online_probe_accuracy(
-    method: Method, setup: RunSetup, train: TensorSplit, val: TensorSplit, seed: int
+    method: Method,
+    setup: RunSetup,
+    train: TensorSplit | BatchSource,
+    val: TensorSplit | BatchSource,
+    seed: int,
 ) -> float:
     """The evaluator's primary metric on validation of a linear probe fitted on frozen training features.
 
@@ -82,7 +93,7 @@ def online_probe_accuracy(
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(setup.key.seed))
         train = train.subset(keep[: opts.train_size].sort().values.to(train.targets.device))
     probe = fit_linear_probe(
-        extract_features(method.encoder, train.images),
+        features_of(method.encoder, train),
         train.targets,
         n_classes=setup.spec.n_classes,
         epochs=opts.epochs,
@@ -90,7 +101,7 @@ def online_probe_accuracy(
         batch_size=opts.batch_size,
         seed=seed,
     )
-    metrics = evaluator(logits_of(probe, extract_features(method.encoder, val.images)), val.targets, val.bias)
+    metrics = evaluator(logits_of(probe, features_of(method.encoder, val)), val.targets, val.bias)
     return metrics[evaluator.primary]
 
 
@@ -131,13 +142,48 @@ def model_payload(method: Method, history: list[EpochRecord]) -> dict[str, Any]:
     return payload
 
 
-def _make_optimizer(method: Method, setup: RunSetup) -> torch.optim.Optimizer:
-    opt = setup.recipe.pretrain.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(
-            method.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], opt: OptimizerParams, fused: bool = False
+) -> torch.optim.Optimizer:
+    """The recipe's optimiser (Adam, or SGD with momentum) over ``parameters``.
+
+    ``fused`` (``compute.fused_optimizer``): torch's fused kernel (the update of every parameter in a few
+    kernels instead of a few per tensor) where torch has one for the parameters' devices and dtypes;
+    elsewhere a one-line RuntimeWarning, then the default implementation.
+    """
+    params = list(parameters)
+    kind = torch.optim.SGD if opt.name == "sgd" else torch.optim.Adam
+
+    def build(**extra: Any) -> torch.optim.Optimizer:
+        if opt.name == "sgd":
+            return kind(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
+        return kind(params, lr=opt.lr, weight_decay=opt.weight_decay, **extra)
+
+    if not fused:
+        return build()  # torch's default implementation (foreach on CUDA), as before the option existed
+    unsupported = [pair for pair in {(p.device, p.dtype) for p in params} if not _fuses(kind, *pair)]
+    if unsupported:
+        where = ", ".join(sorted(f"{device.type} {dtype}" for device, dtype in unsupported))
+        warnings.warn(
+            f"compute.fused_optimizer: torch has no fused {opt.name} for {where}; "
+            "using the default implementation",
+            RuntimeWarning,
+            stacklevel=2,
         )
-    return torch.optim.Adam(method.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        return build()
+    return build(fused=True)
+
+
+def _fuses(kind: type[torch.optim.Optimizer], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``kind(fused=True)`` steps parameters of ``device`` and ``dtype``: one trial step on a
+    scratch tensor (torch checks devices and dtypes at the first step, not at construction)."""
+    try:
+        scratch = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        scratch.grad = torch.zeros_like(scratch)
+        kind([scratch], lr=0.1, fused=True).step()
+    except RuntimeError:  # no fused kernel for this device or dtype (or not a floating-point dtype)
+        return False
+    return True
 
 
 def _training_module(method: Method, device: torch.device) -> nn.Module:
@@ -152,9 +198,208 @@ def _training_module(method: Method, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # compute.autocast -> the dtype torch.autocast runs in
+
+# Steps between two host reads of the recorded non-finite loss, per device type. On an accelerator a read
+# is a host-device sync (the host waits for every queued kernel), so CUDA reads every 100 steps and at the
+# end of each epoch; on a CPU a read costs nothing, so it reads at every step, before that step's update.
+FINITE_CHECK_STEPS: dict[str, int] = {"cpu": 1}
+DEFAULT_FINITE_CHECK_STEPS = 100
+
+
+def finite_check_steps(device: torch.device) -> int:
+    """Steps between reads of the non-finite-loss record on ``device`` (see FINITE_CHECK_STEPS)."""
+    return FINITE_CHECK_STEPS.get(device.type, DEFAULT_FINITE_CHECK_STEPS)
+
+
+class FiniteLossGuard:
+    """Non-finite losses of one epoch, noticed without a host-device sync at every step.
+
+    ``record(loss, step)`` keeps the 1-based step of the epoch's first non-finite loss in a device tensor
+    (device ops only) and reads it every ``every`` steps; ``check()`` reads it (one sync on CUDA). Either
+    raises ``FloatingPointError("<method>: non-finite loss at epoch E, step S")`` naming the first bad
+    step. With ``every == 1`` the loss is tested at once, so the error comes before that step's update.
+    """
+
+    def __init__(self, name: str, epoch: int, device: torch.device, every: int) -> None:
+        self.name = name
+        self.epoch = epoch  # 0-based
+        self.every = max(1, every)
+        self._first = torch.zeros((), dtype=torch.long, device=device)  # 0: none yet
+
+    def record(self, loss: Tensor, step: int) -> None:
+        """Note whether ``loss`` (of 0-based ``step``) is finite; raise if a read finds a bad step."""
+        if self.every == 1:
+            if not torch.isfinite(loss):
+                self._fail(step + 1)
+            return
+        # first := step + 1 where this loss is non-finite and no earlier one was: stays on the device.
+        self._first.masked_fill_(~torch.isfinite(loss.detach()) & (self._first == 0), step + 1)
+        if (step + 1) % self.every == 0:
+            self.check()
+
+    def check(self, cause: BaseException | None = None) -> None:
+        """Raise if a non-finite loss was recorded (``cause``: the error it led to, chained)."""
+        first = int(self._first)  # the host read
+        if first:
+            self._fail(first, cause)
+
+    def _fail(self, step: int, cause: BaseException | None = None) -> NoReturn:
+        raise FloatingPointError(
+            f"{self.name}: non-finite loss at epoch {self.epoch + 1}, step {step}"
+        ) from cause
+
+
+@dataclass
+class Training:
+    """The objects one run trains with, built once by :func:`build_training` and used by every step."""
+
+    setup: RunSetup
+    device: torch.device
+    method: Method
+    trainer: nn.Module  # forward(views, labels) -> loss: TrainingLoss, in DDP under torchrun, maybe compiled
+    optimizer: torch.optim.Optimizer
+    augment: BatchAugment
+    autocast: torch.dtype | None  # compute.autocast
+    finite_check_steps: int
+
+
+def build_training(setup: RunSetup, device: torch.device) -> Training:
+    """Seed with the run's seed, build its method on ``device``, its training module and optimiser.
+
+    ``setup.compute`` applies here: ``compile`` compiles the training module in place
+    (``nn.Module.compile``: the method's state-dict keys do not change), ``fused_optimizer`` picks the fused
+    optimiser kernels, ``autocast`` is kept for :func:`model_step`.
+    """
+    torch.manual_seed(setup.key.seed)  # the method's initial weights
+    method = build_training_method(setup).to(device)
+    trainer = _training_module(method, device)
+    compute = setup.compute
+    if compute.compile:
+        trainer.compile()
+    optimizer = make_optimizer(method.parameters(), setup.recipe.pretrain.optimizer, compute.fused_optimizer)
+    return Training(
+        setup=setup,
+        device=device,
+        method=method,
+        trainer=trainer,
+        optimizer=optimizer,
+        augment=BatchAugment(setup.recipe.augment),
+        autocast=AUTOCAST_DTYPES[compute.autocast] if compute.autocast else None,
+        finite_check_steps=finite_check_steps(device),
+    )
+
+
+@dataclass
+class Epoch:
+    """One epoch's batches (drawn by (seed, epoch) only: cecl/data/streaming.py), loss sum, guard."""
+
+    index: int  # 0-based
+    total: int  # the run's epochs (the learning-rate schedule's horizon)
+    steps: int
+    batch_size: int
+    batches: Iterator[tuple[Tensor, Tensor]]  # this process's shard of each global batch, in step order
+    loss_sum: Tensor  # on the device: summed without a sync, read once at the end
+    guard: FiniteLossGuard
+    lr: float = math.nan  # the last step's learning rate
+
+
+def as_batch_source(training: Training, train: TensorSplit | BatchSource) -> BatchSource:
+    """``train`` as a batch source: an in-memory split is served exactly as the loop always did."""
+    if isinstance(train, TensorSplit):
+        return TensorBatchSource(train, training.setup.key.seed, training.augment)
+    return train
+
+
+def start_epoch(training: Training, train: TensorSplit | BatchSource, index: int, total: int) -> Epoch:
+    """Epoch ``index`` (0-based) of ``total`` over the training split ``train``."""
+    source = as_batch_source(training, train)
+    batch_size = min(training.setup.recipe.pretrain.batch_size, len(source))
+    device = training.device
+    method = training.method
+    return Epoch(
+        index=index,
+        total=total,
+        steps=source.steps(batch_size),  # the last incomplete batch dropped: contrastive batches stay full
+        batch_size=batch_size,
+        batches=iter(source.epoch_batches(index, batch_size, method.n_views, method.augments)),
+        loss_sum=torch.zeros((), device=device),
+        guard=FiniteLossGuard(training.setup.key.method, index, device, training.finite_check_steps),
+    )
+
+
+def model_step(
+    training: Training, views: Tensor, labels: Tensor, on_loss: Callable[[Tensor], None] | None = None
+) -> Tensor:
+    """The model's part of a step on ready views: forward (under autocast if asked), ``on_loss(loss)``,
+    ``zero_grad``, backward, optimiser step, ``after_step``; returns the detached loss."""
+    autocast = (
+        torch.autocast(training.device.type, dtype=training.autocast)
+        if training.autocast is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:  # the forward only: backward runs in the dtypes the forward chose
+        loss = training.trainer(views, labels)  # the loss of the global batch, equal in every process
+    if on_loss is not None:
+        on_loss(loss)
+    training.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    training.optimizer.step()
+    training.method.after_step()
+    return loss.detach()
+
+
+def train_step(training: Training, epoch: Epoch, step: int) -> Tensor:
+    """One optimiser step of the loop, step ``step`` (0-based, called in order) of ``epoch``.
+
+    Sets the scheduled learning rate, takes the epoch's next batch (this process's shard of the global
+    batch's views, made by the batch source from (seed, epoch) only), runs :func:`model_step` with the
+    epoch's finiteness guard, and adds the loss to ``epoch.loss_sum``; returns the detached loss.
+    """
+    try:
+        epoch.lr = learning_rate(
+            training.setup.recipe.pretrain.optimizer, epoch.index, step, epoch.steps, epoch.total
+        )
+        for group in training.optimizer.param_groups:
+            group["lr"] = epoch.lr
+        views, labels = next(epoch.batches)
+        loss = model_step(training, views, labels, lambda value: epoch.guard.record(value, step))
+    except Exception as err:
+        # A non-finite loss recorded but not yet read (CUDA) can make a later step fail (NaN weights give
+        # NaN features, which the losses reject): report the first bad step, as a per-step check would.
+        epoch.guard.check(cause=err)
+        raise
+    epoch.loss_sum += loss
+    return loss
+
+
+def finish_epoch(epoch: Epoch) -> float:
+    """The epoch's mean training loss, after the epoch's last finiteness read (raises if one was bad)."""
+    epoch.guard.check()
+    return float(epoch.loss_sum) / epoch.steps
+
+
+@contextlib.contextmanager
+def compute_threads(compute: ComputeParams) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``compute.threads`` inside the block (unchanged when null).
+
+    Intra-op parallel reductions split their work by the thread count, so a fixed count makes CPU
+    results independent of the machine's cores. The previous count is restored on exit.
+    """
+    if compute.threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(compute.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_pretraining(
     setup: RunSetup,
-    train: TensorSplit,
+    train: TensorSplit | BatchSource,
     val: TensorSplit,
     device: torch.device,
     fingerprint: str,
@@ -168,23 +413,36 @@ def run_pretraining(
     ``on_epoch`` is called for every epoch in order, including epochs restored from a checkpoint,
     so a resumed run logs the complete curve. ``epochs`` overrides the recipe's (the sweep).
     Under torchrun only rank 0 probes, checkpoints, prints and calls ``on_epoch``; the other ranks'
-    records carry NaN as online-probe accuracy.
+    records carry NaN as online-probe accuracy. ``compute.threads`` holds for the whole call.
 
     Under protocol joint the returned method is the :class:`JointMethod` after the last epoch; its
     ``best_epoch`` / ``best_state`` hold the validation-selected epoch (rank 0; None on the others).
     """
+    with compute_threads(setup.compute):
+        return _pretrain(setup, train, val, device, fingerprint, checkpoint_path, on_epoch, epochs, progress)
+
+
+def _pretrain(
+    setup: RunSetup,
+    train: TensorSplit | BatchSource,
+    val: TensorSplit,
+    device: torch.device,
+    fingerprint: str,
+    checkpoint_path: Path | None,
+    on_epoch: EpochCallback | None,
+    epochs: int | None,
+    progress: bool,
+) -> tuple[Method, list[EpochRecord]]:
+    """The body of :func:`run_pretraining`."""
     cfg = setup.recipe.pretrain
     total_epochs = epochs or cfg.epochs
     seed = setup.key.seed
     method_name = setup.key.method
-    torch.manual_seed(seed)
-    method = build_training_method(setup).to(device)
+    training = build_training(setup, device)
+    method, optimizer = training.method, training.optimizer
     joint = isinstance(method, JointMethod)
-    trainer = _training_module(method, device)
     main_process = distributed.is_main_process()
     progress = progress and main_process
-    optimizer = _make_optimizer(method, setup)
-    augment = BatchAugment(setup.recipe.augment)
     history: list[EpochRecord] = []
 
     state = load_checkpoint(checkpoint_path, fingerprint)
@@ -202,41 +460,20 @@ def run_pretraining(
             if on_epoch is not None and main_process:
                 on_epoch(record)
 
-    batch_size = min(cfg.batch_size, len(train))
-    steps = len(train) // batch_size  # drop the last incomplete batch: contrastive batches stay full
     for epoch in range(len(history), total_epochs):
         started = time.perf_counter()
         method.train()
-        generator = _epoch_generator(seed, epoch, device)
-        order = torch.randperm(len(train), generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
+        current = start_epoch(training, train, epoch, total_epochs)
         bar = tqdm(
-            range(steps),
+            range(current.steps),
             desc=f"{method_name} epoch {epoch + 1}/{total_epochs}",
             leave=False,
             disable=not progress,
             mininterval=2.0,
         )
         for step in bar:
-            lr = learning_rate(cfg.optimizer, epoch, step, steps, total_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            views = make_views(
-                train.images[idx], method.n_views, augment if method.augments else None, generator
-            )
-            # The whole global batch is augmented in every process (same generator), then sharded.
-            views, labels = distributed.split_batch([views, train.targets[idx]])
-            loss = trainer(views, labels)  # the loss of the global batch, equal in every process
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{method_name}: non-finite loss at epoch {epoch + 1}, step {step + 1}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.after_step()
-            loss_sum += loss.detach()
+            train_step(training, current, step)
+        train_loss = finish_epoch(current)
         accuracy = float("nan")
         probe_started = time.perf_counter()
         if main_process and joint:
@@ -253,9 +490,9 @@ def run_pretraining(
             accuracy = online_probe_accuracy(method, setup, train, val, seed + epoch)
         record = EpochRecord(
             epoch=epoch + 1,
-            train_loss=float(loss_sum) / steps,
+            train_loss=train_loss,
             online_probe_val_accuracy=accuracy,
-            lr=lr,
+            lr=current.lr,
             seconds=time.perf_counter() - started,
             probe_seconds=time.perf_counter() - probe_started,
         )

@@ -15,14 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Input elements (images x channels x pixels) of one feature-extraction forward: 2**24 floats = 64 MiB of
+# input, 1024 images up to 3 x 64 x 64 (every dataset of the profiles: 1024 images per forward, as before
+# the bound), 111 ImageNet-sized 3 x 224 x 224 images, whose activations then stay a few GiB.
+EXTRACT_ELEMENTS = 2**24
+
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Encoder outputs for uint8 images in batches under no_grad, in eval mode (BN running statistics)."""
+    """Encoder outputs for uint8 images in batches under no_grad, in eval mode (BN running statistics).
+
+    A batch is at most ``batch_size`` images and at most ``EXTRACT_ELEMENTS`` input elements, so memory
+    stays bounded whatever the split's size and resolution (eval mode: each image's features do not
+    depend on the batch it is in).
+    """
+    per_image = max(1, images[0].numel()) if len(images) else 1
+    batch = max(1, min(batch_size, EXTRACT_ELEMENTS // per_image))
     was_training = encoder.training
     encoder.eval()
-    chunks = [encoder(images[i : i + batch_size].float() / 255.0) for i in range(0, len(images), batch_size)]
-    encoder.train(was_training)
+    try:
+        chunks = [encoder(images[i : i + batch].float() / 255.0) for i in range(0, len(images), batch)]
+    finally:
+        encoder.train(was_training)
     return torch.cat(chunks)
 
 

@@ -7,10 +7,13 @@ split is unbiased, accuracy otherwise). The test split is never loaded.
 
 One concern per module:
 
+- :mod:`cecl.tune.console`: Ray's and Tune's own output kept off the console (imported first: Ray
+  reads some of its settings when it is imported).
 - :mod:`cecl.tune.grid`: the search space, trial labels, method-option overrides, the
   ``CECL_SWEEP_CRASH`` test hook.
 - :mod:`cecl.tune.trial`: the Ray trainable (the pipeline's ``run_pretraining`` on one grid point),
-  its data loading and device, and the fingerprints (a trial's checkpoint, a method's experiment).
+  its data loading, where it trains (params.yaml ``device`` resolved against Ray's GPUs), and the
+  fingerprints (a trial's checkpoint, a method's experiment).
 - :mod:`cecl.tune.sink`: MLflow child runs per trial, written by the driver only, and the Tune
   callback that prints the ``[sweep] ...`` progress lines.
 - :mod:`cecl.tune.runner`: Ray, ASHA, one resumable Tuner per method, outcomes and best.json.
@@ -19,6 +22,7 @@ One concern per module:
 
 from __future__ import annotations
 
+from cecl.tune.console import RAY_ENV, apply_defaults, quiet_loggers
 from cecl.tune.grid import (
     CRASH_ENV,
     OBJECTIVE,
@@ -44,19 +48,23 @@ from cecl.tune.runner import (
     run_method_sweep,
     run_sweep,
     scheduler,
+    sweep_device,
     trial_resources,
+    visible_gpus,
 )
 from cecl.tune.sink import TrialEvents, TrialRuns
 from cecl.tune.trial import (
     CODE_DEPS,
+    SweepDevice,
     TrialSetup,
     code_digest,
     experiment_name,
+    gpu_pin,
     load_train_val,
+    resolve_sweep_device,
     subsample,
     sweep_setup,
     sweep_trial,
-    trial_device,
     trial_fingerprint,
 )
 
@@ -65,7 +73,9 @@ __all__ = [
     "CRASH_ENV",
     "OBJECTIVE",
     "OUTPUT_FILES",
+    "RAY_ENV",
     "CrashSpec",
+    "SweepDevice",
     "SweepFailed",
     "SweepInterrupted",
     "SweepSummary",
@@ -73,28 +83,33 @@ __all__ = [
     "TrialOutcome",
     "TrialRuns",
     "TrialSetup",
+    "apply_defaults",
     "best_per_method",
     "check_device",
     "child_tags",
     "code_digest",
     "experiment_name",
+    "gpu_pin",
     "grid_size",
     "init_ray",
     "load_train_val",
     "overrides_of",
     "parse_crash_specs",
     "prune_stale",
+    "quiet_loggers",
+    "resolve_sweep_device",
     "run_method_sweep",
     "run_sweep",
     "scheduler",
     "search_space",
     "subsample",
+    "sweep_device",
     "sweep_methods",
     "sweep_setup",
     "sweep_trial",
-    "trial_device",
     "trial_fingerprint",
     "trial_label",
     "trial_resources",
+    "visible_gpus",
     "write_outputs",
 ]

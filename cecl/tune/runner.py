@@ -19,16 +19,16 @@ Fault tolerance:
 - Test hook: ``CECL_SWEEP_CRASH`` (read by the driver, see :func:`cecl.tune.grid.parse_crash_specs`)
   makes chosen trials crash, to exercise retries and error reporting.
 
-Ray's output: the driver's ``[sweep] ...`` lines (:class:`cecl.tune.sink.TrialEvents`) are the
-progress report on stdout. Tune runs with ``verbose=0`` and its legacy output engine
-(``RAY_AIR_NEW_OUTPUT=0``: the new one prints a configuration box, result paths and per-error
-blocks to stdout even at verbose 0). Ray is initialised with its logging at WARNING (no "Started a
-local Ray instance" banner) and with worker output forwarded to the driver (``log_to_driver``), so
-what a trial prints (a resume, a warning, a traceback) still reaches the stage's log, prefixed with
-``(sweep_trial pid=N)`` but uncoloured (``RAY_COLOR_PREFIX=0``: no ANSI codes in a log file);
-trials set Ray Train's logger to WARNING (no "Checkpoint successfully created" line per epoch).
-``RAY_DEDUP_LOGS`` keeps Ray's default (on): the same line from N trials is printed once with a
-"[repeated Nx]" note. Tune's own error reports (a failed trial's traceback) go to stderr.
+Device: params.yaml ``device`` is resolved for the trials by :func:`cecl.tune.trial.resolve_sweep_device`
+against the GPUs Ray has (``cuda:N`` starts the local Ray with only GPU N visible), recorded in the
+MLflow ``device`` tag of the parent and child runs and in best.json.
+
+Ray's output: the driver's ``[sweep] ...`` lines (:class:`cecl.tune.sink.TrialEvents`, one per trial
+result, stop, retry and failure, then :meth:`SweepSummary.report_lines`) are the progress report on
+stdout. Tune runs with ``verbose=0``; Ray and Tune are kept quiet and uncoloured by their own
+settings (:mod:`cecl.tune.console`). Worker output is still forwarded to the driver
+(``log_to_driver``), so what a trial prints (a warning, say) reaches the stage's log, prefixed with
+``(sweep_trial pid=N)``; a failed trial's traceback is in its ``error.txt`` under ray_results.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from ray import tune
@@ -50,6 +51,7 @@ from ray import tune
 from cecl import runs as run_paths
 from cecl.config import Params
 from cecl.methods import resolve_options
+from cecl.tune.console import apply_defaults, quiet_loggers
 from cecl.tune.grid import (
     CRASH_ENV,
     OBJECTIVE,
@@ -60,7 +62,16 @@ from cecl.tune.grid import (
     sweep_methods,
 )
 from cecl.tune.sink import SINKS, TrialEvents, TrialRuns
-from cecl.tune.trial import REPO_ROOT, TrialSetup, experiment_name, sweep_trial, trial_device
+from cecl.tune.trial import (
+    REPO_ROOT,
+    SweepDevice,
+    TrialSetup,
+    experiment_name,
+    gpu_pin,
+    resolve_sweep_device,
+    sweep_trial,
+    trial_label,
+)
 
 RAY_RESULTS = "ray_results"
 
@@ -80,18 +91,27 @@ class SweepFailed(ValueError):
 # ---------------------------------------------------------------- Ray
 
 
+def visible_gpus() -> list[str]:
+    """The GPU ids this process sees: CUDA_VISIBLE_DEVICES when set, else 0..count-1."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and not g.strip().startswith("-")]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def init_ray(params: Params) -> bool:
     """Connect to RAY_ADDRESS's cluster, or start a local Ray; returns True when this call started it.
 
     Workers get the repository root on PYTHONPATH so they can import ``cecl`` (on a cluster, every
     node needs the checkout, the data and ``sweep/ray_results`` at the same path, e.g. a shared disk).
-    See the module docstring for how Ray's own output is kept out of the way.
+    ``device: cuda:N`` starts the local Ray with only GPU N visible (as a stage would train on GPU N).
+    See :mod:`cecl.tune.console` for how Ray's own output is kept out of the way.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read when worker lines are printed
+    quiet_loggers()
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -103,26 +123,32 @@ def init_ray(params: Params) -> bool:
     cpus = os.cpu_count() or 1
     if sweep.cpus_per_trial > cpus:
         raise ValueError(f"sweep.cpus_per_trial {sweep.cpus_per_trial:g} exceeds this machine's {cpus} CPUs")
-    if trial_resources(params)["gpu"] > 0 and not torch.cuda.is_available():
-        raise ValueError(f"sweep.gpus_per_trial is {sweep.gpus_per_trial:g} but this machine has no GPU")
-    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
+    pin = gpu_pin(params.device, visible_gpus())
+    # Ray finds its GPUs in CUDA_VISIBLE_DEVICES when it starts; the driver's own value is restored after.
+    with mock.patch.dict(os.environ, {} if pin is None else {"CUDA_VISIBLE_DEVICES": pin}):
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
     return True
 
 
-def trial_resources(params: Params) -> dict[str, float]:
-    """Ray resources of one trial: ``device: cpu`` reserves no GPU (its trials never use one)."""
-    sweep = params.sweep
-    gpus = sweep.gpus_per_trial if trial_device(params.device, sweep.gpus_per_trial).type == "cuda" else 0.0
-    return {"cpu": sweep.cpus_per_trial, "gpu": gpus}
+def sweep_device(params: Params, started_ray: bool) -> SweepDevice:
+    """params.yaml ``device`` resolved against the GPUs of the running Ray (see resolve_sweep_device)."""
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    # init_ray pinned the local Ray it started to GPU N (a cluster, or a Ray started elsewhere, it cannot).
+    pinned = started_ray and not os.environ.get("RAY_ADDRESS") and params.device.startswith("cuda:")
+    return resolve_sweep_device(params.device, params.sweep.gpus_per_trial, gpus, pinned)
+
+
+def trial_resources(params: Params, device: SweepDevice) -> dict[str, float]:
+    """Ray resources of one trial: GPUs only when its trials train on CUDA."""
+    return {"cpu": params.sweep.cpus_per_trial, "gpu": device.gpus_per_trial}
 
 
 def check_device(params: Params) -> None:
-    """One line when params.yaml asks for CUDA but the sweep's trials would get no GPU."""
+    """One line, before Ray starts, when params.yaml asks for CUDA but the trials would get no GPU."""
     if params.device.startswith("cuda") and params.sweep.gpus_per_trial == 0:
-        raise ValueError(
-            f"device is {params.device} but sweep.gpus_per_trial is 0, so every trial would train on the "
-            "CPU; set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU) or device: auto"
-        )
+        resolve_sweep_device(params.device, 0.0, 0.0)  # raises the one-line error
 
 
 def scheduler(params: Params) -> tune.schedulers.TrialScheduler | None:
@@ -168,11 +194,12 @@ class TrialOutcome:
     stopped_early: bool
     status: str  # TERMINATED | ERROR
     retries: int
-    trial_id: str
-    mlflow_run_id: str = ""
+    trial_id: str  # Ray's, random: tagged on the MLflow run, never written to a DVC-tracked file
+    mlflow_run_id: str = ""  # likewise (results.csv and best.json stay byte-identical between equal runs)
 
     def row(self) -> dict[str, Any]:
-        return asdict(self)
+        """What results.csv and best.json record: everything but the per-execution ids."""
+        return {k: v for k, v in asdict(self).items() if k not in ("trial_id", "mlflow_run_id")}
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,27 @@ class SweepSummary:
     best: dict[str, Any]  # best.json
     seconds: float
     experiments: dict[str, Path] = field(default_factory=dict)  # method -> its Tune experiment folder
+
+    def report_lines(self) -> list[str]:
+        """The console's final summary: per method its best configuration and how its trials ended."""
+        lines = []
+        for method in dict.fromkeys(o.method for o in self.outcomes):
+            trials = [o for o in self.outcomes if o.method == method]
+            failed = sum(o.status != "TERMINATED" for o in trials)
+            stopped = sum(o.stopped_early for o in trials)
+            counts = f"{len(trials)} trials: {failed} failed, {stopped} stopped early"
+            best = self.best["methods"].get(method)
+            if best is None:
+                lines.append(f"[sweep] {method}: no best configuration ({counts})")
+                continue
+            point = {k: best[k] for k in ("temperature", "weight") if k in best}
+            label = trial_label({"method": method, **point})
+            ties = f", {best['ties']} configurations tie" if best.get("ties", 1) > 1 else ""
+            lines.append(
+                f"[sweep] best {label}: val {best['best_val_accuracy']:.4f} at epoch {best['best_epoch']}"
+                f"{ties} ({counts})"
+            )
+        return lines
 
     @property
     def trial_epochs(self) -> int:
@@ -258,13 +306,21 @@ def run_method_sweep(
     runs: TrialRuns | None,
     callbacks: Sequence[tune.Callback] = (),
     verbose: int = 0,
+    device: SweepDevice | None = None,
 ) -> list[TrialOutcome]:
-    """Run (or resume) the Tuner of one method; raises SweepInterrupted if it stopped early."""
+    """Run (or resume) the Tuner of one method; raises SweepInterrupted if it stopped early.
+
+    ``device`` is where the trials train (default: the CPU).
+    """
     sweep = params.sweep
+    device = device or SweepDevice(params.device, "cpu")
     name = experiment_name(params, method, data_dir)
     path = storage / name
-    setup = TrialSetup(params, str(data_dir.resolve()), parse_crash_specs(os.environ.get(CRASH_ENV)))
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, setup=setup), trial_resources(params))
+    setup = TrialSetup(
+        params, str(data_dir.resolve()), device.kind, parse_crash_specs(os.environ.get(CRASH_ENV))
+    )
+    resources = trial_resources(params, device)
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, setup=setup), resources)
     if runs is not None:
         SINKS[name] = runs
     try:
@@ -273,6 +329,11 @@ def run_method_sweep(
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         else:
             prune_stale(storage, method, keep=name)
+            print(
+                f"[sweep] {method}: {grid_size(params, method)} configurations on {sweep.dataset}, "
+                f"up to {sweep.epochs} epoch(s) each, on {device.name}",
+                flush=True,
+            )
             tuner = tune.Tuner(
                 trainable,
                 param_space=search_space(params, method),
@@ -310,14 +371,14 @@ def run_method_sweep(
         history = _history(frames.get(trial.trial_id))
         outcome = _outcome(params, trial, history)
         if runs is not None:
-            outcome = TrialOutcome(
-                **{**outcome.row(), "mlflow_run_id": runs.finish(trial.config, outcome, history)}
-            )
+            outcome = replace(outcome, mlflow_run_id=runs.finish(trial.config, outcome, history))
         outcomes.append(outcome)
     return sorted(outcomes, key=_order)
 
 
-def best_per_method(params: Params, outcomes: Sequence[TrialOutcome]) -> dict[str, Any]:
+def best_per_method(
+    params: Params, outcomes: Sequence[TrialOutcome], device: SweepDevice | None = None
+) -> dict[str, Any]:
     """best.json: per method the configuration with the highest validation objective.
 
     Ties go to the first configuration in (temperature, weight) order, and ``ties`` says how many
@@ -355,21 +416,25 @@ def best_per_method(params: Params, outcomes: Sequence[TrialOutcome]) -> dict[st
         "epochs": sweep.epochs,
         "train_size": sweep.train_size,
         "scheduler": sweep.scheduler,
+        **({} if device is None else {"device": device.name}),
         "methods": methods,
     }
 
 
-def child_tags(params: Params) -> dict[str, Any]:
-    """Tags of the sweep's runs, like a stage run's (``cecl.pipeline.run_tags``), the method aside."""
+def child_tags(params: Params, device: SweepDevice | None = None) -> dict[str, Any]:
+    """Tags of the sweep's runs, like a stage run's (``cecl.pipeline.run_tags``), the method aside.
+
+    ``device`` (where the trials train) is known once Ray runs; without it the tag is left out.
+    """
     sweep = params.sweep
     spec = params.spec(sweep.dataset)
-    return {
+    tags: dict[str, Any] = {
         "dataset": sweep.dataset,
         "family": spec.family,
         "seed": sweep.seed,
-        "device": str(trial_device(params.device, sweep.gpus_per_trial)),
         "data_verified": spec.options.verify,
     }
+    return tags if device is None else {**tags, "device": device.name}
 
 
 def run_sweep(
@@ -397,28 +462,30 @@ def run_sweep(
     storage = (storage or root / run_paths.SWEEP_DIR / RAY_RESULTS).resolve()
     params.spec(sweep.dataset).read_manifest(data_dir)  # one line if missing or not this entry's data
     check_device(params)
-    runs = None
-    if parent_run_id is not None:
-        static = {
-            "dataset": sweep.dataset,
-            "seed": sweep.seed,
-            "epochs": sweep.epochs,
-            "train_size": sweep.train_size,
-            "scheduler": sweep.scheduler,
-        }
-        runs = TrialRuns(parent_run_id, tracking_uri(root), static, child_tags(params), root)
-    # Keeping 2 checkpoints per trial makes Tune snapshot the experiment state on every other
-    # report; on local storage a snapshot takes milliseconds, so its "bottleneck" warning is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # see the module docstring
+    apply_defaults()  # in case the environment changed since cecl.tune was imported
     started_ray = init_ray(params)
     started = time.perf_counter()
     outcomes: list[TrialOutcome] = []
     experiments: dict[str, Path] = {}
+    runs = None
     try:
+        device = sweep_device(params, started_ray)
+        if device.note:
+            print(f"[sweep] {device.note}", flush=True)
+        if parent_run_id is not None:
+            static = {
+                "dataset": sweep.dataset,
+                "seed": sweep.seed,
+                "epochs": sweep.epochs,
+                "train_size": sweep.train_size,
+                "scheduler": sweep.scheduler,
+                "device": params.device,
+            }
+            runs = TrialRuns(parent_run_id, tracking_uri(root), static, child_tags(params, device), root)
+            runs.tag_parent({"device": device.name})
         for method in sweep_methods(params):
             experiments[method] = storage / experiment_name(params, method, data_dir)
-            outcomes += run_method_sweep(params, method, storage, data_dir, runs, callbacks, verbose)
+            outcomes += run_method_sweep(params, method, storage, data_dir, runs, callbacks, verbose, device)
     except BaseException:
         if runs is not None:
             runs.abandon()
@@ -427,5 +494,5 @@ def run_sweep(
         if started_ray:
             ray.shutdown()
     return SweepSummary(
-        outcomes, best_per_method(params, outcomes), time.perf_counter() - started, experiments
+        outcomes, best_per_method(params, outcomes, device), time.perf_counter() - started, experiments
     )

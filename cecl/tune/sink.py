@@ -4,8 +4,8 @@ Trial processes never open the sqlite database. A small ``tune.Callback`` (:clas
 prints one progress line per trial event and logs each epoch's metrics live into the trial's child
 run, which :class:`TrialRuns` creates on first use, nested under the sweep's parent run by the
 ``mlflow.parentRunId`` tag and tagged like a stage run (git_commit, dvc_stage ``sweep``, dataset,
-family, method, seed, device). After ``fit`` every trial's child run is completed from the stored
-results.
+family, method, seed, device, data_verified). After ``fit`` every trial's child run is completed from
+the stored results.
 
 Why not Ray's ``MLflowLoggerCallback``: it can nest through the same tag, but it names runs after
 Ray's trial ids, logs every Ray bookkeeping key, and its state (parent id, run map) is pickled into
@@ -65,6 +65,12 @@ class TrialRuns:
         self.runs: dict[tuple, str] = {}
         self.logged_steps: dict[tuple, set[int]] = {}
         self.finished: set[tuple] = set()
+
+    def tag_parent(self, tags: Mapping[str, Any]) -> None:
+        """Tags of the sweep's parent run known only once Ray runs (the trials' device)."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def run_id(self, config: dict[str, Any]) -> str:
         """The child run of ``config``'s grid point, created (tagged, params logged) on first use."""

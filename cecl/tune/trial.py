@@ -57,6 +57,7 @@ class TrialSetup:
 
     params: Params
     data_dir: str  # absolute: trials run in their own working directory
+    device: str = "cpu"  # SweepDevice.kind: the torch device every trial trains on
     crash: tuple[CrashSpec, ...] = ()
 
 
@@ -75,18 +76,84 @@ def sweep_setup(params: Params, method: str, overrides: dict[str, float] | None 
     return dataclasses.replace(setup, recipe=dataclasses.replace(setup.recipe, pretrain=pretrain))
 
 
-def trial_device(device: str, gpus_per_trial: float) -> torch.device:
-    """The device a trial trains on, from params.yaml ``device`` and ``sweep.gpus_per_trial``.
+@dataclass(frozen=True)
+class SweepDevice:
+    """Where the sweep's trials train: params.yaml ``device`` resolved like a stage's ``resolve_device``.
 
-    ``cpu`` keeps trials on the CPU even when they reserve GPUs. Otherwise a trial that was given a
-    GPU (or a share of one) uses it: Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned, which the
-    trial sees as ``cuda`` (``cuda:N`` therefore means "a GPU Ray assigns", not GPU N). A trial given
-    no GPU trains on the CPU (``auto``; an explicit ``cuda`` without GPUs per trial is refused by
-    ``cecl.tune.runner.check_device`` before anything starts).
+    A stage resolves ``device`` against its own machine; the sweep's trials run where Ray places them,
+    so the sweep resolves it against the GPUs Ray has and reserves ``gpus_per_trial`` of them per
+    trial when they train on CUDA. ``name`` is what the MLflow ``device`` tag records.
     """
-    if device != "cpu" and gpus_per_trial > 0:
-        return torch.device("cuda")
-    return torch.device("cpu")
+
+    requested: str  # params.yaml ``device``
+    kind: str  # "cpu" | "cuda": the torch device a trial trains on (the GPU Ray assigned it is "cuda")
+    gpus_per_trial: float = 0.0  # Ray's GPU reservation per trial (0 on the CPU)
+    pinned: bool = False  # cuda:N on a local Ray started with only GPU N visible
+    note: str = ""  # one line for the console when trials do not train where the request says
+
+    @property
+    def name(self) -> str:
+        """``cpu``, ``cuda`` (a GPU Ray assigns) or ``cuda:N`` (the local Ray holds GPU N only)."""
+        return self.requested if self.pinned else self.kind
+
+
+def gpu_pin(device: str, visible: list[str]) -> str | None:
+    """The GPU id a local Ray is started with (its CUDA_VISIBLE_DEVICES) for ``cuda:N``, else None.
+
+    ``visible`` lists the GPU ids this process sees (CUDA_VISIBLE_DEVICES, or 0..count-1), so N counts
+    the visible GPUs as torch's ``cuda:N`` does in a stage. One line when there is no GPU N.
+    """
+    if not device.startswith("cuda:"):
+        return None
+    index = torch.device(device).index
+    if not visible:
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if index >= len(visible):
+        raise ValueError(f"device {device!r} requested but this machine has {len(visible)} GPU(s)")
+    return visible[index]
+
+
+def resolve_sweep_device(
+    device: str, gpus_per_trial: float, ray_gpus: float, pinned: bool = False
+) -> SweepDevice:
+    """Resolve params.yaml ``device`` for the trials, given the GPUs Ray has (``ray_gpus``).
+
+    ``cpu``: the CPU, no GPU reserved. ``auto``: CUDA when Ray has GPUs and ``gpus_per_trial`` reserves
+    some, else the CPU (with a note when GPUs go unused). ``cuda`` / ``cuda:N``: CUDA, and a one-line
+    error when Ray has no GPU or ``gpus_per_trial`` is 0 or more than Ray has; ``cuda:N`` means GPU N
+    when the sweep started a local Ray (``pinned``), else the GPU Ray assigns. A one-line ValueError
+    for every request that cannot be honoured, before any trial starts.
+    """
+    if device == "cpu":
+        return SweepDevice(device, "cpu")
+    if device == "auto" and gpus_per_trial == 0:
+        note = (
+            f"device auto: sweep.gpus_per_trial is 0, so trials train on the CPU although Ray has "
+            f"{ray_gpus:g} GPU(s); set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU)"
+            if ray_gpus > 0
+            else ""
+        )
+        return SweepDevice(device, "cpu", note=note)
+    if device == "auto" and ray_gpus == 0:
+        note = "device auto: Ray has no GPU, so trials train on the CPU (as a stage would)"
+        return SweepDevice(device, "cpu", note=note)
+    if gpus_per_trial == 0:
+        raise ValueError(
+            f"device is {device} but sweep.gpus_per_trial is 0, so every trial would train on the "
+            "CPU; set sweep.gpus_per_trial (e.g. 1, or 0.5 for two trials per GPU) or device: auto"
+        )
+    if ray_gpus == 0:
+        raise ValueError(f"device {device!r} requested but the Ray cluster has no GPU")
+    if gpus_per_trial > ray_gpus:
+        raise ValueError(
+            f"sweep.gpus_per_trial is {gpus_per_trial:g} but Ray has {ray_gpus:g} GPU(s): no trial can start"
+        )
+    note = ""
+    if device.startswith("cuda:") and not pinned:
+        note = (
+            f"device {device}: Ray was not started by this sweep, so each trial uses the GPU Ray assigns it"
+        )
+    return SweepDevice(device, "cuda", gpus_per_trial, pinned, note)
 
 
 def load_train_val(
@@ -165,7 +232,7 @@ def sweep_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, int(sweep.cpus_per_trial)))
     data_dir = Path(setup.data_dir)
     run = sweep_setup(params, config["method"], overrides_of(config))
-    device = trial_device(params.device, sweep.gpus_per_trial)
+    device = torch.device(setup.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"{trial_label(config)}: sweep.gpus_per_trial is {sweep.gpus_per_trial:g} but this trial sees "

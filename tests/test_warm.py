@@ -1,0 +1,148 @@
+"""The warm stage server (cecl/warm.py): a child runs like a cold ``python -m`` of the module would.
+
+Each test talks to a real server (started the way ``python -m cecl.repro`` starts it) from a real client
+process. The whole pipeline through it, byte for byte against cold stages, is checked by
+tests/test_pipeline_e2e.py (the first clone runs warm, the fresh clone cold, and their dvc.lock match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cecl import warm
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = "tests.fixtures.warm_child"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    previous = Path.cwd()
+    os.chdir(REPO)
+    try:
+        with warm.server() as variables:
+            assert variables, "the warm server did not start"
+            yield variables
+    finally:
+        os.chdir(previous)
+
+
+def _client(variables: dict[str, str], *argv: str, env: dict | None = None) -> subprocess.Popen[str]:
+    code = (
+        "import os, sys; from cecl import warm; "
+        f"sys.exit(warm.request(os.environ[{warm.SOCKET_ENV!r}], {CHILD!r}, sys.argv[1:]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=REPO,
+        env={**os.environ, **variables, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report(stdout: str) -> dict:
+    return json.loads(stdout.splitlines()[0])
+
+
+def test_the_child_gets_the_clients_streams_argv_directory_and_environment(server) -> None:
+    client = _client(server, "ok", "--flag", env={"WARM_MARKER": "from-the-client"})
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    report = _report(out)
+    assert report["argv"] == ["ok", "--flag"]
+    assert report["cwd"] == str(REPO) and report["marker"] == "from-the-client"
+    assert report["pid"] != client.pid and not report["stdout_isatty"]
+    assert "to stderr" in err
+
+
+def test_a_cold_run_of_the_module_reports_the_same(server) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WARM_MARKER": "m"}
+    cold = subprocess.run(
+        [sys.executable, "-m", CHILD, "ok"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    client = _client(server, "ok", env={"WARM_MARKER": "m"})
+    out, _ = client.communicate(timeout=60)
+    ours, theirs = _report(out), _report(cold.stdout)
+    for report in (ours, theirs):
+        del report["pid"]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(("action", "status"), [("exit3", 3), ("raise", 1)])
+def test_exit_status_and_tracebacks_reach_the_client(server, action: str, status: int) -> None:
+    client = _client(server, action)
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == status
+    if action == "raise":
+        assert "RuntimeError: boom in the child" in err
+
+
+def test_torch_threads_follow_the_stages_environment(server) -> None:
+    client = _client(server, "ok", env={"OMP_NUM_THREADS": "1"})
+    out, _ = client.communicate(timeout=60)
+    assert _report(out)["threads"] == 1
+
+
+def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _started_child(server, tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    pid_file = tmp_path / "child.pid"
+    client = _client(server, "sleep", str(pid_file))
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client, int(pid_file.read_text())
+
+
+def test_a_killed_client_takes_its_stage_with_it(server, tmp_path: Path) -> None:
+    """DVC killed mid-stage (SIGKILL: no handler runs): the stage does not go on writing outputs."""
+    client, child = _started_child(server, tmp_path)
+    client.send_signal(signal.SIGKILL)
+    client.wait(timeout=10)
+    assert _wait_gone(child), "the stage outlived its client"
+
+
+def test_an_interrupted_client_interrupts_its_stage(server, tmp_path: Path) -> None:
+    client, child = _started_child(server, tmp_path)
+    client.send_signal(signal.SIGINT)
+    client.wait(timeout=30)
+    assert client.returncode == 130  # the child's KeyboardInterrupt, as a cold Ctrl-C would end
+    assert _wait_gone(child)
+
+
+def test_the_server_serves_its_own_checkout_only_and_bad_names_are_one_line(tmp_path: Path, server) -> None:
+    """A stage in another checkout must not run the server's (other) code: it runs cold."""
+    elsewhere = {**server, warm.ROOT_ENV: str(tmp_path)}
+    assert warm.usable(elsewhere) is None
+    result = subprocess.run(
+        [sys.executable, "-m", "cecl.stage", "nope"],
+        cwd=REPO,
+        env={**os.environ, **server, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: cecl.stage: expected a stage name (prepare, pretrain, probe, transfer, sweep, aggregate), "
+        "got 'nope'"
+    )
