@@ -117,9 +117,15 @@ def training_source(setup: RunSetup, device: torch.device) -> BatchSource:
     )
 
 
-def run_tags(key: runs.RunKey | runs.TransferKey, spec: DatasetSpec, device: torch.device) -> dict[str, Any]:
-    """MLflow tags of a per-run stage, besides the git commit and stage name."""
-    return {**key.tags(), "family": spec.family, "device": str(device), "data_verified": spec.options.verify}
+def run_tags(
+    key: runs.RunKey | runs.TransferKey, spec: DatasetSpec, device: torch.device, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """MLflow tags of a per-run stage, besides the git commit and stage name.
+
+    ``data_verified`` is the manifest's (false under ``verify: false`` and when the family could not verify).
+    """
+    verified = spec.data_verified(data_dir or runs.data_dir(spec.name))
+    return {**key.tags(), "family": spec.family, "device": str(device), "data_verified": verified}
 
 
 @dataclass(frozen=True)

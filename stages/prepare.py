@@ -80,6 +80,7 @@ def main(dataset: str) -> None:
         if sources:
             say(f"read {sources}")
         say(_verified_line(spec.options.verify, manifest))
+        run.set_tags({"data_verified": bool(manifest.get("verified", False))})  # what the family could check
         for name, split in manifest["splits"].items():
             run.log_metrics({f"{name}.count": split["count"]})
             say(_split_line(out, name, split, int(manifest["n_classes"])))

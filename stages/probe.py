@@ -87,7 +87,7 @@ def evaluate_encoder(
             "protocol": protocol,
             "selected_on": "val",
             "val_description": spec.val_description(),
-            "data_verified": spec.options.verify,
+            "data_verified": spec.data_verified(runs.data_dir(target)),
             "selected_epoch": result.selected_epoch,
             "val_accuracy": result.val[spec.evaluator().primary],
             "val": result.val,

@@ -678,3 +678,20 @@ def test_an_empty_split_is_a_one_line_error_and_nothing_is_written(tmp_path) -> 
     with pytest.raises(DataIntegrityError, match="tiny val: the split is empty") as err:
         Tiny("tiny", DatasetOptions(family="tiny_test")).prepare(out)
     assert "\n" not in str(err.value) and not out.exists()
+
+
+def test_run_tags_take_data_verified_from_the_manifest(store) -> None:
+    """A family that could not verify its raw files (manifest verified false) is tagged so, even though
+    the entry asked to verify (options.verify true)."""
+    from cecl.pipeline import run_tags
+    from cecl.runs import RunKey
+
+    spec, out = store
+    assert spec.options.verify is True
+    key = RunKey("bm", "cecl", 0)
+    assert run_tags(key, spec, torch.device("cpu"), out)["data_verified"] is True
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["verified"] = False
+    path.write_text(json.dumps(manifest))
+    assert run_tags(key, spec, torch.device("cpu"), out)["data_verified"] is False

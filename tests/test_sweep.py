@@ -372,7 +372,7 @@ def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path, monkeypatch: pyt
     assert len(runs) == 4  # nothing else was logged
     # The tags a pretrain stage run of the same dataset, seed and device gets, besides its method.
     params = _sweep_params()
-    stage = run_tags(RunKey("bm", "cecl", 0), params.spec("bm"), torch.device("cpu"))
+    stage = run_tags(RunKey("bm", "cecl", 0), params.spec("bm"), torch.device("cpu"), swept / "data/bm")
     expected_tags = {k: str(v) for k, v in stage.items() if k != "method"} | {"dvc_stage": "sweep"}
     assert expected_tags["data_verified"] == "True" and expected_tags["device"] == "cpu"
     assert {k: parent.data.tags.get(k) for k in expected_tags} == expected_tags

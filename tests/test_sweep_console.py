@@ -123,7 +123,9 @@ def test_device_and_tags_recorded_like_stage_runs(project: Path, swept: subproce
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == [f"sweep/{label}" for label in LABELS]
     # A pretrain stage run's tags for this dataset, seed and device (cecl.pipeline.run_tags).
-    stage = run_tags(RunKey("bm", "cecl", 0), params.spec("bm"), torch.device(expected_device))
+    stage = run_tags(
+        RunKey("bm", "cecl", 0), params.spec("bm"), torch.device(expected_device), project / "data/bm"
+    )
     expected = {k: str(v) for k, v in stage.items()} | {"dvc_stage": "sweep"}
     assert set(expected) >= {"dataset", "method", "seed", "family", "device", "data_verified"}
     for run in children:

@@ -233,6 +233,11 @@ class DatasetSpec(ABC):
                 )
         return manifest
 
+    def data_verified(self, data_dir: Path) -> bool:
+        """Whether the prepared data came from verified raw files: the manifest's ``verified``, which is
+        false under ``verify: false`` and also when the family could not verify (e.g. an extracted tree)."""
+        return bool(self.read_manifest(data_dir).get("verified", False))
+
     def split_file(self, data_dir: Path, split: str) -> Path:
         """The prepared file of ``split``, after checking its SHA-256 against the manifest."""
         manifest = self.read_manifest(data_dir)

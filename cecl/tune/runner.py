@@ -421,7 +421,9 @@ def best_per_method(
     }
 
 
-def child_tags(params: Params, device: SweepDevice | None = None) -> dict[str, Any]:
+def child_tags(
+    params: Params, device: SweepDevice | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
     """Tags of the sweep's runs, like a stage run's (``cecl.pipeline.run_tags``), the method aside.
 
     ``device`` (where the trials train) is known once Ray runs; without it the tag is left out.
@@ -432,7 +434,7 @@ def child_tags(params: Params, device: SweepDevice | None = None) -> dict[str, A
         "dataset": sweep.dataset,
         "family": spec.family,
         "seed": sweep.seed,
-        "data_verified": spec.options.verify,
+        "data_verified": spec.data_verified(data_dir or run_paths.data_dir(sweep.dataset)),
     }
     return tags if device is None else {**tags, "device": device.name}
 
@@ -481,7 +483,9 @@ def run_sweep(
                 "scheduler": sweep.scheduler,
                 "device": params.device,
             }
-            runs = TrialRuns(parent_run_id, tracking_uri(root), static, child_tags(params, device), root)
+            runs = TrialRuns(
+                parent_run_id, tracking_uri(root), static, child_tags(params, device, data_dir), root
+            )
             runs.tag_parent({"device": device.name})
         for method in sweep_methods(params):
             experiments[method] = storage / experiment_name(params, method, data_dir)
