@@ -8,6 +8,8 @@ come from the entry's spec (and are checked against its manifest when the data i
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from cecl.models import Encoder, build_backbone, encoder_from_payload
 from cecl.schema import Strict
 from cecl.train.checkpoint import fingerprint
 from cecl.train.probe import fit_linear_probe, logits_of
+
+PROGRESS_EVERY = 5  # probe epochs between progress lines
 
 
 @dataclass(frozen=True)
@@ -244,8 +248,12 @@ def linear_probe(
     evaluator: Evaluator,
     params_probe: Any,
     seed: int,
+    progress: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """Final linear evaluation: train on train features, select the epoch on validation, score test.
+
+    ``progress`` gets one line after the features are extracted and one every ``PROGRESS_EVERY`` epochs
+    (and at the last), as the pretrain stage prints its epochs.
 
     The epoch is the one with the best validation value of the evaluator's primary metric (the first
     among ties). Also reports the official protocol number (best test accuracy over epochs), which
@@ -253,8 +261,13 @@ def linear_probe(
     released code.
     """
     cfg = params_probe
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
     features = {name: features_of(encoder, split) for name, split in splits.items()}
+    counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    say(f"features of {counts} images in {time.perf_counter() - started:.1f}s")
     curve: list[dict[str, float]] = []
+    primary = f"val_{evaluator.primary}"
 
     def evaluate(probe: torch.nn.Module, epoch: int) -> None:
         row: dict[str, float] = {"epoch": epoch}
@@ -263,6 +276,8 @@ def linear_probe(
             metrics = evaluator(logits_of(probe, features[name]), split.targets, split.bias)
             row.update({f"{name}_{k}": v for k, v in metrics.items()})
         curve.append(row)
+        if epoch % PROGRESS_EVERY == 0 or epoch == cfg.epochs:
+            say(f"probe epoch {epoch}/{cfg.epochs}: {primary} {row[primary]:.4f}")
 
     fit_linear_probe(
         features["train"],
@@ -275,7 +290,6 @@ def linear_probe(
         weight_decay=cfg.weight_decay,
         after_epoch=evaluate,
     )
-    primary = f"val_{evaluator.primary}"
     best = max(curve, key=lambda row: (row[primary], -row["epoch"]))
     official = max(curve, key=lambda row: (row["test_accuracy"], -row["epoch"]))
     return ProbeResult(

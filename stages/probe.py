@@ -63,7 +63,14 @@ def evaluate_encoder(
             print(
                 f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True
             )
-            result = linear_probe(saved.encoder, splits, evaluator, probe_params, key.seed)
+            result = linear_probe(
+                saved.encoder,
+                splits,
+                evaluator,
+                probe_params,
+                key.seed,
+                progress=lambda line: print(f"[{name}] {line}", flush=True),
+            )
         own_head: ProbeResult | None = None
         if kind == "probe" and key.method == "ce":  # scored by its own head and by the probe
             own_head = result if protocol == "joint" else score_saved_classifier(saved, splits, evaluator)

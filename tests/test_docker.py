@@ -97,7 +97,9 @@ def test_installs_only_from_the_lock_with_hashes() -> None:
     install = _index("RUN", "pip install")
     assert copy < install
     commands = [c for arg in _args("RUN") for c in arg.split("&&") if "pip install" in c]
-    assert len(commands) == 2, commands
+    optional = [c for c in commands if "TORCH_BUILD" in c]  # only with --build-arg TORCH_BUILD (below)
+    commands = [c for c in commands if c not in optional]
+    assert len(commands) == 2 and len(optional) == 1, commands
     assert all("--require-hashes" in c for c in commands), commands
     assert re.search(r"--require-hashes -r \S*requirements/base\.lock$", commands[0].strip())
     assert re.search(r"--require-hashes --no-deps -r \S*requirements/nodeps\.lock$", commands[1].strip())
@@ -227,3 +229,23 @@ def test_gpus_come_from_the_override_only() -> None:
 def test_torch_pins_the_image_installs() -> None:
     base = (ROOT / "requirements/base.txt").read_text()
     assert "torch==2.15.0" in base and "torchvision==0.29.2" in base
+
+
+def test_torch_build_is_selectable_and_defaults_to_the_lock() -> None:
+    """TORCH_BUILD / TORCH_INDEX_URL swap in another build of the locked torch versions; empty keeps the
+    lock's wheels (the install step then runs nothing else)."""
+    args = _args("ARG")
+    assert 'TORCH_BUILD=""' in args and 'TORCH_INDEX_URL=""' in args
+    install = _instructions()[_index("RUN", "--require-hashes -r /tmp/requirements/base.lock")][1]
+    assert 'if [ -n "${TORCH_BUILD}" ]' in install
+    assert '"torch==2.15.0${TORCH_BUILD}" "torchvision==0.29.2${TORCH_BUILD}"' in install
+    assert 'test -n "${TORCH_INDEX_URL}"' in install  # a build without its index is refused
+    lock = (ROOT / "requirements/base.lock").read_text()
+    assert "torch==2.15.0 " in lock and "torchvision==0.29.2 " in lock  # the versions the swap keeps
+
+
+def test_the_image_marks_itself_as_a_container() -> None:
+    """cecl.train.device warns when device auto finds no GPU inside it (a missing --gpus all)."""
+    from cecl.train.device import CONTAINER_ENV
+
+    assert any(f"{CONTAINER_ENV}=1" in arg for arg in _args("ENV"))

@@ -214,6 +214,9 @@ def test_every_stage_ran_and_logged_its_run(lab: dict) -> None:
     summary = lab["repro_stdout"]
     assert f"[repro] {len(stages)} stage(s) ran, 0 reused" in summary
     assert "stages run cold" not in summary  # they ran in processes forked from the warm server
+    # the probe prints its progress like pretrain does (features, then every 5th and the last epoch)
+    assert re.search(r"\[probe@bm-cecl-0\] features of train 256, val 128, test 256 images in", summary)
+    assert re.search(r"\[probe@bm-cecl-0\] probe epoch 3/3: val_unbiased_accuracy 0\.\d{4}", summary)
     assert re.search(r"ran      prepare@bm \([0-9.]+ s\): ", summary), summary[-2000:]  # with its wall time
 
 
