@@ -17,6 +17,7 @@ not committed, so switching profiles never loses a user's parameters.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import filecmp
 import json
@@ -119,6 +120,26 @@ def use_profile(name: str, params: Path = Path("params.yaml"), profiles: Path = 
     print(f"[repro] params.yaml <- {source}", flush=True)
 
 
+def _run_dvc(argv: Sequence[str], variables: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
+    """``dvc repro argv`` with ``variables`` added to its environment, echoing and time-stamping its lines."""
+    if not variables:
+        print("[repro] stages run cold (no warm stage server)", flush=True)
+    process = subprocess.Popen(
+        ["dvc", "repro", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, **variables},
+    )
+    captured: list[tuple[float, str]] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        captured.append((time.monotonic(), line))
+    return process.wait(), captured
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if "--profile" in argv:
@@ -128,24 +149,12 @@ def main(argv: Sequence[str]) -> int:
         use_profile(argv[at + 1])
         del argv[at : at + 2]
     started = time.monotonic()
-    reasons = status_reasons()
-    with warm.server() if os.environ.get("CECL_WARM") != "0" else contextlib.nullcontext({}) as variables:
-        if not variables:
-            print("[repro] stages run cold (no warm stage server)", flush=True)
-        process = subprocess.Popen(
-            ["dvc", "repro", *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            env={**os.environ, **variables},
-        )
-        captured: list[tuple[float, str]] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            captured.append((time.monotonic(), line))
-        status = process.wait()
+    # dvc status (seconds of DVC reading the pipeline) runs while the warm server imports torch and MLflow.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(status_reasons)
+        with warm.server() if os.environ.get("CECL_WARM") != "0" else contextlib.nullcontext({}) as variables:
+            reasons = pending.result()
+            status, captured = _run_dvc(argv, variables)
     end = time.monotonic()
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +112,25 @@ class RunLogger:
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_curve(self, rows: Sequence[Mapping[str, float]], step: str = "epoch") -> None:
+        """Per-step metrics (one mapping per step, its ``step`` key the step) in one MLflow batch call:
+        one database transaction instead of one per step (a 20-epoch probe curve: 20 -> 1)."""
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, int(row[step]))
+            for row in rows
+            for key, value in row.items()
+            if key != step
+        ]
+        client = MlflowClient()
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         import mlflow
@@ -281,6 +300,8 @@ class NoRun(RunLogger):
         super().__init__("", "")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_curve(self, rows: Sequence[Mapping[str, float]], step: str = "epoch") -> None: ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 

@@ -147,6 +147,9 @@ def _child(conn: socket.socket) -> None:
 def _run_module(module: str) -> int:
     """Run ``module`` as ``__main__`` like ``python -m`` would, then the exit handlers; its exit status."""
     status = 0
+    # Preloaded as a library module; runpy runs a fresh copy as __main__ either way, but warns when the
+    # module is already imported ("found in sys.modules ... unpredictable behaviour"): drop it first.
+    sys.modules.pop(module, None)
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as done:

@@ -74,8 +74,7 @@ def evaluate_encoder(
         own_head: ProbeResult | None = None
         if kind == "probe" and key.method == "ce":  # scored by its own head and by the probe
             own_head = result if protocol == "joint" else score_saved_classifier(saved, splits, evaluator)
-        for row in result.curve:
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        run.log_curve(result.curve)
         metrics = {
             "run": {
                 "stage": name,

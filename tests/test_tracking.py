@@ -248,3 +248,13 @@ def test_a_server_that_dies_after_the_health_check_fails_the_stage_fast(monkeypa
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: probe@bm-cecl-0: ")
+
+
+def test_log_curve_logs_every_step_of_every_metric_in_one_batch(tmp_path, sqlite_uri) -> None:
+    rows = [{"epoch": e, "val_accuracy": 0.1 * e, "test_accuracy": 0.2 * e} for e in (1, 2, 3)]
+    with stage_run("probe@x-cecl-0", "exp", root=tmp_path) as run:
+        run.log_curve(rows)
+    client = MlflowClient(sqlite_uri)
+    for key in ("val_accuracy", "test_accuracy"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, key))
+        assert history == [(r["epoch"], pytest.approx(r[key])) for r in rows]

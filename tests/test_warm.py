@@ -146,3 +146,26 @@ def test_the_server_serves_its_own_checkout_only_and_bad_names_are_one_line(tmp_
         "error: cecl.stage: expected a stage name (prepare, pretrain, probe, transfer, sweep, aggregate), "
         "got 'nope'"
     )
+
+
+def test_a_preloaded_stage_runs_as_main_without_warnings(server) -> None:
+    """stages.prepare is imported by the server; run as __main__ in the child it behaves as a cold run
+    would: here a one-line error for an unknown entry, and nothing else on stderr (no runpy warning)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cecl.stage", "prepare", "--dataset", "no_such_entry"],
+        cwd=REPO,
+        env={**os.environ, **server, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cold = subprocess.run(
+        [sys.executable, "-m", "stages.prepare", "--dataset", "no_such_entry"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == cold.returncode == 2
+    assert result.stderr == cold.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
