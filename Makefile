@@ -64,10 +64,10 @@ repro: install
 # CI's command. The launcher's serial-vs-parallel and two-node cluster tests (marked heavy, about 6 min)
 # run in `make test-all`, so CI stays under its 25-minute budget.
 test: install
-	$(PY) -m pytest -q -m "not heavy"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not heavy"
 
 test-all: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
