@@ -237,6 +237,9 @@ def test_probe_stage_names_the_protocol_and_scores_ce_by_its_own_head(
     splits = {"train": synthetic_split(64, 0), "val": synthetic_split(32, 1), "test": synthetic_split(32, 2)}
     monkeypatch.setattr(probe_stage, "load_splits", lambda spec, device: splits)
     monkeypatch.setattr(probe_stage, "stage_run", lambda *a, **k: contextlib.nullcontext(NoRun()))
+    # The synthetic splits have no prepared store, so no manifest to read data_verified from.
+    monkeypatch.setattr(probe_stage, "run_tags", lambda *a, **k: {})
+    monkeypatch.setattr(type(params.spec("bm")), "data_verified", lambda self, data_dir: True)
     for method_name in ("ce", "cecl"):
         setup = tiny_setup(method_name, params)
         method, history = run_pretraining(setup, splits["train"], splits["val"], CPU, "fp", progress=False)

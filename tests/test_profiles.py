@@ -180,6 +180,13 @@ def test_paper_recipes_run_end_to_end_on_every_dataset(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sensitivity.md").write_text("(sweep not run in this test)\n")
+    # aggregate embeds the sweep's heatmap in report.html: a stand-in PNG (the sweep is tested elsewhere)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(tmp_path / "sweep" / "heatmap.png", [[0.0, 1.0], [1.0, 0.0]])
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = parse_params(raw)

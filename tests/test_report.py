@@ -309,7 +309,7 @@ def test_written_files(full) -> None:
         "convergence": ("md", "csv"),
     }
     expected = {f"table_{name}_{ext}" for name, exts in tables.items() for ext in exts}
-    expected |= {"convergence_png", "convergence_csv", "claims", "provenance", "report"}
+    expected |= {"convergence_png", "convergence_csv", "summary", "claims", "provenance", "report"}
     assert set(paths) == expected
     assert all(path.is_file() for path in paths.values())
     assert {

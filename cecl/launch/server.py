@@ -81,4 +81,4 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
     from cecl.tracking import _experiment_id
 
     mlflow.set_tracking_uri(uri)
-    return _experiment_id(name, root)
+    return _experiment_id(name, root, uri)
