@@ -2,14 +2,16 @@
 
 Each test file is one group, so a file's module fixtures (the end-to-end lab, a sweep) are built once,
 on one worker. The files that start a local Ray cluster share one group: two clusters starting at once
-on one machine contend for Ray's default ports and /tmp/ray, so they run one after the other.
+on one machine contend for Ray's default ports and /tmp/ray (a sweep stage failed that way once), so
+they run one after the other.
 """
 
 from __future__ import annotations
 
 import pytest
 
-RAY_FILES = {"test_sweep.py", "test_sweep_console.py", "test_launcher.py"}
+# test_pipeline_e2e.py too: its tiny profile's sweep stage starts Ray.
+RAY_FILES = {"test_sweep.py", "test_sweep_console.py", "test_launcher.py", "test_pipeline_e2e.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
