@@ -62,7 +62,7 @@ repro: install
 	$(PY) -m $(if $(JOBS),cecl.launch --jobs $(JOBS),cecl.repro) $(if $(PROFILE),--profile $(PROFILE))
 
 # CI's command, on two pytest-xdist workers (tests/conftest.py groups them: one file per worker, the Ray
-# files together): 890 s on 2 cores. The launcher's serial-vs-parallel and two-node cluster tests (marked
+# files together): 851-890 s on 2 cores. The launcher's serial-vs-parallel and two-node cluster tests (marked
 # heavy, about 6 min) run in `make test-all`, so CI stays under its 25-minute budget.
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not heavy"
