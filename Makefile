@@ -7,7 +7,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test test-all test-fast lint bench clean-outputs
+.PHONY: install repro test test-fast lint bench clean-outputs
 
 # Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
 # in the lock, and pip refuses any dependency the lock does not name. Reinstalls when a lock changes.
@@ -61,14 +61,10 @@ lock: install
 repro: install
 	$(PY) -m $(if $(JOBS),cecl.launch --jobs $(JOBS),cecl.repro) $(if $(PROFILE),--profile $(PROFILE))
 
-# CI's command, on two pytest-xdist workers (tests/conftest.py groups them: one file per worker, the Ray
-# files together): 851-890 s on 2 cores. The launcher's serial-vs-parallel and two-node cluster tests (marked
-# heavy, about 6 min) run in `make test-all`, so CI stays under its 25-minute budget.
+# CI's command, on two pytest-xdist workers: one file per worker, the longest files first
+# (tests/conftest.py says why not loadgroup).
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not heavy"
-
-test-all: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

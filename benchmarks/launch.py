@@ -1,24 +1,44 @@
-"""Wall time of a small profile: serial ``dvc repro`` vs ``python -m cecl.launch --jobs 2``, and the
-launcher's per-stage overhead, so users can predict the speedup on N GPUs.
+"""Wall time of a profile: one serial ``make repro`` vs ``python -m cecl.launch --jobs N``, side by side,
+and where each stage's time goes, so users can predict the speedup on N GPUs.
 
-Run from the repository root: ``python benchmarks/launch.py``. It copies the repository's tracked files
-(``git ls-files``) into two throwaway git repositories under a temporary folder with the tiny profile of
-``tests/test_launcher.py``, reproduces one serially and one with the launcher, and reads the per-stage
-logs: a stage's wall time in its Ray task, the time its ``dvc repro`` spends before the stage's command
-starts (Ray task start + DVC index read + repository lock wait) and after it ends (saving outputs and
-writing dvc.lock under the lock), and the stage's own ``done in``. Prediction for N slots: roughly
-``max(critical path, sum of training stages / N) + per-stage overhead x stages / N``.
+Run from the repository root: ``python benchmarks/launch.py [--profile default|tiny] [--jobs 2]``.
+
+It copies the repository's files (``git ls-files -co --exclude-standard``: no outputs, no DVC cache, no
+MLflow store) into two throwaway git repositories, reproduces one with ``python -m cecl.repro`` (what
+``make repro`` runs: one serial ``dvc repro``, stages forked from the warm server, torch's default thread
+count) and the other with the launcher (N slots of ``cores // N`` threads), one after the other, and
+reads their output:
+
+- each stage's own time (the ``[stage] done in`` line its command prints);
+- serial: the stage's wall time in ``dvc repro`` (``cecl.repro``'s per-stage figure), so its overhead is
+  DVC reading the pipeline before the command, the process start, and DVC hashing the outputs and
+  rewriting dvc.lock after it;
+- launcher: the stage's wall time in its Ray task (its own time from its log, logs/launch/), so its
+  overhead adds the Ray task start, a ``dvc``
+  process per stage reading the whole pipeline, and the wait for DVC's repository lock while other
+  stages' ``dvc`` processes hold it;
+- the launcher's start-up (Ray, MLflow server and warm server) and its total.
+
+Prediction for N slots: about ``start-up + max(critical path, sum of task walls / N)``, where a task wall
+is the stage's own time (which on a GPU host does not grow with N; on this CPU host each slot gets fewer
+threads) plus the per-stage overhead printed here.
+
+``--profile tiny`` uses the end-to-end test's tiny profile (tests/test_pipeline_e2e.py) instead of the
+repository's params.yaml (the CPU default), for a run of a few minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -26,60 +46,112 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_launcher import TINY  # noqa: E402
+from tests.test_pipeline_e2e import TINY, TOY_MODULE  # noqa: E402
 
 ENV = {
-    **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS")},
     "GIT_AUTHOR_NAME": "b",
     "GIT_AUTHOR_EMAIL": "b@b",
     "GIT_COMMITTER_NAME": "b",
     "GIT_COMMITTER_EMAIL": "b@b",
     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
 }
+IN_STAGE = re.compile(r"\[([^\]\s]+@[^\]\s]+|[a-z]+)\] done in ([\d.]+)s")
+SERIAL_WALL = re.compile(r"^  ran      (\S+) \(([\d.]+) s\)", re.M)
+TASK_WALL = re.compile(r"\[launch\] done   (\S+) in ([\d.]+) s")
+READY = re.compile(r"\[launch\] Ray, MLflow.* ready in ([\d.]+) s")
 
 
-def _copy(dest: Path) -> Path:
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+def copy_repository(dest: Path, profile: str) -> Path:
+    names = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in names:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    if profile == "tiny":
+        (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+        shutil.copy2(TOY_MODULE, dest / "cecl/datasets/toy_blobs.py")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
         subprocess.run(["git", *args], cwd=dest, env=ENV, check=True, capture_output=True)
     return dest
 
 
-def _timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+def timed(args: list[str], cwd: Path) -> tuple[float, str]:
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True)
-    return time.perf_counter() - started, result.stdout
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"error: bench: {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}")
+    return seconds, result.stdout
 
 
-def main() -> None:
-    threads = max(1, (os.cpu_count() or 1) // 2)
+def in_stage_seconds(text: str) -> dict[str, float]:
+    """Stage -> its own ``done in`` seconds. A stage prints its name as ``[pretrain@bm-cecl-0]`` or, for
+    the single stages, ``[sweep]`` / ``[aggregate]``."""
+    return {stage: float(seconds) for stage, seconds in IN_STAGE.findall(text)}
+
+
+def overheads(walls: dict[str, float], inside: dict[str, float]) -> dict[str, list[float]]:
+    """Per stage kind (prepare, pretrain, ...): wall minus the stage's own time, for each stage."""
+    kinds: dict[str, list[float]] = defaultdict(list)
+    for stage, wall in walls.items():
+        if stage in inside:
+            kinds[stage.split("@")[0]].append(wall - inside[stage])
+    return kinds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--profile", choices=["default", "tiny"], default="default")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
-        serial, parallel = _copy(Path(tmp) / "serial"), _copy(Path(tmp) / "parallel")
-        env = {**ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        t_serial, _ = _timed(["dvc", "repro"], serial, env)
-        t_launch, out = _timed([sys.executable, "-m", "cecl.launch", "--jobs", "2"], parallel, ENV)
-        done = {m[0]: float(m[1]) for m in re.findall(r"done   (\S+) in ([\d.]+) s", out)}
-        rows = []
-        for stage, wall in done.items():
-            log = (parallel / "logs/launch" / f"{stage}.log").read_text()
-            inside = re.search(r"\] done in ([\d.]+)s", log)
-            rows.append((stage, wall, float(inside.group(1)) if inside else float("nan")))
-    print(f"machine: {os.cpu_count()} cores, {os.uname().machine}; profile: tests/test_launcher.py TINY")
-    print(f"serial dvc repro (OMP_NUM_THREADS={threads}): {t_serial:.1f} s")
-    print(f"cecl.launch --jobs 2:                      {t_launch:.1f} s  (ratio {t_serial / t_launch:.2f})")
-    print(f"{'stage':<22} {'task wall s':>11} {'in-stage s':>11} {'overhead s':>11}")
-    for stage, wall, inside in rows:
-        print(f"{stage:<22} {wall:>11.1f} {inside:>11.1f} {wall - inside:>11.1f}")
-    overhead = [w - i for _, w, i in rows if i == i]
-    if overhead:
-        print(f"mean per-stage overhead (Ray task + dvc repro bookkeeping + process start): "
-              f"{sum(overhead) / len(overhead):.1f} s over {len(overhead)} stages")  # fmt: skip
+        serial = copy_repository(Path(tmp) / "serial", args.profile)
+        parallel = copy_repository(Path(tmp) / "parallel", args.profile)
+        t_serial, out_serial = timed([sys.executable, "-m", "cecl.repro"], serial)
+        launcher = [sys.executable, "-m", "cecl.launch", "--jobs", str(args.jobs)]
+        t_launch, out_launch = timed(launcher, parallel)
+        same_lock = (serial / "dvc.lock").read_text() == (parallel / "dvc.lock").read_text()
+        logs = "".join(log.read_text(errors="replace") for log in (parallel / "logs/launch").glob("*.log"))
+    serial_walls = {s: float(v) for s, v in SERIAL_WALL.findall(out_serial)}
+    task_walls = {s: float(v) for s, v in TASK_WALL.findall(out_launch)}
+    inside_serial, inside_launch = in_stage_seconds(out_serial), in_stage_seconds(logs)
+    ready = READY.search(out_launch)
+    print(f"machine: {cores} cores, {os.uname().machine}; profile: {args.profile}; {len(task_walls)} stages")
+    print(f"serial  python -m cecl.repro (torch default threads): {t_serial:8.1f} s")
+    threads = max(1, cores // args.jobs)
+    print(
+        f"launch  python -m cecl.launch --jobs {args.jobs} ({threads} thread(s) per slot): "
+        f"{t_launch:8.1f} s   serial / launch = {t_serial / t_launch:.2f}"
+    )
+    print(f"launcher start-up (Ray, MLflow server, warm server): {ready.group(1) if ready else '?'} s")
+    print(
+        f"sum of the stages' own seconds: serial {sum(inside_serial.values()):.1f}, "
+        f"launch {sum(inside_launch.values()):.1f}"
+    )
+    print(f"dvc.lock equal: {same_lock} (expected only at equal thread counts: CPU float reductions)")
+    print(f"{'stage kind':<10} {'n':>3} {'own s serial':>13} {'own s launch':>13} {'overhead serial':>16} "
+          f"{'overhead launch':>16}")  # fmt: skip
+    serial_over, launch_over = overheads(serial_walls, inside_serial), overheads(task_walls, inside_launch)
+    for kind in sorted(launch_over, key=lambda k: -len(launch_over[k])):
+        own_serial = [inside_serial[s] for s in inside_serial if s.split("@")[0] == kind] or [0.0]
+        own_launch = [inside_launch[s] for s in inside_launch if s.split("@")[0] == kind] or [0.0]
+        mean = statistics.mean
+        print(
+            f"{kind:<10} {len(launch_over[kind]):>3} {mean(own_serial):>13.1f} {mean(own_launch):>13.1f} "
+            f"{mean(serial_over.get(kind) or [0.0]):>16.1f} {mean(launch_over[kind]):>16.1f}"
+        )
+    every = [v for values in launch_over.values() for v in values]
+    every_serial = [v for values in serial_over.values() for v in values]
+    if every and every_serial:
+        print(
+            f"mean per-stage overhead: serial {statistics.mean(every_serial):.1f} s, "
+            f"launch {statistics.mean(every):.1f} s (Ray task, dvc process and index read, lock wait, "
+            "output hashing and dvc.lock)"
+        )
 
 
 if __name__ == "__main__":

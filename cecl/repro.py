@@ -18,7 +18,6 @@ not committed, so switching profiles never loses a user's parameters.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import filecmp
 import json
 import os
@@ -152,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
     # dvc status (seconds of DVC reading the pipeline) runs while the warm server imports torch and MLflow.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(status_reasons)
-        with warm.server() if os.environ.get("CECL_WARM") != "0" else contextlib.nullcontext({}) as variables:
+        with warm.server() as variables:
             reasons = pending.result()
             status, captured = _run_dvc(argv, variables)
     end = time.monotonic()

@@ -1,9 +1,10 @@
 """``python -m cecl.stage <stage> [args]``: the command of every DVC stage in dvc.yaml.
 
 Runs ``stages/<stage>.py`` exactly as ``python -m stages.<stage> [args]`` would. Under ``make repro``
-(``python -m cecl.repro``) a warm stage server is running, and the stage then runs in a process forked
-from it, with torch, MLflow and the project already imported (cecl/warm.py: about 6 s saved per stage);
-anywhere else (plain ``dvc repro``, the launcher, a shell) it runs in this process, cold. Both give the
+(``python -m cecl.repro``) and the one-host launcher (``python -m cecl.launch``) a warm stage server is
+running, and the stage then runs in a process forked from it, with torch, MLflow and the project already
+imported (cecl/warm.py: about 6 s saved per stage); anywhere else (plain ``dvc repro``, a cluster node, a
+shell) it runs in this process, cold. Both give the
 same outputs byte for byte (tests/test_warm.py). This module imports only the standard library, so the
 warm path costs one interpreter start.
 """

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 SOCKET_ENV = "CECL_WARM_SOCKET"
@@ -170,8 +170,10 @@ def _run_module(module: str) -> int:
     return status
 
 
-def serve(path: Path, ready: Path | None = None) -> None:
-    """Preload, listen on ``path`` and fork one child per request until terminated."""
+def serve(path: Path, ready: Path | None = None, parent: int | None = None) -> None:
+    """Preload, listen on ``path`` and fork one child per request until terminated, or until ``parent``
+    (the ``make repro`` or launcher process that started it) is gone: a SIGKILLed parent cannot stop
+    it, so the server checks once a second and then removes its socket and exits."""
     preload()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -183,8 +185,20 @@ def serve(path: Path, ready: Path | None = None) -> None:
     listener.listen(16)
     if ready is not None:
         ready.write_text(str(os.getpid()))
+    listener.settimeout(1.0)
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if parent is not None and os.getppid() != parent:
+                for leftover in (path, ready):
+                    if leftover is not None:
+                        leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+                os._exit(0)
+            continue
+        conn.settimeout(None)
         if os.fork() == 0:
             listener.close()
             _child(conn)
@@ -227,28 +241,39 @@ def usable(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
 
 
 @contextlib.contextmanager
-def server(timeout_s: float = 120.0) -> Iterator[dict[str, str]]:
-    """Start a warm server (code of the current directory) for the block; yields the variables to set.
+def starting(timeout_s: float = 120.0) -> Iterator[Callable[[], dict[str, str]]]:
+    """Start a warm server (code of the current directory) for the block without waiting for it; yields
+    ``ready()``, which waits until it listens and returns the variables to set.
 
-    Start-up failures are not errors: the block then gets no variables and stages run cold. The server
-    imports the code once, at its start: editing the code during the run is not seen by later stages.
+    Start-up failures are not errors: ``ready()`` then returns no variables and stages run cold. The
+    server imports the code once, at its start: editing the code during the run is not seen by later
+    stages. ``CECL_WARM=0`` starts nothing (``ready()`` returns ``{}``).
     """
+    if os.environ.get("CECL_WARM") == "0":
+        yield dict
+        return
     import shutil
     import subprocess
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="cecl-warm-"))  # short: Unix socket paths have ~100 bytes
-    path, ready = folder / "warm.sock", folder / "warm.ready"
+    path, ready_file = folder / "warm.sock", folder / "warm.ready"
+    command = [sys.executable, "-m", "cecl.warm", "--socket", str(path), "--ready", str(ready_file)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "cecl.warm", "--socket", str(path), "--ready", str(ready)],
+        [*command, "--parent", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    try:
+    cwd = os.getcwd()
+
+    def ready() -> dict[str, str]:
         deadline = time.monotonic() + timeout_s
-        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+        while not ready_file.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield {SOCKET_ENV: str(path), ROOT_ENV: os.getcwd()} if ready.exists() else {}
+        return {SOCKET_ENV: str(path), ROOT_ENV: cwd} if ready_file.exists() else {}
+
+    try:
+        yield ready
     finally:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -258,13 +283,21 @@ def server(timeout_s: float = 120.0) -> Iterator[dict[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def server(timeout_s: float = 120.0) -> Iterator[dict[str, str]]:
+    """:func:`starting`, waited for: yields the variables to set (``{}``: stages run cold)."""
+    with starting(timeout_s) as ready:
+        yield ready()
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="warm stage server (started by python -m cecl.repro)")
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--ready", type=Path, help="written with the server's pid once it listens")
+    parser.add_argument("--parent", type=int, help="exit once this process (the server's parent) is gone")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(args.socket, args.ready)
+    serve(args.socket, args.ready, args.parent)
 
 
 if __name__ == "__main__":

@@ -1,122 +1,45 @@
 """``python -m cecl.launch``: stages in parallel through Ray, dvc.lock as a serial ``dvc repro`` writes it.
 
-- ``lab``: a copy of the repository with a tiny profile (one dataset, one seed, ce and cecl, one epoch)
-  is reproduced twice from the same commit: serially by ``dvc repro`` and by the launcher with two slots.
-- A small test-only pipeline (plain shell commands, no training) checks retries, a failing stage that
-  stops only its dependents, bad input, and the cluster mode on a local two-node Ray cluster with two
-  isolated checkouts and a local-directory DVC remote.
+The launcher on the real pipeline (a fresh clone launched with two slots equals the serial run byte for
+byte, every stage has its MLflow run, a second launch runs nothing) is checked in
+``tests/test_pipeline_e2e.py``, on the end-to-end lab's serial run. Here a small test-only pipeline
+(plain shell commands, no training) checks retries, a failing stage that stops only its dependents, bad
+input, and the cluster mode on a local two-node Ray cluster with two isolated checkouts and a
+local-directory DVC remote.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cecl.io import tree_digest
-from tests.test_pipeline_e2e import GIT_ENV, _copy_repo, _env, _git, _mlflow_runs, _run, _write_params
-from tests.test_pipeline_e2e import TINY as E2E_TINY
+from tests.test_pipeline_e2e import REPO, TINY, _env, _run, _write_params
+from tests.test_pipeline_e2e import _launch as launch
 
 pytestmark = pytest.mark.slow
-THREADS = max(1, (os.cpu_count() or 1) // 2)  # what the launcher gives each of its 2 CPU slots
-# The end-to-end test's tiny profile, cut to one dataset entry, one seed and one epoch (7 stages).
-TINY = copy.deepcopy(E2E_TINY)
-TINY.update(seeds=[0], transfer={"sources": [], "targets": []})
-TINY["datasets"] = {"bm": E2E_TINY["datasets"]["bm"]}
-TINY["pretrain"].update(datasets=["bm"], epochs=1)
-TINY["probe"]["epochs"] = 2
-# Identifiers minted per run by MLflow (run ids) and Ray Tune (trial ids): the only legitimate
-# difference between two runs of the same commit (see test_parallel_outputs_equal_serial_ones).
+# The launcher reads params.yaml (device, experiment) before anything runs; the toy stages never use it.
+PARAMS = {
+    **TINY,
+    "datasets": {"bm": TINY["datasets"]["bm"]},
+    "pretrain": {**TINY["pretrain"], "datasets": ["bm"]},
+    "transfer": {"sources": [], "targets": []},
+}
 
 
-def _launch(root: Path, *args: str, env: dict | None = None, check: bool = True, timeout: int = 1200):
-    result = subprocess.run(
-        [sys.executable, "-m", "cecl.launch", *args],
-        cwd=root,
-        env=env or _env(root),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr}"
-        )
-    return result
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("launch")
-    origin = _copy_repo(base / "origin")
-    _write_params(origin, TINY)
-    _git(origin, "commit", "-qam", "tiny launch profile")
-    serial, parallel = base / "serial", base / "parallel"
-    for clone in (serial, parallel):
-        _git(base, "clone", "-q", str(origin), str(clone))
-    # The same torch thread count as the launcher's slots: CPU float reductions depend on it (README).
-    env = {**_env(serial), "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
-    subprocess.run(["dvc", "repro"], cwd=serial, env=env, check=True, capture_output=True, timeout=1200)
-    launched = _launch(parallel, "--jobs", "2")
-    return {"base": base, "origin": origin, "serial": serial, "parallel": parallel, "launched": launched}
-
-
-def _outputs(root: Path) -> dict[str, bytes]:
-    """Every file of every stage output in dvc.lock (directories expanded), by path."""
-    files: dict[str, bytes] = {}
-    for entry in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values():
-        for out in entry.get("outs", []):
-            path = root / out["path"]
-            for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
-                files[str(file.relative_to(root))] = file.read_bytes()
-    return files
-
-
-@pytest.mark.heavy
-def test_parallel_outputs_equal_serial_ones(lab: dict) -> None:
-    """dvc.lock, every output file and the reports, byte for byte (no run id is inside a tracked file)."""
-    serial, parallel = lab["serial"], lab["parallel"]
-    assert "7 stage(s) ran" in lab["launched"].stdout, lab["launched"].stdout
-    a, b = _outputs(serial), _outputs(parallel)
-    assert a.keys() == b.keys() and len(a) > 10
-    assert [name for name in a if a[name] != b[name]] == []
-    assert _lock_diff(serial, parallel) == []  # entries in serial order too
-    assert "Running stage" not in _run(["dvc", "repro"], parallel).stdout  # DVC agrees: nothing to do
-
-
-def _lock_diff(a: Path, b: Path) -> list[str]:
-    result = subprocess.run(
-        ["diff", str(a / "dvc.lock"), str(b / "dvc.lock")], capture_output=True, text=True
-    )
-    return [line for line in result.stdout.splitlines() if line[:1] in "<>"]
-
-
-@pytest.mark.heavy
-def test_every_stage_has_its_mlflow_run(lab: dict) -> None:
-    parallel = lab["parallel"]
-    stages = _run(["dvc", "stage", "list", "--name-only"], parallel).stdout.split()
-    runs = _mlflow_runs(parallel)
-    assert set(stages) <= set(runs), sorted(set(stages) - set(runs))
-    assert all(len(runs[s]) == 1 and runs[s][0].info.status == "FINISHED" for s in stages)
-    assert runs["pretrain@bm-cecl-0"][0].data.tags["outputs_sha256"] == tree_digest(
-        parallel / "models/bm/cecl/seed_0"
-    )
-    assert "MLflow server http://127.0.0.1:" in lab["launched"].stdout
-    assert (parallel / "logs/launch/pretrain@bm-cecl-0.log").read_text().count("[launch] attempt ") == 1
-    assert "logs/" in _git(parallel, "check-ignore", "logs/launch/sweep.log")
-
-
-@pytest.mark.heavy
-def test_second_launch_runs_nothing(lab: dict) -> None:
-    result = _launch(lab["parallel"], "--jobs", "2")
-    assert "0 of 7 stage(s) to run" in result.stdout and "0 stage(s) ran" in result.stdout
+def _launch(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The launcher in ``root``, with its package from this checkout (the toy repository has none)."""
+    return launch(root, *args, env={**_env(root), "PYTHONPATH": str(REPO)}, check=check)
 
 
 # --------------------------------------------------------------------- a test-only pipeline (no training)
@@ -148,7 +71,7 @@ def _toy_repo(root: Path, stages: dict) -> Path:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     (root / "flaky.py").write_text(FLAKY)
     (root / ".gitignore").write_text("/.flaky-marker\n/logs/\nmlflow.db\nmlartifacts/\n")
-    _write_params(root, TINY)
+    _write_params(root, PARAMS)
     _run(["git", "init", "-q"], root)
     _run(["dvc", "init", "-q"], root)
     _run(["git", "add", "-A"], root)
@@ -156,15 +79,9 @@ def _toy_repo(root: Path, stages: dict) -> Path:
     return root
 
 
-def _toy_env(root: Path) -> dict[str, str]:
-    from tests.test_pipeline_e2e import REPO
-
-    return {**_env(root), "PYTHONPATH": str(REPO)}  # the launcher's package from this checkout
-
-
 def test_flaky_stage_is_retried_and_a_broken_one_stops_only_its_dependents(tmp_path: Path) -> None:
     root = _toy_repo(tmp_path / "toy", TOY_DVC["stages"])
-    result = _launch(root, "--jobs", "2", "--retries", "1", env=_toy_env(root), check=False)
+    result = _launch(root, "--jobs", "2", "--retries", "1", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout + result.stderr
     assert (root / "second.txt").read_text() == "first\n" and (root / "other.txt").exists()
@@ -182,12 +99,32 @@ def test_flaky_stage_is_retried_and_a_broken_one_stops_only_its_dependents(tmp_p
     # Fix the broken stage: the next launch runs only it and its dependent (DVC's up-to-date check).
     stages = {**TOY_DVC["stages"], "broken": {**TOY_DVC["stages"]["broken"], "cmd": "echo ok > broken.txt"}}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
-    again = _launch(root, "--jobs", "2", env=_toy_env(root))
+    again = _launch(root, "--jobs", "2")
     assert "2 of 5 stage(s) to run" in again.stdout and (root / "after.txt").read_text() == "ok\n"
 
 
 def _launch_ran(output: str) -> list[str]:
     return re.findall(r"done   (\S+)", output)
+
+
+def test_the_plan_is_what_dvc_status_reports_for_all_stages_and_for_targets(tmp_path: Path) -> None:
+    """The launcher's plan (DVC's Python API, one status pass) against the ``dvc status --json`` CLI."""
+    from cecl.launch.dag import read_plan
+
+    stages = {k: v for k, v in TOY_DVC["stages"].items() if k in ("second", "other")}
+    stages["first"] = {**TOY_DVC["stages"]["first"], "cmd": "echo first > first.txt"}
+    root = _toy_repo(tmp_path / "toy", stages)
+    _run(["dvc", "repro", "-s", "first"], root)  # first is up to date; second (its dependent) and other not
+    plan = read_plan(root)
+    reported = json.loads(_run(["dvc", "status", "--json"], root).stdout)
+    assert set(plan.reasons) == set(reported) == {"second", "other"}
+    assert sorted(plan.order) == ["first", "other", "second"] and plan.upstream["second"] == ["first"]
+    assert plan.order.index("first") < plan.order.index("second")
+    assert sorted(plan.to_run) == ["other", "second"]
+    targeted = read_plan(root, ["second"])
+    assert targeted.order == ["first", "second"] and targeted.to_run == ["second"]
+    _run(["dvc", "repro", "-s", "other"], root)
+    assert read_plan(root, ["other"]).to_run == []
 
 
 @pytest.mark.parametrize(
@@ -200,15 +137,14 @@ def _launch_ran(output: str) -> list[str]:
 )
 def test_bad_input_is_one_line_before_work(tmp_path: Path, args: list[str], expected: str) -> None:
     root = _toy_repo(tmp_path / "toy", TOY_DVC["stages"])
-    result = _launch(root, *args, env=_toy_env(root), check=False)
+    result = _launch(root, *args, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(expected) and not (root / "logs").exists()
     (root / "dvc.yaml").unlink()
-    result = _launch(root, env=_toy_env(root), check=False)
+    result = _launch(root, check=False)
     assert result.returncode == 2 and "no dvc.yaml" in result.stderr
 
 
-@pytest.mark.heavy
 def test_cluster_mode_two_checkouts_and_a_dvc_remote(tmp_path: Path) -> None:
     """A local two-node Ray cluster: each node works in its own checkout; the user's final
     ``dvc repro --pull`` restores every stage from the run-cache and runs none."""
@@ -225,9 +161,7 @@ def test_cluster_mode_two_checkouts_and_a_dvc_remote(tmp_path: Path) -> None:
     try:
         cluster.wait_for_nodes()
         workdir = tmp_path / "nodes"
-        result = _launch(
-            user, "--address", cluster.address, "--workdir", str(workdir), "--jobs", "2", env=_toy_env(user)
-        )
+        result = _launch(user, "--address", cluster.address, "--workdir", str(workdir), "--jobs", "2")
     finally:
         cluster.shutdown()
     out = result.stdout
@@ -242,4 +176,98 @@ def test_cluster_mode_two_checkouts_and_a_dvc_remote(tmp_path: Path) -> None:
     assert "Running stage" not in _run(["dvc", "repro"], user).stdout
 
 
-_ = GIT_ENV  # re-exported helpers come from tests.test_pipeline_e2e
+# Records its pid, then sleeps unless ``.fast`` exists, then writes its output.
+SLOW = textwrap.dedent(
+    """
+    import os, pathlib, time
+    pathlib.Path("slow.pid").write_text(str(os.getpid()))
+    if not pathlib.Path(".fast").exists():
+        time.sleep(300)
+    pathlib.Path("slow.txt").write_text("slow\\n")
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.read_text().rsplit(") ", 1)[1].startswith("Z")  # a zombie has exited
+    except (OSError, IndexError):
+        return False
+
+
+def test_an_interrupted_launch_leaves_nothing_running_and_the_next_one_finishes(tmp_path: Path) -> None:
+    """Ctrl-C stops the running stage's process group (exit 130); after a SIGKILL of the launcher the
+    orphaned stage is stopped by the next launch, which then finishes the pipeline."""
+    stages = {
+        "slow": {"cmd": "python slow.py", "deps": ["slow.py"], "outs": ["slow.txt"]},
+        "after": {"cmd": "cp slow.txt after.txt", "deps": ["slow.txt"], "outs": ["after.txt"]},
+    }
+    root = _toy_repo(tmp_path / "toy", stages)
+    (root / "slow.py").write_text(SLOW)
+    marker = root / "slow.pid"
+
+    def start() -> tuple[subprocess.Popen[str], int]:
+        marker.unlink(missing_ok=True)
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "cecl.launch", "--jobs", "1"],
+            cwd=root,
+            env={**_env(root), "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as in a terminal
+        )
+        deadline = time.monotonic() + 180
+        while not marker.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the slow stage never started"
+        time.sleep(0.2)  # let it finish writing its pid
+        return launcher, int(marker.read_text())
+
+    launcher, pid = start()
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130 and "interrupted; stopped slow" in err, err
+    assert not _alive(pid) and not (root / "slow.txt").exists() and not (root / "dvc.lock").exists()
+
+    launcher, pid = start()
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its process group
+    launcher.wait()
+    assert _alive(pid)  # the stage has its own session: Ray's worker or the next launch must stop it
+    (root / ".fast").touch()
+    result = _launch(root, "--jobs", "1")
+    assert not _alive(pid), result.stdout
+    assert "2 of 2 stage(s) to run" in result.stdout and (root / "after.txt").read_text() == "slow\n"
+
+
+def test_the_next_launch_stops_recorded_leftovers_only(tmp_path: Path) -> None:
+    """What a SIGKILLed launcher leaves (stage groups in their own sessions, pid files under logs/launch)
+    is stopped by the next launch; a pid file whose pid now belongs to another process is not acted on."""
+    from cecl.launch import children
+
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    # A group whose leader (dvc, here sh) is gone while its child (the stage, here sleep) lives on.
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!; read line"],
+        start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert leader.stdout is not None and leader.stdin is not None
+    member = int(leader.stdout.readline())
+    try:
+        children.record(tmp_path / "stage_a.pid", orphan.pid)
+        (tmp_path / "stage_b.pid").write_text(f"{bystander.pid} 1\n")  # a start time that is not its own
+        children.record(tmp_path / "stage_c.pid", leader.pid)
+        leader.stdin.close()
+        leader.wait(timeout=10)
+        assert _alive(member)
+        assert children.kill_recorded(tmp_path, grace_s=5) == ["stage_a", "stage_c"]
+        assert orphan.wait(timeout=10) is not None and bystander.poll() is None and not _alive(member)
+        assert list(tmp_path.glob("*.pid")) == []
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)

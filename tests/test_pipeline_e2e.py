@@ -3,11 +3,13 @@
 A copy of the repository (every tracked and untracked-but-not-ignored file) becomes a git repository
 ``origin`` with a tiny params.yaml and a toy dataset family added as ONE new module (the plug-in
 promise: one module plus one params entry). Then, as a lab would:
-- ``first``: a clone runs ``dvc repro``, commits dvc.lock and the committed outputs, pushes its cache to
-  a local-directory DVC remote;
-- ``fresh``: a clone of ``first`` runs ``dvc repro``: every stage runs again (nothing is silently
-  reused from git), every output and dvc.lock come out byte-identical, and provenance.md links every
-  run to a run of the clone's own tracking store;
+- ``first``: a clone runs ``python -m cecl.repro`` (``make repro``: one serial ``dvc repro``, stages
+  forked from the warm server), commits dvc.lock and the committed outputs, pushes its cache to a
+  local-directory DVC remote;
+- ``launched``: a clone of ``first`` runs the launcher with two slots (``python -m cecl.launch --jobs 2``,
+  cold stage processes): every stage runs again (nothing is silently reused from git), every output and
+  dvc.lock come out byte-identical to the serial run's, every stage has its MLflow run, provenance.md
+  links every run to a run of the clone's own tracking store, and a second launch runs nothing;
 - ``pulled``: a clone of ``first`` runs ``dvc pull``: ``dvc status`` is clean, the reports are identical.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cecl.io import tree_digest
 from tests.browser import check_mlflow_ui_shows_runs, requires_browser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +82,9 @@ GIT_ENV = {
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(GIT_ENV)
+    # One torch thread in every stage: CPU float reductions depend on the thread count, and the launcher's
+    # run (``--threads 1``) must equal the serial one byte for byte on any machine.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     env["PYTHONPATH"] = str(root)
     return env
@@ -248,27 +254,78 @@ def test_second_repro_does_nothing(lab: dict) -> None:
     assert "Running stage" not in result.stdout and "up to date" in result.stdout
 
 
-def test_fresh_clone_regenerates_every_stage_byte_for_byte_with_its_own_runs(lab: dict) -> None:
-    """A from-scratch dvc repro on the same machine rewrites every output byte for byte (dvc.lock does not
-    change), and provenance.md links each run to a run of the clone's own MLflow store. ``first`` ran
-    through ``python -m cecl.repro`` (stages forked from the warm server, cecl/warm.py), this clone runs
-    plain ``dvc repro`` (every stage a cold process): equal bytes also show the two are the same."""
-    fresh = lab["base"] / "fresh"
+def _launch(
+    root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cecl.launch args`` in ``root`` (tests/test_launcher.py uses it too)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cecl.launch", *args],
+        cwd=root,
+        env=env or _env(root),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def launched(lab: dict) -> dict:
+    """A fresh clone of ``first`` reproduced by the launcher with two slots, every stage a cold process
+    (``CECL_WARM=0``), while ``first`` ran serially through ``python -m cecl.repro`` (warm stages)."""
+    fresh = lab["base"] / "launched"
     _run(["git", "clone", "-q", str(lab["first"]), str(fresh)], lab["base"])
-    result = _run(["dvc", "repro"], fresh)
+    result = _launch(fresh, "--jobs", "2", "--threads", "1", env={**_env(fresh), "CECL_WARM": "0"})
+    return {"root": fresh, "stdout": result.stdout}
+
+
+def test_fresh_clone_launched_in_parallel_regenerates_every_stage_byte_for_byte(
+    lab: dict, launched: dict
+) -> None:
+    """A from-scratch run on the same machine rewrites every output and dvc.lock byte for byte: two stages
+    in flight (``python -m cecl.launch --jobs 2``) against one at a time, cold stage processes against warm
+    ones; provenance.md links each run to a run of the clone's own tracking store."""
+    fresh, first = launched["root"], lab["first"]
     stages = _stages(fresh)
-    assert sorted(re.findall(r"Running stage '([^']+)'", result.stdout)) == sorted(stages)
-    assert (fresh / "dvc.lock").read_text() == (lab["first"] / "dvc.lock").read_text()
+    assert f"[launch] {len(stages)} of {len(stages)} stage(s) to run" in launched["stdout"]  # nothing reused
+    assert "stages run cold" in launched["stdout"] and "2 CPU slot(s) of 1 thread(s)" in launched["stdout"]
+    assert sorted(re.findall(r"done   (\S+) in", launched["stdout"])) == sorted(stages)
+    assert (fresh / "dvc.lock").read_text() == (first / "dvc.lock").read_text()  # entries in serial order too
     assert _git(fresh, "status", "--porcelain") == ""  # the committed metrics and reports are unchanged
-    expected, produced = _tracked_files(lab["first"]), _tracked_files(fresh)
-    assert list(expected) == list(produced)
+    expected, produced = _tracked_files(first), _tracked_files(fresh)
+    assert list(expected) == list(produced) and len(expected) > 20
     assert [p for p in expected if expected[p] != produced[p]] == []
-    links, first_links = _provenance_links(fresh), _provenance_links(lab["first"])
+    links, first_links = _provenance_links(fresh), _provenance_links(first)
     per_run = {s for s in stages if s.startswith(("pretrain@", "probe@", "transfer@"))}
     assert set(links) == per_run == set(first_links)
     ids = {run.info.run_id for group in _mlflow_runs(fresh).values() for run in group}
     assert set(links.values()) <= ids
     assert not set(links.values()) & set(first_links.values()), "provenance names another store's run"
+    assert "Running stage" not in _run(["dvc", "repro"], fresh).stdout  # DVC agrees: nothing to do
+
+
+def test_launched_stages_each_log_one_run_through_the_launchers_server(launched: dict) -> None:
+    fresh = launched["root"]
+    stages = _stages(fresh)
+    runs = _mlflow_runs(fresh)
+    assert set(stages) <= set(runs), sorted(set(stages) - set(runs))
+    assert all(len(runs[s]) == 1 and runs[s][0].info.status == "FINISHED" for s in stages)
+    assert runs["pretrain@bm-cecl-0"][0].data.tags["outputs_sha256"] == tree_digest(
+        fresh / "models/bm/cecl/seed_0"
+    )
+    assert "MLflow server http://127.0.0.1:" in launched["stdout"]
+    assert (fresh / "logs/launch/pretrain@bm-cecl-0.log").read_text().count("[launch] attempt ") == 1
+    assert "logs/" in _git(fresh, "check-ignore", "logs/launch/sweep.log")
+
+
+def test_a_second_launch_runs_nothing(launched: dict) -> None:
+    result = _launch(launched["root"], "--jobs", "2")
+    stages = _stages(launched["root"])
+    assert f"0 of {len(stages)} stage(s) to run" in result.stdout and "0 stage(s) ran" in result.stdout
 
 
 def test_dvc_remote_round_trip(lab: dict) -> None:

@@ -2,7 +2,7 @@
 
 Each test talks to a real server (started the way ``python -m cecl.repro`` starts it) from a real client
 process. The whole pipeline through it, byte for byte against cold stages, is checked by
-tests/test_pipeline_e2e.py (the first clone runs warm, the fresh clone cold, and their dvc.lock match).
+tests/test_pipeline_e2e.py (the first clone runs warm, the launched clone cold, and their dvc.lock match).
 """
 
 from __future__ import annotations
@@ -169,3 +169,30 @@ def test_a_preloaded_stage_runs_as_main_without_warnings(server) -> None:
     )
     assert result.returncode == cold.returncode == 2
     assert result.stderr == cold.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_server_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed ``make repro`` (or launcher) cannot stop its server: the server notices its parent is
+    gone, removes its socket and exits by itself."""
+    code = (
+        "import os, sys, time; from cecl import warm\n"
+        "with warm.server() as v:\n"
+        "    print(v[warm.SOCKET_ENV], flush=True); time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    socket_path = Path(parent.stdout.readline().strip())
+    assert socket_path.exists()
+    pid = int((socket_path.parent / "warm.ready").read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stat = Path(f"/proc/{pid}/stat")
+    gone = not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")  # exited (maybe unreaped)
+    assert gone, "the server outlived its parent"
+    assert not socket_path.exists() and not socket_path.parent.exists()

@@ -29,14 +29,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cecl import warm
 from cecl.launch import children, lockfile
 from cecl.launch.checkout import CheckoutSpec
 from cecl.launch.dag import Plan, PlanError, read_plan
-from cecl.launch.server import ServerError, ensure_experiment, mlflow_server
+from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
 from cecl.launch.slots import cluster_slots, is_training, local_slots
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
 
 LOGS = Path("logs/launch")
+SERVER_PID = Path("mlflow-server.pid")  # under LOGS, next to the stages' pid files
 TIMEOUT_S = {"training": 24 * 3600.0, "light": 2 * 3600.0}  # per stage kind; --timeout overrides both
 # Per-worker variables Ray sets; a stage's own Ray (the sweep) must start its own local instance.
 RAY_WORKER_ENV = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_CLIENT_MODE", "RAY_ADDRESS", "OMP_NUM_THREADS")
@@ -187,6 +189,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     if not plan.to_run and spec is None:
         print("\n".join(summary("", {})) + f" ({len(plan.order)} up to date)", flush=True)
         return 0
+    if spec is None:
+        try:
+            slots = local_slots(args.jobs, params.device, args.threads, args.light_share)
+        except ValueError as err:
+            raise LaunchError(str(err)) from None
     logs = root / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     leftovers = children.kill_recorded(logs)
@@ -201,16 +208,18 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     import ray
 
     with contextlib.ExitStack() as stack:
+        # The MLflow server (about 10 s to answer) and, on one host, the warm stage server (torch and MLflow
+        # imported once for every stage, cecl/warm.py) start while Ray does (about 5 s).
+        phase = time.monotonic()
         uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            uri = stack.enter_context(
-                mlflow_server(root, logs / "mlflow-server.log", logs / "mlflow-server.pid")
-            )
-            print(f"[launch] MLflow server {uri} (backend sqlite:///{root / 'mlflow.db'})", flush=True)
-        ensure_experiment(uri, params.tracking.experiment, root)
+        mlflow_ready = (
+            (lambda: uri)
+            if uri
+            else stack.enter_context(mlflow_starting(root, logs / "mlflow-server.log", logs / SERVER_PID))
+        )
+        warm_ready = stack.enter_context(warm.starting()) if spec is None else dict
         quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
         if spec is None:
-            slots = local_slots(args.jobs, params.device, args.threads, args.light_share)
             runtime_env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}}
             ray.init(**slots.local_ray_init(), runtime_env=runtime_env, **quiet)
         else:
@@ -218,12 +227,25 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
             ray.init(address=args.address, runtime_env={"py_modules": [cecl]}, **quiet)
             slots = cluster_slots(ray.cluster_resources(), params.device, args.threads, args.light_share)
+        stack.callback(ray.shutdown)
+        started_uri = not uri
+        uri = mlflow_ready()
+        if started_uri:
+            print(f"[launch] MLflow server {uri} (backend sqlite:///{root / 'mlflow.db'})", flush=True)
+        if spec is not None:
             hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
             if "127.0.0.1" in uri and len(hosts) > 1:
                 raise LaunchError(
                     f"the cluster spans {len(hosts)} hosts: set MLFLOW_TRACKING_URI to a server all reach"
                 )
-        stack.callback(ray.shutdown)
+        ensure_experiment(uri, params.tracking.experiment, root)
+        warm_env = warm_ready()
+        print(
+            f"[launch] Ray, MLflow{' and the warm stage server' if warm_env else ''} ready in "
+            f"{time.monotonic() - phase:.1f} s"
+            + ("" if warm_env or spec is not None else "; stages run cold (no warm stage server)"),
+            flush=True,
+        )
         # After ray.init: Ray's core worker installs its own SIGTERM handler, and a launcher started in the
         # background of a non-interactive shell inherits SIGINT ignored; both must stop the stages.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -237,6 +259,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             "MKL_NUM_THREADS": str(slots.threads),
             "RAY_ADDRESS": "local",  # the sweep starts its own Ray inside its slot
             "PYTHONUNBUFFERED": "1",
+            **warm_env,
         }
         drop = tuple(k for k in RAY_WORKER_ENV if k not in keep)
 
@@ -271,6 +294,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             done, failed = schedule(plan, submit, _ray_wait, on_done, on_failed)
         except KeyboardInterrupt:
             stopped = children.kill_recorded(logs) if spec is None else []
+            stopped = [name for name in stopped if name != SERVER_PID.stem]  # stages only
             print(
                 f"\n[launch] interrupted; stopped {', '.join(stopped) or 'no running stage'}. Finished "
                 "stages are recorded in dvc.lock: run the same command again to finish the rest.",

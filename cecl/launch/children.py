@@ -27,6 +27,17 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process is left in the group ``pgid``. The leader (``dvc``) can be gone while the stage
+    it started lives on: Ray's clean-up of a dead worker kills the worker's direct children only. Linux
+    never hands out a pid that is still some group's id, so a live group with this id is that group."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def record(pidfile: Path, pid: int) -> None:
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(f"{pid} {_start_time(pid) or ''}\n")
@@ -66,7 +77,7 @@ def kill_recorded(folder: Path, grace_s: float = 10.0) -> list[str]:
         except (OSError, ValueError):
             pidfile.unlink(missing_ok=True)
             continue
-        if started and _start_time(pid) == started:
+        if started and (_start_time(pid) == started or (_start_time(pid) is None and _group_alive(pid))):
             kill_group(pid, grace_s)
             stopped.append(pidfile.stem)
         pidfile.unlink(missing_ok=True)

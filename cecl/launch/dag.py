@@ -7,6 +7,7 @@ date" are DVC's, not a re-implementation of dvc.yaml/dvc.lock parsing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,8 @@ def read_plan(root: Path, targets: Sequence[str] = ()) -> Plan:
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
     from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo:
+    # DVC resolves targets (and "dvc.yaml") against the working directory, so read from ``root``.
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         try:
             stages = collect_stages(repo, list(targets) or ["dvc.yaml"])
         except DvcException as err:
@@ -60,7 +62,11 @@ def read_plan(root: Path, targets: Sequence[str] = ()) -> Plan:
         steps = [s for s in plan_repro(graph, stages) if isinstance(s, PipelineStage)]
         names = {s: s.addressing for s in steps}
         upstream = {names[s]: [names[d] for d in graph.successors(s) if d in names] for s in steps}
-        status = repo.status(targets=[names[s] for s in steps]) if steps else {}
+        # Each planned stage's own status, as ``dvc status`` computes it (the loop of DVC's
+        # ``_joint_status``). ``repo.status(targets=...)`` re-collects dvc.yaml once per target: about
+        # 0.7 s each, 36 s for the CPU default's 52 stages, against 3 s for this.
+        with repo.lock:
+            status = {k: v for step in steps for k, v in step.status().items()}
     order = [names[s] for s in steps]
     changed = set(status)
     to_run: list[str] = []

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cecl.launch import children
@@ -42,8 +42,11 @@ def healthy(uri: str, timeout_s: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, log: Path, pidfile: Path, start_timeout_s: float = 120.0) -> Iterator[str]:
-    """Start ``mlflow server`` on ``root``'s mlflow.db, yield its URI once /health answers, stop it after.
+def mlflow_starting(
+    root: Path, log: Path, pidfile: Path, start_timeout_s: float = 120.0
+) -> Iterator[Callable[[], str]]:
+    """Start ``mlflow server`` on ``root``'s mlflow.db for the block; yields ``ready()``, which waits until
+    /health answers (about 10 s) and returns the URI, so the caller can start other things meanwhile.
 
     It runs in its own process group (uvicorn workers included), recorded in ``pidfile`` so a later
     launch stops a server a SIGKILLed launcher left behind.
@@ -61,13 +64,17 @@ def mlflow_server(root: Path, log: Path, pidfile: Path, start_timeout_s: float =
             command, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     children.record(pidfile, process.pid)
-    try:
+
+    def ready() -> str:
         deadline = time.monotonic() + start_timeout_s
         while not healthy(uri):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ServerError(f"the MLflow server on port {port} did not come up; see {log}")
             time.sleep(0.25)
-        yield uri
+        return uri
+
+    try:
+        yield ready
     finally:
         children.stop(process)
         pidfile.unlink(missing_ok=True)
