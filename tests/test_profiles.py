@@ -30,6 +30,21 @@ def test_params_yaml_is_the_cpu_profile() -> None:
     assert yaml.safe_load(params) == yaml.safe_load(cpu)
 
 
+def test_the_committed_dvc_lock_records_only_stages_dvc_yaml_defines(tmp_path: Path) -> None:
+    """DVC never drops the dvc.lock entry of a stage that is renamed or removed; stale entries made the
+    lock twice as long (77 of 129), and DVC re-parses and rewrites all of it after every stage (3.5 s vs
+    2.0 s per stage measured). Checked on the committed dvc.yaml, params.yaml and dvc.lock."""
+    for name in ("dvc.yaml", "params.yaml", "dvc.lock"):
+        (tmp_path / name).write_text(committed(REPO, name))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    locked = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    assert sorted(set(locked) - set(listed)) == [] and len(locked) == len(listed)
+
+
 def test_cpu_profile_covers_both_offline_datasets_with_three_seeds() -> None:
     params = load_params(PROFILES / "cpu.yaml")
     families = {params.spec(name).family for name in params.pretrain.datasets}
