@@ -1070,7 +1070,7 @@ def build_workloads(args: argparse.Namespace, device: torch.device) -> tuple[Com
         sizes = (96, 32) if args.quick else None
         workloads.append(params_workload(params, args.methods, 8 if args.quick else None, sizes, args.seed))
     if "cifar" in args.workloads:
-        archs = ["resnet18", "resnet50"] if args.large else ["resnet18"]
+        archs = args.archs or (["resnet18", "resnet50"] if args.large else ["resnet18"])
         batches = args.cifar_batches or (
             [4] if args.quick else [256, 1024] if device.type == "cuda" else [256]
         )
@@ -1097,6 +1097,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", choices=["params", "cifar"], default=["params", "cifar"])
     parser.add_argument("--methods", nargs="+", default=["cecl", "simclr"], help="methods of workload (a)")
     parser.add_argument("--large", action="store_true", help="also ResNet-50 on the CIFAR-shaped workload")
+    parser.add_argument(
+        "--archs", nargs="+", choices=["resnet18", "resnet50"], help="CIFAR-shaped encoders (over --large)"
+    )
     parser.add_argument("--cifar-batches", type=int, nargs="+", help="default: 256 1024 on CUDA, 256 on CPU")
     parser.add_argument("--cifar-train-size", type=int, default=CIFAR_TRAIN)
     parser.add_argument(
