@@ -213,7 +213,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         phase = time.monotonic()
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow_ready = (
-            (lambda: uri)
+            None
             if uri
             else stack.enter_context(mlflow_starting(root, logs / "mlflow-server.log", logs / SERVER_PID))
         )
@@ -228,9 +228,8 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             ray.init(address=args.address, runtime_env={"py_modules": [cecl]}, **quiet)
             slots = cluster_slots(ray.cluster_resources(), params.device, args.threads, args.light_share)
         stack.callback(ray.shutdown)
-        started_uri = not uri
-        uri = mlflow_ready()
-        if started_uri:
+        if mlflow_ready is not None:
+            uri = mlflow_ready()
             print(f"[launch] MLflow server {uri} (backend sqlite:///{root / 'mlflow.db'})", flush=True)
         if spec is not None:
             hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}

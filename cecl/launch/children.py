@@ -77,7 +77,8 @@ def kill_recorded(folder: Path, grace_s: float = 10.0) -> list[str]:
         except (OSError, ValueError):
             pidfile.unlink(missing_ok=True)
             continue
-        if started and (_start_time(pid) == started or (_start_time(pid) is None and _group_alive(pid))):
+        current = _start_time(pid)
+        if started and (current == started or (current is None and _group_alive(pid))):
             kill_group(pid, grace_s)
             stopped.append(pidfile.stem)
         pidfile.unlink(missing_ok=True)
