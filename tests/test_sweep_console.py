@@ -6,7 +6,8 @@ escape codes and none of Ray's or Tune's banners. It runs with ``device: auto`` 
 ``sweep.gpus_per_trial: 0.5``, which on a machine without a GPU trains on the CPU, as a stage would,
 and its MLflow runs are read back from the database to check the tags (like a stage run's) and the
 device recorded. A second sweep in which every trial crashes exits 2 with one line on stderr naming
-the method, no traceback, and no sweep outputs.
+the method, no traceback, and no sweep outputs. A Ray started as the sweep starts it, with its temp
+folder on a nearly full disk, forwards none of the raylet's disk errors (CI's /tmp was 96% full once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import yaml
 from cecl.config import parse_params
 from cecl.pipeline import run_tags
 from cecl.runs import RunKey
-from cecl.tune import CRASH_ENV, OUTPUT_FILES
+from cecl.tune import CRASH_ENV, OUTPUT_FILES, RAY_ENV
 from tests.test_sweep import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def _stage(cwd: Path, raw: dict[str, Any], db: Path, crashes: str = "") -> subpr
         "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
         CRASH_ENV: crashes,
     }
-    for name in ("RAY_DEDUP_LOGS", "RAY_COLOR_PREFIX", "RAY_AIR_NEW_OUTPUT", "TUNE_PRINT_ALL_TRIAL_ERRORS"):
+    for name in RAY_ENV:
         env.pop(name, None)  # the stage's own defaults, not the test runner's
     command = [sys.executable, "-m", "stages.sweep"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
@@ -156,3 +158,54 @@ def test_every_trial_failing_is_one_line_and_writes_nothing(
         assert f"[sweep] {label}: FAILED after 1 attempt(s): RuntimeError: {CRASH_ENV} test hook" in combined
     assert "[sweep] best" not in combined and "[sweep] wrote" not in combined
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["ray_results"]  # no output files
+
+
+# Starts Ray as the sweep stage does (cecl.tune.runner.init_ray), keeps it up long enough for the
+# raylet's disk monitor (every 10 s) to report twice and Ray's log monitor to forward it, then stops.
+_RAY_UP = """
+import sys, time, yaml, ray
+from cecl.config import parse_params
+from cecl.tune.runner import init_ray
+init_ray(parse_params(yaml.safe_load(open(sys.argv[1]))))
+time.sleep(22)
+ray.shutdown()
+"""
+
+
+@pytest.fixture
+def nearly_full_disk():
+    """A 64 MiB tmpfs filled to 97%; skips where this process may not mount one (needs root). Its path
+    is short: Ray's socket paths under it must fit in 107 characters."""
+    mount = Path(tempfile.mkdtemp(prefix="cecl-disk-"))
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip() or made.returncode}")
+    try:
+        (mount / "filler").write_bytes(bytes(62 * 2**20))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+        mount.rmdir()
+
+
+@pytest.mark.slow
+def test_a_nearly_full_disk_adds_no_ray_lines(nearly_full_disk: Path, tmp_path: Path) -> None:
+    """The raylet's "over 95% full" error every 10 s stays out of a sweep's log; a user who sets Ray's
+    threshold (the control, run side by side) gets it back, so the disk really looked full to Ray."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_raw()))
+    base = {k: v for k, v in os.environ.items() if k not in RAY_ENV} | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", _RAY_UP, str(tmp_path / "params.yaml")]
+    runs = {}
+    for name, extra in (("sweep", {}), ("control", {"RAY_local_fs_capacity_threshold": "0.95"})):
+        env = base | extra | {"RAY_TMPDIR": str(nearly_full_disk / name)}
+        (nearly_full_disk / name).mkdir()
+        runs[name] = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    output = {name: run.communicate(timeout=120)[0] for name, run in runs.items()}
+    assert all(run.returncode == 0 for run in runs.values()), output
+    assert "is over 95% full" in output["control"], output["control"]
+    assert "raylet" not in output["sweep"] and "full" not in output["sweep"], output["sweep"]

@@ -17,6 +17,11 @@ Ray reads some of them when it is imported:
 - ``TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0``: keeping 2 checkpoints per trial
   makes Tune snapshot the experiment state often; on local storage a snapshot takes milliseconds, so
   its "bottleneck" warning is noise.
+- ``RAY_local_fs_capacity_threshold=1`` (read by the raylet a local sweep starts): with the disk of
+  Ray's temp folder over 95% full, the raylet refuses to spill objects and forwards a
+  ``(raylet) ... is over 95% full`` error line to the driver every 10 s for as long as it runs. A sweep
+  puts only its small trial setup in the object store and never spills, so the guard protects nothing
+  here; 1 turns it off (Ray's documented value for that). A cluster's raylets keep their own setting.
 
 :func:`quiet_loggers` then sets Ray's logging at WARNING (``ray.init(logging_level=...)`` does the
 same for the ``ray`` logger: no "Started a local Ray instance" banner) and drops two of Tune's log
@@ -34,6 +39,7 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_local_fs_capacity_threshold": "1",
 }
 # Ray's "Token authentication is enabled for this Ray cluster" warning on every local start: Ray's
 # default (token auth on) needs no notice in each sweep's log. Errors from this logger still show.
