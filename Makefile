@@ -7,7 +7,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test test-fast lint bench clean-outputs
+.PHONY: install repro test test-fast lint bench clean-outputs gpu-wheels
 
 # Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
 # in the lock, and pip refuses any dependency the lock does not name. Reinstalls when a lock changes.
@@ -75,3 +75,14 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/loss.py
+
+# The packages a lent GPU machine's image lacks (it has torch, numpy, PyYAML, Pillow, pytest, no registry),
+# as CPython 3.12 wheels of the versions dev.lock pins, into .whl/ (git-ignored) for benchmarks/gpu_session.sh:
+# run(command="bash benchmarks/gpu_session.sh", carry=[".whl"]).
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions pytorch-metric-learning
+gpu-wheels: install
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$(for p in $(GPU_WHEELS); do grep -o "^$$p==[^ ]*" requirements/dev.lock || echo "$$p-not-in-dev.lock"; done)
+	ls .whl

@@ -63,12 +63,21 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> bool:
+def backend_for(device: torch.device) -> str:
+    """The process group's backend for training on ``device``: nccl for CUDA, gloo for the CPU.
+
+    It follows the training device, not whether the host has a GPU: CPU training under torchrun on a
+    GPU host must use gloo (nccl moves only CUDA tensors).
+    """
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    Backend nccl when CUDA is available (and binds this process to GPU ``LOCAL_RANK``), gloo otherwise.
-    A no-op returning False when WORLD_SIZE is unset or 1; returns True when running distributed.
-    Idempotent: an already initialised group is kept.
+    The backend is :func:`backend_for` the training ``device``; on CUDA this process is bound to GPU
+    ``LOCAL_RANK``. A no-op returning False when WORLD_SIZE is unset or 1; returns True when running
+    distributed. Idempotent: an already initialised group is kept.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -80,11 +89,9 @@ def init_from_env() -> bool:
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise RuntimeError(f"WORLD_SIZE={size} but {key} is not set; launch with torchrun")
-    if torch.cuda.is_available():
+    backend = backend_for(device)
+    if backend == "nccl":
         torch.cuda.set_device(local_rank())
-        backend = "nccl"
-    else:
-        backend = "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
     return True
 

@@ -42,6 +42,11 @@ def launch_processes(setup: RunSetup, device_name: str) -> int:
     """Run this stage under torchrun with ``pretrain.processes`` processes; returns the exit status."""
     processes = setup.recipe.pretrain.processes
     device = resolve_device(device_name)
+    if device.type == "cuda" and device.index is not None:
+        raise ValueError(
+            f"device {device_name!r} names one GPU but pretrain.processes is {processes}: "
+            "use device cuda (process r trains on GPU r)"
+        )
     if device.type == "cuda" and torch.cuda.device_count() < processes:
         raise ValueError(
             f"pretrain.processes is {processes} but this host has {torch.cuda.device_count()} GPU(s)"
@@ -120,7 +125,7 @@ def main(key: RunKey) -> None:
         if status != 0:
             sys.exit(status)
         return
-    distributed.init_from_env()
+    distributed.init_from_env(resolve_device(params.device))
     try:
         train(setup, params.tracking.experiment, params.device)
     finally:

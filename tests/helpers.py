@@ -140,8 +140,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def join_process_group(process: int, world: int, port: int) -> None:
-    """Set the environment torchrun would set for ``process`` and join the gloo group (one thread each)."""
+def join_process_group(process: int, world: int, port: int, device: str = "cpu") -> None:
+    """Set the environment torchrun would set for ``process`` and join the group for training on
+    ``device`` (gloo on the CPU; one thread each)."""
     from cecl import distributed
 
     os.environ.update(
@@ -152,7 +153,7 @@ def join_process_group(process: int, world: int, port: int) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    assert distributed.init_from_env() and distributed.world_size() == world
+    assert distributed.init_from_env(torch.device(device)) and distributed.world_size() == world
     assert distributed.rank() == process
 
 

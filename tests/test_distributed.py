@@ -170,7 +170,7 @@ def test_shards_are_contiguous_in_rank_order_and_concatenate_to_the_batch() -> N
 
 def test_single_process_helpers_are_identities(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert dist_utils.init_from_env() is False
+    assert dist_utils.init_from_env(torch.device("cpu")) is False
     assert not dist_utils.is_distributed()
     assert (dist_utils.rank(), dist_utils.world_size()) == (0, 1)
     x = torch.randn(4, 2, 3)
@@ -179,7 +179,15 @@ def test_single_process_helpers_are_identities(monkeypatch: pytest.MonkeyPatch) 
     labels = torch.tensor([0, 1, 0, 1])
     assert torch.equal(dist_utils.GatherLoss(loss)(x, labels), loss(x, labels))
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert dist_utils.init_from_env() is False
+    assert dist_utils.init_from_env(torch.device("cpu")) is False
+
+
+def test_the_backend_follows_the_training_device_not_the_host() -> None:
+    """CPU training under torchrun uses gloo even on a GPU host; CUDA training uses nccl (no GPU needed
+    to ask: before, a CPU-only host always got gloo and a GPU host always nccl)."""
+    assert dist_utils.backend_for(torch.device("cpu")) == "gloo"
+    assert dist_utils.backend_for(torch.device("cuda")) == "nccl"
+    assert dist_utils.backend_for(torch.device("cuda", 1)) == "nccl"
 
 
 # --------------------------------------------------------------------------- momentum-queue methods
