@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from cecl.data.augment import AugmentParams
 from cecl.datasets import DatasetOptions, DatasetSpec, families, spec_for
 from cecl.methods import available as available_methods
-from cecl.methods import options_schemas
+from cecl.methods import builds_own_heads, options_schemas
 from cecl.models import available_backbones, backbone_options_schema
 from cecl.runs import RunKey, TransferKey
 from cecl.schema import Strict
@@ -407,7 +407,26 @@ class Params(Strict):
                         f"known: {', '.join(OVERRIDABLE)}"
                     )
             self.recipe(name)  # validates the merged sections
+        self._proj_hidden_reaches_every_method()
         return self
+
+    def _proj_hidden_reaches_every_method(self) -> None:
+        """A set ``model.proj_hidden`` must not be silently ignored: simsiam, byol and nnclr size their
+        projectors from their own ``method_options`` (``builds_own_heads``)."""
+        own = [m for m in self.pretrain.methods if builds_own_heads(m)]
+        for name in self.pretrain.datasets:
+            hidden = self.recipe(name).model.proj_hidden
+            if hidden is None or not own:
+                continue
+            where = (
+                f"datasets.{name}.overrides.model.proj_hidden"
+                if "proj_hidden" in self.datasets[name].overrides.get("model", {})
+                else "model.proj_hidden"
+            )
+            raise ValueError(
+                f"{NESTED}{where}: {hidden} would not reach {', '.join(own)}, which size their projectors "
+                "from method_options (proj_hidden, pred_hidden); set it there, or leave it null"
+            )
 
     def _entry(self, name: str, where: str) -> None:
         if name not in self.datasets:

@@ -386,3 +386,32 @@ def test_dataset_entry_names_that_dvc_cannot_address_are_rejected(name: str) -> 
     message = _error(raw)
     assert message.startswith("params.yaml: datasets: entry names are letters, digits and '_' only"), message
     assert "\n" not in message
+
+
+def test_a_projector_width_that_would_not_reach_a_method_is_refused() -> None:
+    """simsiam, byol and nnclr size their projectors from method_options; a set model.proj_hidden (global
+    or an entry's override) with one of them pretrained fails, naming the key and the methods."""
+
+    def with_methods(*methods: str) -> Callable[[dict], None]:
+        def change(r: dict) -> None:
+            r["pretrain"]["methods"] = [FIRST_METHOD, *methods]
+            r["method_options"].update({m: {} for m in methods})
+            r["model"] = {"proj_hidden": 64}
+
+        return change
+
+    message = _error(_raw(with_methods("byol", "nnclr")))
+    assert message.startswith("params.yaml: model.proj_hidden: 64 would not reach byol, nnclr,"), message
+
+    def override(r: dict) -> None:
+        with_methods("simsiam")(r)
+        r["model"] = {}
+        r["datasets"]["fm"]["overrides"] = {"model": {"proj_hidden": 32}}
+
+    message = _error(_raw(override))
+    assert message.startswith(
+        "params.yaml: datasets.fm.overrides.model.proj_hidden: 32 would not reach simsiam"
+    ), message
+    # Methods whose projector reads it, and byol with proj_hidden left null, are fine.
+    assert parse_params(_raw(with_methods("supcon"))).model.proj_hidden == 64
+    parse_params(_raw(lambda r: (with_methods("byol")(r), r["model"].update(proj_hidden=None))))

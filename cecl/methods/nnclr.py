@@ -148,4 +148,4 @@ class NNCLROptions(Strict):
     batch_norm: bool = True
 
 
-register_method("nnclr", NNCLROptions)(predictor_method(NNCLR))
+register_method("nnclr", NNCLROptions, own_heads=True)(predictor_method(NNCLR))

@@ -37,16 +37,23 @@ Builder = Callable[[MethodContext, Any], Method]
 B = TypeVar("B", bound=Builder)
 _BUILDERS: dict[str, Builder] = {}
 _OPTIONS: dict[str, type[Strict]] = {}
+_OWN_HEADS: set[str] = set()  # methods whose projector widths are their own options, not model.proj_hidden
 
 
-def register_method(name: str, options: type[Strict]) -> Callable[[B], B]:
-    """Register ``builder(ctx, options) -> Method`` under ``name`` with its options schema."""
+def register_method(name: str, options: type[Strict], *, own_heads: bool = False) -> Callable[[B], B]:
+    """Register ``builder(ctx, options) -> Method`` under ``name`` with its options schema.
+
+    ``own_heads``: the builder sizes its projector from its own options and never reads
+    ``ctx.proj_hidden``, so the config refuses a ``model.proj_hidden`` that would not reach it.
+    """
 
     def wrap(builder: B) -> B:
         if name in _BUILDERS:
             raise ValueError(f"method {name!r} is already registered")
         _BUILDERS[name] = builder
         _OPTIONS[name] = options
+        if own_heads:
+            _OWN_HEADS.add(name)
         return builder
 
     return wrap
@@ -55,6 +62,11 @@ def register_method(name: str, options: type[Strict]) -> Callable[[B], B]:
 def available() -> tuple[str, ...]:
     """Registered method names, in registration order (the order tables list them in)."""
     return tuple(_BUILDERS)
+
+
+def builds_own_heads(name: str) -> bool:
+    """Whether method ``name`` ignores ``model.proj_hidden`` (see ``register_method``)."""
+    return name in _OWN_HEADS
 
 
 def options_schemas() -> dict[str, type[Strict]]:

@@ -214,5 +214,5 @@ def predictor_method(cls: type[PredictorMethod]):
     return build
 
 
-register_method("simsiam", SimSiamOptions)(predictor_method(SimSiam))
-register_method("byol", BYOLOptions)(predictor_method(BYOL))
+register_method("simsiam", SimSiamOptions, own_heads=True)(predictor_method(SimSiam))
+register_method("byol", BYOLOptions, own_heads=True)(predictor_method(BYOL))
