@@ -414,9 +414,11 @@ class Params(Strict):
         """A set ``model.proj_hidden`` must not be silently ignored: simsiam, byol and nnclr size their
         projectors from their own ``method_options`` (``builds_own_heads``)."""
         own = [m for m in self.pretrain.methods if builds_own_heads(m)]
+        if not own:
+            return
         for name in self.pretrain.datasets:
             hidden = self.recipe(name).model.proj_hidden
-            if hidden is None or not own:
+            if hidden is None:
                 continue
             where = (
                 f"datasets.{name}.overrides.model.proj_hidden"

@@ -140,9 +140,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def join_process_group(process: int, world: int, port: int, device: str = "cpu") -> None:
+def join_process_group(
+    process: int, world: int, port: int, device: str = "cpu", backend: str | None = None
+) -> None:
     """Set the environment torchrun would set for ``process`` and join the group for training on
-    ``device`` (gloo on the CPU; one thread each)."""
+    ``device`` (the pipeline's backend for it, or ``backend``; one thread each)."""
+    import torch.distributed as dist
+
     from cecl import distributed
 
     os.environ.update(
@@ -153,8 +157,39 @@ def join_process_group(process: int, world: int, port: int, device: str = "cpu")
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    assert distributed.init_from_env(torch.device(device)) and distributed.world_size() == world
-    assert distributed.rank() == process
+    if backend is None:
+        assert distributed.init_from_env(torch.device(device))
+    else:
+        dist.init_process_group(backend, init_method="env://")
+    assert distributed.world_size() == world and distributed.rank() == process
+
+
+def train_tiny(method: str, batch_size: int, checkpoint: Path, device: torch.device) -> dict:
+    """Two epochs of ``run_pretraining`` of ``method`` on fixed synthetic splits, as the pretrain stage
+    runs it (in each torchrun process, or alone): losses, probe accuracies, state (on the CPU), module
+    types, and whether this process wrote the checkpoint."""
+    from cecl.train.loop import run_pretraining
+
+    params = tiny_params(
+        pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
+        method_options={"supmoco": {"queue_size": 48}},
+    )
+    trained, history = run_pretraining(
+        tiny_setup(method, params),
+        synthetic_split(128, seed=1),
+        synthetic_split(64, seed=2),
+        device,
+        fingerprint="test",
+        checkpoint_path=checkpoint,
+        progress=False,
+    )
+    return {
+        "losses": [r.train_loss for r in history],
+        "accuracies": [r.online_probe_val_accuracy for r in history],
+        "state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
+        "modules": sorted({type(m).__name__ for m in trained.modules()}),
+        "checkpoint_written": checkpoint.exists(),
+    }
 
 
 def one_step(

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cecl import distributed as dist_utils
@@ -34,7 +33,7 @@ from cecl.data.augment import BatchAugment, make_views
 from cecl.methods import available
 from cecl.pipeline import RunSetup
 from cecl.train import loop
-from tests.helpers import free_port, synthetic_split, tiny_params, tiny_setup
+from tests.helpers import free_port, join_process_group, synthetic_split, tiny_params, tiny_setup, train_tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA)")
 
@@ -138,43 +137,17 @@ def test_channels_last_on_cuda_equals_nchw() -> None:
 # --------------------------------------------------------------------------- two processes, SyncBatchNorm
 
 
-def _train(method: str, batch_size: int, checkpoint: Path, device: torch.device) -> dict:
-    """Two epochs of ``run_pretraining`` with the tiny recipe's BatchNorm encoder on ``device``."""
-    params = tiny_params(
-        pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
-        method_options={"supmoco": {"queue_size": 48}},
-    )
-    trained, history = loop.run_pretraining(
-        tiny_setup(method, params),
-        synthetic_split(128, seed=1),
-        synthetic_split(64, seed=2),
-        device,
-        fingerprint="test",
-        checkpoint_path=checkpoint,
-        progress=False,
-    )
-    return {
-        "losses": [r.train_loss for r in history],
-        "state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
-        "modules": sorted({type(m).__name__ for m in trained.modules()}),
-    }
-
-
 def _worker(process: int, out_dir: str, port: int, backend: str) -> None:
-    import os
-
-    os.environ.update(RANK=str(process), LOCAL_RANK=str(process), WORLD_SIZE=str(WORLD))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if backend == "nccl":  # the pipeline's own path: one GPU per process
-        assert dist_utils.init_from_env(CUDA)
+        join_process_group(process, WORLD, port, device="cuda")
         device = dist_utils.device_for_rank(CUDA)
     else:  # one GPU: both processes on GPU 0 over gloo (nccl refuses two processes on one GPU)
-        dist.init_process_group("gloo", init_method="env://")
+        join_process_group(process, WORLD, port, backend="gloo")
         device = CUDA
     out = Path(out_dir)
     try:
         with _no_tf32():
-            results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt", device) for m, size in CASES}
+            results = {m: train_tiny(m, size, out / f"{m}-rank{process}.ckpt", device) for m, size in CASES}
     finally:
         dist_utils.cleanup()
     torch.save(results, out / f"rank{process}.pt")
@@ -187,7 +160,7 @@ def test_two_processes_on_cuda_train_like_one_with_sync_batchnorm(tmp_path: Path
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for method, size in CASES:
         with _no_tf32():
-            reference = _train(method, size, tmp_path / f"{method}-single.ckpt", CUDA)
+            reference = train_tiny(method, size, tmp_path / f"{method}-single.ckpt", CUDA)
         assert "BatchNorm2d" in reference["modules"]  # the tiny recipe's encoder has BatchNorm
         for r, got in enumerate(ranks):
             got = got[method]

@@ -26,15 +26,14 @@ from tests.helpers import (
     bn_free_encoder,
     free_port,
     join_process_group,
-    synthetic_split,
-    tiny_params,
-    tiny_setup,
+    train_tiny,
 )
 
 WORLD = 2
 # (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
 CASES = (("cecl", 31), ("ce", 32), ("supmoco", 32))
 TOLERANCE = 1e-4
+CPU = torch.device("cpu")
 
 
 def _bn_free_make_encoder(setup: RunSetup) -> Encoder:
@@ -43,37 +42,13 @@ def _bn_free_make_encoder(setup: RunSetup) -> Encoder:
     return bn_free_encoder(setup.spec.channels, width=width, mean=setup.spec.mean, std=setup.spec.std)
 
 
-def _train(method: str, batch_size: int, checkpoint: Path) -> dict:
-    from cecl.train.loop import run_pretraining
-
-    params = tiny_params(
-        pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
-        method_options={"supmoco": {"queue_size": 48}},
-    )
-    trained, history = run_pretraining(
-        tiny_setup(method, params),
-        synthetic_split(128, seed=1),
-        synthetic_split(64, seed=2),
-        torch.device("cpu"),
-        fingerprint="test",
-        checkpoint_path=checkpoint,
-        progress=False,
-    )
-    return {
-        "losses": [r.train_loss for r in history],
-        "accuracies": [r.online_probe_val_accuracy for r in history],
-        "state": {k: v.detach().clone() for k, v in trained.state_dict().items()},
-        "checkpoint_written": checkpoint.exists(),
-    }
-
-
 def _worker(process: int, out_dir: str, port: int) -> None:
     join_process_group(process, WORLD, port)
     out = Path(out_dir)
     try:
         with pytest.MonkeyPatch.context() as patch:  # this spawned process, for the duration of the runs
             patch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
-            results = {m: _train(m, size, out / f"{m}-rank{process}.ckpt") for m, size in CASES}
+            results = {m: train_tiny(m, size, out / f"{m}-rank{process}.ckpt", CPU) for m, size in CASES}
     finally:
         dist_utils.cleanup()
     torch.save(results, out / f"rank{process}.pt")
@@ -88,7 +63,7 @@ def test_two_processes_train_like_one_process_on_the_global_batch(
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
     for method, size in CASES:
-        reference = _train(method, size, tmp_path / f"{method}-single.ckpt")
+        reference = train_tiny(method, size, tmp_path / f"{method}-single.ckpt", CPU)
         for r, got in enumerate(ranks):
             got = got[method]
             # The patch reached every process: no BatchNorm statistics anywhere in the trained method.
