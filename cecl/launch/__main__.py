@@ -183,22 +183,24 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     except ConfigError as err:
         raise LaunchError(f"params.yaml: {err}") from None
     spec = cluster_checkout(root, args) if args.address else None
-    started = time.monotonic()
-    plan = read_plan(root, args.targets)
-    print(f"[launch] {len(plan.to_run)} of {len(plan.order)} stage(s) to run (dvc status)", flush=True)
-    if not plan.to_run and spec is None:
-        print("\n".join(summary("", {})) + f" ({len(plan.order)} up to date)", flush=True)
-        return 0
     if spec is None:
         try:
             slots = local_slots(args.jobs, params.device, args.threads, args.light_share)
         except ValueError as err:
             raise LaunchError(str(err)) from None
+    started = time.monotonic()
+    # Leftovers first: a stage's `dvc` from an interrupted launch may still hold DVC's lock on its
+    # outputs, and reading the plan takes those locks (it failed with LockError while one lived).
     logs = root / LOGS
-    logs.mkdir(parents=True, exist_ok=True)
-    leftovers = children.kill_recorded(logs)
+    leftovers = children.kill_recorded(logs) if logs.is_dir() else []
     if leftovers:
         print(f"[launch] stopped leftovers of an interrupted launch: {', '.join(leftovers)}", flush=True)
+    plan = read_plan(root, args.targets)
+    print(f"[launch] {len(plan.to_run)} of {len(plan.order)} stage(s) to run (dvc status)", flush=True)
+    if not plan.to_run and spec is None:
+        print("\n".join(summary("", {})) + f" ({len(plan.order)} up to date)", flush=True)
+        return 0
+    logs.mkdir(parents=True, exist_ok=True)
     for stage in plan.to_run:
         (logs / f"{stage}.log").unlink(missing_ok=True)
     lock_before = lockfile.stage_names(root)
