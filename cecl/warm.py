@@ -183,8 +183,10 @@ def serve(path: Path, ready: Path | None = None, parent: int | None = None) -> N
         path.unlink()
     listener.bind(str(path))
     listener.listen(16)
-    if ready is not None:
-        ready.write_text(str(os.getpid()))
+    if ready is not None:  # renamed into place: whoever sees the file can read the whole pid
+        partial = ready.with_suffix(".partial")
+        partial.write_text(str(os.getpid()))
+        partial.replace(ready)
     listener.settimeout(1.0)
     while True:
         try:

@@ -176,11 +176,45 @@ def test_cluster_mode_two_checkouts_and_a_dvc_remote(tmp_path: Path) -> None:
     assert "Running stage" not in _run(["dvc", "repro"], user).stdout
 
 
-# Records its pid, then sleeps unless ``.fast`` exists, then writes its output.
+def test_a_local_launch_and_sweep_start_their_own_ray_beside_a_running_cluster(tmp_path: Path) -> None:
+    """Another Ray on this host (``ray start``, a colleague's job, a parallel test's cluster) must not be
+    joined by a one-host launch or sweep: ray.init would connect to it and refuse the slot counts."""
+    from ray.cluster_utils import Cluster
+
+    stages = {k: v for k, v in TOY_DVC["stages"].items() if k in ("second", "other")}
+    stages["first"] = {**TOY_DVC["stages"]["first"], "cmd": "echo first > first.txt"}
+    root = _toy_repo(tmp_path / "toy", stages)
+    sweep_ray = (
+        "import ray; from cecl.tune.runner import init_ray; from tests.test_sweep import _sweep_params; "
+        "init_ray(_sweep_params()); print(ray.cluster_resources()['CPU'])"
+    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.wait_for_nodes()
+        result = _launch(root, "--jobs", "2", check=False)
+        sweep = subprocess.run(
+            [sys.executable, "-c", sweep_ray],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (root / "second.txt").read_text() == "first\n" and (root / "other.txt").exists()
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert float(sweep.stdout.split()[-1]) == os.cpu_count()  # this host's CPUs, not the cluster's one
+
+
+# Records its pid (under another name, then renamed, so that it is never read half-written), then sleeps
+# unless ``.fast`` exists, then writes its output.
 SLOW = textwrap.dedent(
     """
     import os, pathlib, time
-    pathlib.Path("slow.pid").write_text(str(os.getpid()))
+    pathlib.Path("slow.pid.partial").write_text(str(os.getpid()))
+    pathlib.Path("slow.pid.partial").replace("slow.pid")
     if not pathlib.Path(".fast").exists():
         time.sleep(300)
     pathlib.Path("slow.txt").write_text("slow\\n")
@@ -222,7 +256,6 @@ def test_an_interrupted_launch_leaves_nothing_running_and_the_next_one_finishes(
         while not marker.exists() and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), "the slow stage never started"
-        time.sleep(0.2)  # let it finish writing its pid
         return launcher, int(marker.read_text())
 
     launcher, pid = start()

@@ -223,7 +223,9 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
         if spec is None:
             runtime_env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}}
-            ray.init(**slots.local_ray_init(), runtime_env=runtime_env, **quiet)
+            # "local": a new Ray of our own even when another (e.g. `ray start`) runs on this host;
+            # without it ray.init joins that cluster and refuses the slot counts.
+            ray.init(address="local", **slots.local_ray_init(), runtime_env=runtime_env, **quiet)
         else:
             import cecl
 

@@ -126,7 +126,8 @@ def init_ray(params: Params) -> bool:
     pin = gpu_pin(params.device, visible_gpus())
     # Ray finds its GPUs in CUDA_VISIBLE_DEVICES when it starts; the driver's own value is restored after.
     with mock.patch.dict(os.environ, {} if pin is None else {"CUDA_VISIBLE_DEVICES": pin}):
-        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
+        # "local": our own Ray even when another cluster runs on this host (RAY_ADDRESS joins one on purpose).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
     return True
 
 
