@@ -102,6 +102,21 @@ def overheads(walls: dict[str, float], inside: dict[str, float]) -> dict[str, li
     return kinds
 
 
+def noop_dvc_seconds(root: Path, done: list[tuple[str, str]]) -> list[float]:
+    """Wall of ``dvc repro --single-item <stage>`` on stages already up to date, one per stage kind: what
+    a launched stage's own ``dvc`` process costs before and after its command (start-up, reading the
+    whole pipeline, the status check) without any lock wait, since nothing else runs."""
+    kinds: dict[str, str] = {}
+    for stage, _ in done:
+        kinds.setdefault(stage.split("@")[0], stage)
+    seconds = []
+    for stage in kinds.values():
+        started = time.perf_counter()
+        timed(["dvc", "repro", "--single-item", stage], root)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--profile", choices=["default", "tiny"], default="default")
@@ -115,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         launcher = [sys.executable, "-m", "cecl.launch", "--jobs", str(args.jobs)]
         t_launch, out_launch = timed(launcher, parallel)
         same_lock = (serial / "dvc.lock").read_text() == (parallel / "dvc.lock").read_text()
+        noop = noop_dvc_seconds(parallel, list(TASK_WALL.findall(out_launch)))
         logs = "".join(log.read_text(errors="replace") for log in (parallel / "logs/launch").glob("*.log"))
     serial_walls = {s: float(v) for s, v in SERIAL_WALL.findall(out_serial)}
     task_walls = {s: float(v) for s, v in TASK_WALL.findall(out_launch)}
@@ -151,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
             f"mean per-stage overhead: serial {statistics.mean(every_serial):.1f} s, "
             f"launch {statistics.mean(every):.1f} s (Ray task, dvc process and index read, lock wait, "
             "output hashing and dvc.lock)"
+        )
+    if noop and every and every_serial:
+        extra = statistics.mean(every) - statistics.mean(every_serial)
+        print(
+            f"of the launch's extra {extra:.1f} s per stage, about: its own dvc process (start, pipeline "
+            f"read, status; a no-op repro of one stage per kind, median of {len(noop)}) "
+            f"{statistics.median(noop):.1f} s; the rest (Ray task, waits for DVC's lock) "
+            f"{extra - statistics.median(noop):.1f} s"
         )
 
 
