@@ -109,12 +109,7 @@ def noop_dvc_seconds(root: Path, done: list[tuple[str, str]]) -> list[float]:
     kinds: dict[str, str] = {}
     for stage, _ in done:
         kinds.setdefault(stage.split("@")[0], stage)
-    seconds = []
-    for stage in kinds.values():
-        started = time.perf_counter()
-        timed(["dvc", "repro", "--single-item", stage], root)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return [timed(["dvc", "repro", "--single-item", stage], root)[0] for stage in kinds.values()]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,15 @@ def ensure_writable(*folders: Path) -> None:
             raise PermissionError(f"cannot write outputs under {parent}: {err.strerror or err}") from None
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary sibling renamed into place: whoever sees ``path`` reads all of
+    it (pid files polled by another process), and a kill mid-write leaves the previous content."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 

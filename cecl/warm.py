@@ -43,6 +43,8 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from cecl.io import write_text_atomic
+
 SOCKET_ENV = "CECL_WARM_SOCKET"
 ROOT_ENV = "CECL_WARM_ROOT"  # the checkout whose code the server imported: it serves stages run there only
 MAX_REQUEST = 1 << 20
@@ -183,10 +185,8 @@ def serve(path: Path, ready: Path | None = None, parent: int | None = None) -> N
         path.unlink()
     listener.bind(str(path))
     listener.listen(16)
-    if ready is not None:  # renamed into place: whoever sees the file can read the whole pid
-        partial = ready.with_suffix(".partial")
-        partial.write_text(str(os.getpid()))
-        partial.replace(ready)
+    if ready is not None:
+        write_text_atomic(ready, str(os.getpid()))  # the starter polls for it and reads the pid
     listener.settimeout(1.0)
     while True:
         try:

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from cecl.io import write_text_atomic
+
 
 def _start_time(pid: int) -> str | None:
     """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None when the process is gone."""
@@ -40,7 +42,7 @@ def _group_alive(pgid: int) -> bool:
 
 def record(pidfile: Path, pid: int) -> None:
     pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{pid} {_start_time(pid) or ''}\n")
+    write_text_atomic(pidfile, f"{pid} {_start_time(pid) or ''}\n")  # read by the next launch
 
 
 def kill_group(pid: int, grace_s: float = 10.0) -> None:

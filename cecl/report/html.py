@@ -21,6 +21,8 @@ from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 
+from cecl.io import write_text_atomic
+
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 # Nothing may be fetched: images are data: URIs, the style is inline (style attributes carry the
 # tables' column alignment), no scripts, fonts, frames or connections.
@@ -90,7 +92,5 @@ def write_html_report(report_md: Path, out: Path | None = None) -> Path:
     report_md = Path(report_md)
     out = Path(out) if out is not None else report_md.with_suffix(".html")
     page = render_html(report_md.read_text(encoding="utf-8"), report_md.parent)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out
