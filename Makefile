@@ -7,7 +7,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro test test-fast lint bench clean-outputs gpu-wheels
+.PHONY: install repro plan test test-fast lint bench clean-outputs gpu-wheels
 
 # Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
 # in the lock, and pip refuses any dependency the lock does not name. Reinstalls when a lock changes.
@@ -58,8 +58,15 @@ lock: install
 # paper is the paper-scale profile for GPU hosts). The run ends with which stages ran or were reused.
 # JOBS=N runs N stages in flight through Ray (python -m cecl.launch: one GPU per training stage, or N CPU
 # slots of cores/N threads); without JOBS it is one serial `dvc repro`.
+# MAX_GPU_HOURS=N (or none) lifts the cost plan's budget (default 24 H100-hours; `make plan` shows the cost).
 repro: install
-	$(PY) -m $(if $(JOBS),cecl.launch --jobs $(JOBS),cecl.repro) $(if $(PROFILE),--profile $(PROFILE))
+	$(PY) -m $(if $(JOBS),cecl.launch --jobs $(JOBS),cecl.repro) $(if $(PROFILE),--profile $(PROFILE)) \
+	  $(if $(MAX_GPU_HOURS),--max-gpu-hours $(MAX_GPU_HOURS))
+
+# The cost plan of a profile (default params.yaml): stages, images, FLOPs, peak memory per GPU and hours on
+# DEVICE (h100, a100, h200; cpu with CALIBRATE=1 measures this machine first). Offline, in seconds.
+plan: install
+	$(PY) -m cecl.plan $(if $(PROFILE),--profile $(PROFILE)) --device $(or $(DEVICE),h100) $(if $(CALIBRATE),--calibrate)
 
 # CI's command, on two pytest-xdist workers: one file per worker, the longest files first
 # (tests/conftest.py says why not loadgroup).

@@ -4,7 +4,9 @@
 # Why a script: such a machine comes for minutes (15 of device time per task, start-up included), bare,
 # with its own torch and no registry. This runs the checks in order of value, each under its own time
 # cap, and keeps every figure it got even when a later phase is cut off:
-#   1. tests/test_cuda.py and the suite's other GPU-only tests (losses, augmentation) on CUDA;
+#   1. tests/test_cuda.py (its CUDA checks and their CPU stand-ins, compute.deterministic's byte-identical
+#      reruns, the two-process SyncBatchNorm run), the suite's other GPU-only tests (losses, augmentation),
+#      the real CUDA probe of tests/test_device.py and the warm server's CUDA checks (tests/test_warm.py);
 #   2. benchmarks/throughput.py in float32: the CPU default's workload (cecl, simclr) and the CIFAR-shaped
 #      one (ResNet-18 and ResNet-50, batch 256 and 1024): bound, pipeline, SupContrast-style loader;
 #   3. the same for ResNet-18 at batch 1024 with bf16 autocast and the fused optimiser;
@@ -33,12 +35,12 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 if [ "${QUICK:-0}" = 1 ]; then
-  caps=(120 120 120 180)
+  caps=(240 120 120 180)
   sizes=(--quick --workloads params --methods cecl)
   big=("${sizes[@]}")
   timing=(--windows 1 --warmup 1 --probe-repeats 1)
 else
-  caps=(120 200 80 150)
+  caps=(200 160 70 140)
   sizes=(--workloads params cifar --methods cecl simclr --archs resnet18 resnet50 --cifar-batches 256 1024)
   big=(--workloads cifar --archs resnet18 --cifar-batches 1024)
   timing=(--windows 3 --window-seconds 1 --warmup 3 --probe-repeats 1)
@@ -65,8 +67,16 @@ phase() {  # phase NAME CAP COMMAND...: run under a time cap, log to $OUT/NAME.l
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+# The warm server's checks import what the stages import (MLflow, pandas): only where the machine has them.
+warm_tests=()
+if $PY -c "import mlflow, pandas" 2>/dev/null; then
+  warm_tests=(tests/test_warm.py::test_the_preload_does_not_touch_cuda
+    tests/test_warm.py::test_a_warm_stage_sees_its_own_cuda_visible_devices_and_a_fresh_cuda)
+fi
 phase tests "${caps[0]}" $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py \
-  tests/test_losses.py::test_cuda_matches_cpu tests/test_augment.py::test_cuda_matches_seed_and_rejects_cpu_generator
+  --deselect "tests/test_cuda.py::test_compiled_step_equals_eager[cpu]" \
+  tests/test_losses.py::test_cuda_matches_cpu tests/test_augment.py::test_cuda_matches_seed_and_rejects_cpu_generator \
+  tests/test_device.py::test_the_real_probe_on_this_machine ${warm_tests[@]+"${warm_tests[@]}"}
 phase fp32 "${caps[1]}" $PY benchmarks/throughput.py "${sizes[@]}" "${timing[@]}" --json "$OUT/fp32.json"
 phase bf16_fused "${caps[2]}" $PY benchmarks/throughput.py "${big[@]}" "${timing[@]}" \
   --autocast bf16 --fused --json "$OUT/bf16_fused.json"

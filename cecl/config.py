@@ -67,6 +67,10 @@ class ComputeParams(Strict):
     a fused kernel for the device; elsewhere a one-line warning and the default implementation.
     ``threads``: ``torch.set_num_threads`` while a run trains, so CPU results do not depend on the
     machine's core count (intra-op reductions split by thread count); null keeps torch's default.
+    ``deterministic``: ``torch.use_deterministic_algorithms(True)`` and cuBLAS's fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG=:4096:8``), ``cudnn.benchmark`` off: the same GPU model, driver and
+    torch give the same bytes, at a speed cost (cecl/train/device.py). Off, a GPU run agrees with a
+    rerun within round-off only (cuDNN picks kernels by timing; atomics-based reductions).
     """
 
     channels_last: bool = True
@@ -74,6 +78,7 @@ class ComputeParams(Strict):
     compile: bool = False
     fused_optimizer: bool = False
     threads: int | None = None  # null: torch's default (the machine's cores)
+    deterministic: bool = False  # GPU: deterministic algorithms (bit-identical reruns, slower)
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -162,6 +167,11 @@ class PretrainParams(Strict):
     batch_size: int = Field(256, ge=2)
     views: int = Field(2, ge=2)  # contrastive methods; ce trains on one view
     processes: int = Field(1, ge=1)  # torchrun processes (one per GPU); batch_size is the global batch
+    # Gradient caching (cecl/train/grad_cache.py): each process sends its shard's views through the
+    # encoder in chunks of ``micro_batch`` source images (x views), the loss sees every embedding of the
+    # global batch, then each chunk is re-run with a graph. Bounds activation memory; BatchNorm then
+    # normalises per chunk (as the released code's DataParallel did per GPU). null: the whole shard.
+    micro_batch: int | None = Field(None, ge=2)
     optimizer: OptimizerParams = OptimizerParams()
     online_probe: OnlineProbeParams = OnlineProbeParams()
     # linear_probe: frozen encoder, linear classifier fitted afterwards (stages/probe.py); joint: BiasCon's
@@ -192,6 +202,12 @@ class PretrainParams(Strict):
             raise ValueError(
                 f"batch_size {self.batch_size} is too small for {self.processes} processes "
                 "(each process needs at least 2 images of the global batch)"
+            )
+        shard = self.batch_size // self.processes
+        if self.micro_batch is not None and self.micro_batch > shard:
+            raise ValueError(
+                f"micro_batch {self.micro_batch} is larger than each process's shard of the batch "
+                f"({self.batch_size} / {self.processes} processes = {shard} images): lower it, or null"
             )
         return self
 

@@ -24,6 +24,11 @@ Not covered by the gather: BatchNorm statistics are per process unless the model
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` (CUDA only), so encoders with BatchNorm in training mode are
 exact across process counts only with SyncBatchNorm.
 
+Shard sizes: every process knows all of them from ``shard_bounds`` of the global batch, which
+``split_batch`` declares when it cuts this process's shard, so a gather is one all-gather of padded shards
+with no size exchange and no host read (a host-device sync on CUDA); without a declared batch the sizes are
+exchanged first.
+
 Single process (no torchrun, or WORLD_SIZE=1): every helper is a no-op / identity.
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -72,12 +78,21 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+# How long a collective waits for the other processes before the run fails (instead of hanging until the
+# launcher's 24 h stage timeout when a process died). Longer than the longest time one rank works alone:
+# rank 0's per-epoch online probe and checkpoint, while the others wait in the next step's gather. Torch's
+# defaults are 10 min for nccl and 30 min for gloo; one value for both keeps CPU and GPU runs alike.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
     The backend is :func:`backend_for` the training ``device``; on CUDA this process is bound to GPU
-    ``LOCAL_RANK``. A no-op returning False when WORLD_SIZE is unset or 1; returns True when running
-    distributed. Idempotent: an already initialised group is kept.
+    ``LOCAL_RANK`` (``device_id``: the group is created on that GPU at once, rather than on a guessed
+    device at its first collective). Collectives time out after ``PROCESS_GROUP_TIMEOUT``. A no-op
+    returning False when WORLD_SIZE is unset or 1; returns True when running distributed. Idempotent: an
+    already initialised group is kept.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -90,9 +105,13 @@ def init_from_env(device: torch.device) -> bool:
         if key not in os.environ:
             raise RuntimeError(f"WORLD_SIZE={size} but {key} is not set; launch with torchrun")
     backend = backend_for(device)
+    device_id = None
     if backend == "nccl":
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, init_method="env://")
+        device_id = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device_id)
+    dist.init_process_group(
+        backend=backend, init_method="env://", timeout=PROCESS_GROUP_TIMEOUT, device_id=device_id
+    )
     return True
 
 
@@ -116,13 +135,42 @@ def shard_bounds(n: int, process: int, processes: int) -> tuple[int, int]:
     return start, start + base + (1 if process < extra else 0)
 
 
+def shard_sizes(n: int, processes: int) -> list[int]:
+    """Sizes of the ``processes`` contiguous shards of ``n`` items, in rank order (:func:`shard_bounds`)."""
+    return [stop - start for start, stop in (shard_bounds(n, r, processes) for r in range(processes))]
+
+
+# Rows of the global batch this process last took its shard of (``split_batch``; None: none yet). Every
+# process cuts the same global batch, so all agree, and a gather of shard-sized tensors knows every
+# process's size from the shard bounds instead of exchanging sizes (a collective plus a host read: a
+# host-device sync on CUDA, at every gather of every step).
+_global_rows: int | None = None
+
+
+def set_global_batch(n: int | None) -> None:
+    """Declare that the tensors gathered from now on are this process's shards (:func:`shard_bounds`) of
+    global batches of ``n`` rows, as every process must alike; None: exchange sizes at every gather.
+
+    :func:`split_batch` declares it for the batches it cuts; a batch source that shards otherwise calls
+    this with the global batch size.
+    """
+    global _global_rows
+    _global_rows = n
+
+
+def declared_global_batch() -> int | None:
+    """The global batch rows declared by :func:`set_global_batch` (None: none declared)."""
+    return _global_rows
+
+
 def split_batch(
     tensors: Sequence[Tensor], process: int | None = None, processes: int | None = None
 ) -> list[Tensor]:
     """This process's contiguous shard (along dim 0) of each global-batch tensor, deterministically.
 
     Every process draws the same global batch (same seed), takes its own rows, and ``GatherLoss`` puts
-    them back together in rank order.
+    them back together in rank order. Cutting this process's own shard also declares the global batch
+    size to the gathers (:func:`set_global_batch`).
     """
     process = rank() if process is None else process
     processes = world_size() if processes is None else processes
@@ -130,15 +178,32 @@ def split_batch(
     if any(t.shape[0] != n for t in tensors):
         raise ValueError("split_batch: tensors disagree on the batch size (dim 0)")
     start, stop = shard_bounds(n, process, processes)
+    if process == rank() and processes == world_size():  # this process's own shard
+        set_global_batch(n)
     return [t[start:stop] for t in tensors]
 
 
-def _gather_sizes(x: Tensor) -> list[int]:
-    """Dim-0 sizes of ``x`` on every process, in rank order."""
+def _exchanged_sizes(x: Tensor) -> list[int]:
+    """Dim-0 sizes of ``x`` on every process, in rank order, exchanged (one all-gather and a host read)."""
     size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.int64)
     sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
     return [int(s) for s in sizes]
+
+
+def _gather_sizes(x: Tensor) -> list[int]:
+    """Dim-0 sizes of ``x`` on every process, in rank order: from the shard bounds of the declared global
+    batch (no communication, no host read), else exchanged."""
+    if _global_rows is None:
+        return _exchanged_sizes(x)
+    sizes = shard_sizes(_global_rows, dist.get_world_size())
+    mine = sizes[dist.get_rank()]
+    if x.shape[0] != mine:
+        raise ValueError(
+            f"gather: a tensor of {x.shape[0]} rows, but this process's shard of the global batch of "
+            f"{_global_rows} has {mine}; gather shards of the batch, or call set_global_batch(None) first"
+        )
+    return sizes
 
 
 def _all_gather_cat(x: Tensor, sizes: list[int]) -> Tensor:

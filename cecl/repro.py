@@ -13,6 +13,10 @@ The stages run in processes forked from a warm server that has torch, MLflow and
 ``--profile NAME`` first composes ``profiles/NAME.yaml`` into params.yaml (the file DVC reads). It
 refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
 not committed, so switching profiles never loses a user's parameters.
+
+Before anything, the cost plan (cecl/plan) prints its total and stops the run with one line, nothing
+changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none`` lifts it) or an entry's
+estimated peak memory does not fit the GPU.
 """
 
 from __future__ import annotations
@@ -139,14 +143,42 @@ def _run_dvc(argv: Sequence[str], variables: dict[str, str]) -> tuple[int, list[
     return process.wait(), captured
 
 
+def _take_option(argv: list[str], flag: str, example: str) -> str | None:
+    """Remove ``flag VALUE`` from ``argv`` and return VALUE (None when absent)."""
+    if flag not in argv:
+        return None
+    at = argv.index(flag)
+    if at + 1 >= len(argv):
+        raise SystemExit(f"error: repro: {flag} needs a value (e.g. {flag} {example})")
+    value = argv[at + 1]
+    del argv[at : at + 2]
+    return value
+
+
+def cost_gate(params_path: Path, max_gpu_hours: str | None) -> None:
+    """Print the plan's total, or stop with one line (nothing changed yet) when it is over the budget
+    (``--max-gpu-hours``, default cecl.plan.DEFAULT_MAX_GPU_HOURS) or an entry cannot fit a GPU."""
+    from cecl.config import ConfigError
+    from cecl.plan import DEFAULT_MAX_GPU_HOURS, OverBudget, OverMemory, gate_file, parse_max_gpu_hours
+
+    try:
+        limit = DEFAULT_MAX_GPU_HOURS if max_gpu_hours is None else parse_max_gpu_hours(max_gpu_hours)
+        print(f"[repro] {gate_file(params_path, limit)}", flush=True)
+    except (ConfigError, OverBudget, OverMemory, ValueError) as err:
+        raise SystemExit(f"error: repro: {err}") from None
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    if "--profile" in argv:
-        at = argv.index("--profile")
-        if at + 1 >= len(argv):
-            raise SystemExit("error: repro: --profile needs a name (e.g. --profile paper)")
-        use_profile(argv[at + 1])
-        del argv[at : at + 2]
+    profile = _take_option(argv, "--profile", "paper")
+    max_gpu_hours = _take_option(argv, "--max-gpu-hours", "100")
+    # The gate reads the profile itself, before use_profile writes params.yaml: a refused run changes nothing.
+    source = Path("profiles") / f"{profile}.yaml" if profile else Path("params.yaml")
+    if profile and not source.is_file():
+        use_profile(profile)  # one line naming the known profiles
+    cost_gate(source, max_gpu_hours)
+    if profile:
+        use_profile(profile)
     started = time.monotonic()
     # dvc status (seconds of DVC reading the pipeline) runs while the warm server imports torch and MLflow.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:

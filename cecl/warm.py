@@ -19,10 +19,14 @@ Protocol, over a Unix socket whose path is in ``CECL_WARM_SOCKET``:
    killed), the child's process group is terminated, so no stage outlives the command that ran it.
 
 The server never runs any torch operation itself, so no thread pool exists when it forks (forking a
-process with running OpenMP threads is unsafe), and CUDA is first initialised in the child. Thread
-counts that torch reads from the environment at import time (OMP_NUM_THREADS) are re-applied in the
-child from the stage's own environment. tests/test_warm.py checks that a warm stage's outputs equal a
-cold one's byte for byte.
+process with running OpenMP threads is unsafe), and CUDA is first initialised in the child: a process
+forked after CUDA's initialisation (even ``torch.cuda.is_available()``, which loads the driver) cannot use
+the GPU. The server checks this after its preload (``cuda_touched``) and, should an import ever touch
+CUDA, exits so that stages run cold instead. The child takes the request's environment before the stage
+runs, so the GPUs it sees are the stage's own (Ray's per-task CUDA_VISIBLE_DEVICES, read by CUDA at its
+initialisation in the child), never the server's. Thread counts that torch reads from the environment at
+import time (OMP_NUM_THREADS) are re-applied in the child from the stage's own environment.
+tests/test_warm.py checks that a warm stage's outputs equal a cold one's byte for byte.
 """
 
 from __future__ import annotations
@@ -70,6 +74,20 @@ def preload(modules: Sequence[str] = PRELOAD) -> None:
 
     for name in modules:
         importlib.import_module(name)
+
+
+def cuda_touched() -> str | None:
+    """Why children forked from this process could not use CUDA (torch or the driver library initialised
+    here), or None. Reads state only: it initialises nothing."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "torch initialised CUDA"
+    with contextlib.suppress(OSError):
+        # libcuda (the driver's library) is loaded by the first CUDA runtime call (cuInit), not by `import
+        # torch` (libtorch_cuda needs only libcudart), so its presence means the driver was initialised.
+        if "/libcuda.so" in Path("/proc/self/maps").read_text():
+            return "the CUDA driver library (libcuda) was loaded"
+    return None
 
 
 def _send(conn: socket.socket, payload: dict) -> None:
@@ -177,6 +195,15 @@ def serve(path: Path, ready: Path | None = None, parent: int | None = None) -> N
     (the ``make repro`` or launcher process that started it) is gone: a SIGKILLed parent cannot stop
     it, so the server checks once a second and then removes its socket and exits."""
     preload()
+    touched = cuda_touched()
+    if touched is not None:
+        print(
+            f"warning: warm stage server: {touched} while importing the stages, so a forked stage could not "
+            "use the GPU; stages run cold",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)  # before the ready file: ``starting`` then hands out no server
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; they report themselves

@@ -77,9 +77,10 @@ def _tracked(setup: RunSetup, experiment: str, device: torch.device) -> Iterator
         yield run
 
 
-def train(setup: RunSetup, experiment: str, device_name: str) -> None:
-    """Pretrain in this process (one of the torchrun processes, or the only one)."""
-    device = distributed.device_for_rank(resolve_device(device_name))
+def train(setup: RunSetup, experiment: str, device: torch.device) -> None:
+    """Pretrain in this process (one of the torchrun processes, or the only one) on ``device`` (params.yaml's,
+    resolved; under torchrun on CUDA, this process's own GPU)."""
+    device = distributed.device_for_rank(device)
     val = load_splits(setup.spec, device, ("val",))["val"]
     key = setup.key
     with _tracked(setup, experiment, device) as run:
@@ -125,9 +126,14 @@ def main(key: RunKey) -> None:
         if status != 0:
             sys.exit(status)
         return
-    distributed.init_from_env(resolve_device(params.device))
+    device = resolve_device(params.device)  # once: ``auto``'s CPU fallback warns once, before any work
+    if device.type == "cuda":  # the cost plan's memory estimate, before any data is loaded (cecl/plan)
+        from cecl.plan.estimate import GIB, check_fits
+
+        check_fits(params, key.dataset, torch.cuda.get_device_properties(device).total_memory / GIB)
+    distributed.init_from_env(device)
     try:
-        train(setup, params.tracking.experiment, params.device)
+        train(setup, params.tracking.experiment, device)
     finally:
         distributed.cleanup()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,23 +165,39 @@ def join_process_group(
     assert distributed.world_size() == world and distributed.rank() == process
 
 
-def train_tiny(method: str, batch_size: int, checkpoint: Path, device: torch.device) -> dict:
-    """Two epochs of ``run_pretraining`` of ``method`` on fixed synthetic splits, as the pretrain stage
-    runs it (in each torchrun process, or alone): losses, probe accuracies, state (on the CPU), module
-    types, and whether this process wrote the checkpoint."""
+def split_on(split: TensorSplit, device: torch.device) -> TensorSplit:
+    """``split`` with its tensors on ``device``, as the pretrain stage loads its splits."""
+    bias = None if split.bias is None else split.bias.to(device)
+    return TensorSplit(split.images.to(device), split.targets.to(device), bias)
+
+
+def train_tiny(
+    method: str,
+    batch_size: int,
+    checkpoint: Path,
+    device: torch.device,
+    compute: Mapping | None = None,
+    on_epoch: Callable[[Any], None] | None = None,
+) -> dict:
+    """Two epochs of ``run_pretraining`` of ``method`` on fixed synthetic splits on ``device``, as the
+    pretrain stage runs it (in each torchrun process, or alone; ``compute`` overrides params' section):
+    losses, probe accuracies, state (on the CPU), module types, and whether this process wrote the
+    checkpoint."""
     from cecl.train.loop import run_pretraining
 
     params = tiny_params(
         pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
         method_options={"supmoco": {"queue_size": 48}},
+        **({"compute": dict(compute)} if compute else {}),
     )
     trained, history = run_pretraining(
         tiny_setup(method, params),
-        synthetic_split(128, seed=1),
-        synthetic_split(64, seed=2),
+        split_on(synthetic_split(128, seed=1), device),
+        split_on(synthetic_split(64, seed=2), device),
         device,
         fingerprint="test",
         checkpoint_path=checkpoint,
+        on_epoch=on_epoch,
         progress=False,
     )
     return {

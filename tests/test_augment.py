@@ -7,7 +7,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cecl.data.augment import AugmentParams, BatchAugment, _hue, make_views, to_float
+from cecl.data.augment import (
+    AugmentParams,
+    BatchAugment,
+    _hue,
+    _uniform,
+    colour_constants,
+    make_views,
+    to_float,
+)
 
 IDENTITY = AugmentParams(
     crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0, hflip_p=0.0
@@ -101,6 +109,71 @@ def test_jitter_changes_colours_per_sample_with_probability_p() -> None:
     sometimes = always.model_copy(update={"color_jitter_p": 0.5})
     changed = (BatchAugment(sometimes)(x, _gen()) - x).abs().amax(dim=(1, 2, 3)) > 1e-4
     assert 0 < int(changed.sum()) < 64
+
+
+def _reference_jitter(
+    augment: BatchAugment, images: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The jitter as it was first written: every op on the whole batch at every position, then a selection
+    (16 ops); the same draws from the generator in the same order."""
+
+    def gray(x: torch.Tensor) -> torch.Tensor:
+        luma = torch.tensor([0.2989, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * luma).sum(dim=1, keepdim=True)
+
+    def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return (x * f.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+
+    def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        mean, f = gray(x).mean(dim=(1, 2, 3), keepdim=True), f.view(-1, 1, 1, 1)
+        return (f * x + (1 - f) * mean).clamp(0.0, 1.0)
+
+    def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        f = f.view(-1, 1, 1, 1)
+        return (f * x + (1 - f) * gray(x)).clamp(0.0, 1.0)
+
+    b, s = len(images), augment.params.color_jitter
+    apply = torch.rand(b, generator=generator) < augment.params.color_jitter_p
+    factors = [_uniform(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, b, images, generator) for _ in range(3)]
+    hue = _uniform(-0.1 * s, 0.1 * s, b, images, generator)
+    order = torch.rand(b, 4, generator=generator).argsort(dim=1)
+    ops = (
+        lambda x: brightness(x, factors[0]),
+        lambda x: contrast(x, factors[1]),
+        lambda x: saturation(x, factors[2]),
+        lambda x: _hue(x, hue),
+    )
+    out = images
+    for step in range(4):
+        stepped = out
+        for index, op in enumerate(ops):
+            stepped = torch.where((order[:, step] == index).view(-1, 1, 1, 1), op(out), stepped)
+        out = stepped
+    return torch.where(apply.view(-1, 1, 1, 1), out, images)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_colour_map_per_position_equals_every_op_then_a_selection(dtype: torch.dtype) -> None:
+    """Each position applies only the op a sample drew there: the same numbers as evaluating all four."""
+    augment = BatchAugment(IDENTITY.model_copy(update={"color_jitter": 1.0, "color_jitter_p": 0.8}))
+    x = to_float(_images(64)).to(dtype)
+    out = augment.color_jitter(x, _gen(11))
+    expected = _reference_jitter(augment, x, _gen(11))
+    assert torch.equal(out, expected)  # the unchosen terms are exact zeros
+    assert (out - x).abs().amax() > 0.1
+
+
+def test_colour_constants_are_made_once_per_device_and_dtype() -> None:
+    """The constants are copied to a device once and cached (a copy from the host per call makes the host
+    wait on CUDA); the luma weights are rounded from the same floats as torchvision's."""
+    first = colour_constants(torch.device("cpu"), torch.float32)
+    assert all(
+        a is b for a, b in zip(first, colour_constants(torch.device("cpu"), torch.float32), strict=True)
+    )
+    double = colour_constants(torch.device("cpu"), torch.float64)
+    assert double[0].dtype == torch.float64 and double[0] is not first[0]
+    assert torch.equal(first[0], torch.tensor([0.2989, 0.587, 0.114]))
+    torch.testing.assert_close(double[2] @ double[1], torch.eye(3, dtype=torch.float64))
 
 
 def test_hue_rotation_keeps_luma_and_zero_is_identity() -> None:

@@ -26,7 +26,13 @@ from tests.helpers import synthetic_split, tiny_params, tiny_setup
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
-NEW_KEYS = {"autocast": None, "compile": False, "fused_optimizer": False, "threads": None}
+NEW_KEYS = {
+    "autocast": None,
+    "compile": False,
+    "fused_optimizer": False,
+    "threads": None,
+    "deterministic": False,
+}
 
 
 def _setup(method: str = "cecl", pretrain: dict | None = None, **compute: Any) -> RunSetup:
@@ -48,13 +54,15 @@ def _one_step(setup: RunSetup, steps: int = 1) -> tuple[loop.Training, list[torc
 
 def test_defaults_are_off_and_every_profile_lists_every_key() -> None:
     assert ComputeParams().model_dump() == {"channels_last": True, **NEW_KEYS}
-    sections = {
-        name: yaml.safe_load((ROOT / name).read_text())["compute"]
-        for name in ("params.yaml", "profiles/cpu.yaml", "profiles/paper.yaml")
-    }
+    names = ["params.yaml", *sorted(f"profiles/{p.name}" for p in (ROOT / "profiles").glob("*.yaml"))]
+    sections = {name: yaml.safe_load((ROOT / name).read_text())["compute"] for name in names}
     for name, section in sections.items():
         assert set(section) == set(ComputeParams.model_fields), name  # every key written out
-        assert {k: section[k] for k in NEW_KEYS} == NEW_KEYS, name  # off: today's results unchanged
+        if name in ("params.yaml", "profiles/cpu.yaml"):
+            assert {k: section[k] for k in NEW_KEYS} == NEW_KEYS, name  # off: the CPU default unchanged
+        else:  # the GPU profiles: bf16 and fused kernels, eager, nondeterministic (the fast settings)
+            gpu = {**NEW_KEYS, "autocast": "bf16", "fused_optimizer": True}
+            assert {k: section[k] for k in NEW_KEYS} == gpu, name
 
 
 @pytest.mark.parametrize(

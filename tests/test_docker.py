@@ -8,6 +8,7 @@ the MLflow healthcheck command is run for real against a stand-in server.
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import shutil
 import socket
@@ -97,9 +98,7 @@ def test_installs_only_from_the_lock_with_hashes() -> None:
     install = _index("RUN", "pip install")
     assert copy < install
     commands = [c for arg in _args("RUN") for c in arg.split("&&") if "pip install" in c]
-    optional = [c for c in commands if "TORCH_BUILD" in c]  # only with --build-arg TORCH_BUILD (below)
-    commands = [c for c in commands if c not in optional]
-    assert len(commands) == 2 and len(optional) == 1, commands
+    assert len(commands) == 2, commands
     assert all("--require-hashes" in c for c in commands), commands
     assert re.search(r"--require-hashes -r \S*requirements/base\.lock$", commands[0].strip())
     assert re.search(r"--require-hashes --no-deps -r \S*requirements/nodeps\.lock$", commands[1].strip())
@@ -120,16 +119,63 @@ def test_image_ships_git_and_fashion_mnist() -> None:
     assert "rm -rf /var/lib/apt/lists/*" in apt
 
 
+def test_image_ships_a_c_compiler_for_torch_compile() -> None:
+    """torch.compile builds C at run time: Triton's kernel launchers (gcc + libc headers), Inductor's CPU
+    kernels (g++); build-essential brings gcc, g++ and libc6-dev."""
+    apt = _instructions()[_index("RUN", "apt-get install")][1].split()
+    packages = {word.split("=")[0]: word for word in apt if "=" in word and not word.startswith("-")}
+    assert "build-essential" in packages or {"gcc", "g++", "libc6-dev"} <= set(packages), apt
+    assert all(re.fullmatch(r"[\w.+-]+=\S+", pin) for pin in packages.values()), packages  # pinned
+
+
 def test_entrypoint_and_default_command() -> None:
     (entry,) = _args("ENTRYPOINT")
     assert entry == '["/usr/local/bin/cecl-entrypoint"]'
     assert "docker/entrypoint.sh /usr/local/bin/cecl-entrypoint" in _args("COPY")
-    assert _args("CMD") == ['["dvc", "repro"]']
-    script = DOCKER / "entrypoint.sh"
-    assert script.stat().st_mode & 0o111, "entrypoint.sh is not executable"
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    text = script.read_text()
+    assert "docker/launch.sh /usr/local/bin/cecl-launch" in _args("COPY")
+    assert "/usr/local/bin/cecl-launch" in _instructions()[_index("RUN", "chmod 0755")][1]
+    assert _args("CMD") == ['["cecl-launch"]']  # the launcher over every visible GPU
+    for name in ("entrypoint.sh", "launch.sh"):
+        script = DOCKER / name
+        assert script.stat().st_mode & 0o111, f"{name} is not executable"
+        assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = (DOCKER / "entrypoint.sh").read_text()
     assert 'exec "$@"' in text and "cd /workspace" in text
+
+
+def _launch(tmp_path: Path, **env: str) -> str:
+    """docker/launch.sh run for real, with a `python` that runs everything but the launcher itself (which
+    it prints instead): the command the image would run."""
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir(exist_ok=True)
+    shim.write_text(f'#!/bin/sh\n[ "$1" = -m ] && {{ echo "$*"; exit 0; }}\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("JOBS", "CUDA_VISIBLE_DEVICES")}
+    result = subprocess.run(
+        ["bash", str(DOCKER / "launch.sh"), "--profile", "gpu-day"],
+        cwd=ROOT,
+        env={**base, "PATH": f"{shim.parent}:{base['PATH']}", "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "jobs"),
+    [
+        ({"CUDA_VISIBLE_DEVICES": "0,1,2"}, 3),  # every visible GPU (Ray's or the runtime's view)
+        ({"CUDA_VISIBLE_DEVICES": ""}, 1),  # no GPU: one stage at a time on the CPU
+        ({"CUDA_VISIBLE_DEVICES": "0,1", "JOBS": "5"}, 5),  # JOBS overrides
+    ],
+)
+def test_the_default_command_runs_the_launcher_over_every_visible_gpu(tmp_path, env, jobs) -> None:
+    assert _launch(tmp_path, **env) == f"-m cecl.launch --jobs {jobs} --profile gpu-day"
+    from cecl.launch.__main__ import parse_args
+
+    assert parse_args(["--jobs", str(jobs), "--profile", "gpu-day"]).jobs == jobs  # flags the launcher takes
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
@@ -139,7 +185,7 @@ def test_dockerignore_keeps_local_state_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     # The host's venv (wrong paths, 3 GB), outputs, and files that may hold credentials.
-    assert {".venv", ".git", "mlflow.db", ".env", ".dvc/config.local", ".dvc/cache"} <= ignored
+    assert {".venv", ".git", "mlflow.db", ".env", ".dvc/config.local", ".dvc/cache", "logs"} <= ignored
     assert not ignored & {"requirements", "docker", "cecl", "stages", "dvc.yaml"}
 
 
@@ -209,12 +255,18 @@ def test_pipeline_waits_for_mlflow_and_logs_to_it() -> None:
     pipeline = _compose()["services"]["pipeline"]
     assert pipeline["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert pipeline["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert pipeline["command"] == ["dvc", "repro"]
+    assert pipeline["command"] == ["cecl-launch"]  # the image's default: the launcher
+    assert "JOBS" in pipeline["environment"]  # passed through to docker/launch.sh
 
 
-def test_pipeline_has_shared_memory_for_ray_and_nccl() -> None:
-    shm = _defaults(_compose()["services"]["pipeline"]["shm_size"])
-    assert _bytes(shm) >= 8 * 1024**3, shm  # Docker's default is 64 MB
+def test_pipeline_has_shared_memory_for_the_loaders_ray_and_nccl() -> None:
+    """Docker's default /dev/shm is 64 MB; an ImageNet stage's loader workers keep about 10 GB of batches
+    there: room for three such stages at once, or the host's /dev/shm (ipc: host)."""
+    pipeline = _compose()["services"]["pipeline"]
+    if pipeline.get("ipc") == "host":
+        return
+    shm = _defaults(pipeline["shm_size"])
+    assert _bytes(shm) >= 30 * 1024**3, shm
 
 
 def test_gpus_come_from_the_override_only() -> None:
@@ -231,17 +283,32 @@ def test_torch_pins_the_image_installs() -> None:
     assert "torch==2.15.0" in base and "torchvision==0.29.2" in base
 
 
-def test_torch_build_is_selectable_and_defaults_to_the_lock() -> None:
-    """TORCH_BUILD / TORCH_INDEX_URL swap in another build of the locked torch versions; empty keeps the
-    lock's wheels (the install step then runs nothing else)."""
-    args = _args("ARG")
-    assert 'TORCH_BUILD=""' in args and 'TORCH_INDEX_URL=""' in args
-    install = _instructions()[_index("RUN", "--require-hashes -r /tmp/requirements/base.lock")][1]
-    assert 'if [ -n "${TORCH_BUILD}" ]' in install
-    assert '"torch==2.15.0${TORCH_BUILD}" "torchvision==0.29.2${TORCH_BUILD}"' in install
-    assert 'test -n "${TORCH_INDEX_URL}"' in install  # a build without its index is refused
+def test_no_build_path_leaves_torch_without_its_cuda_libraries() -> None:
+    """torch's Linux wheels take their CUDA libraries as nvidia-* pip dependencies. The image installs
+    torch only from the lock, with its dependencies: no --no-deps swap to another CUDA build (TORCH_BUILD
+    was one: its nvidia-*-cu12 libraries were never installed, so `import torch` would fail), no other
+    index; and the lock pins every nvidia-* library the locked torch requires, at the required version."""
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "TORCH_BUILD" not in text and "--index-url" not in text and "--extra-index-url" not in text
+    runs = " ".join(_args("RUN"))
+    assert "torch==" not in runs and "torchvision==" not in runs  # torch comes from the lock only
     lock = (ROOT / "requirements/base.lock").read_text()
-    assert "torch==2.15.0 " in lock and "torchvision==0.29.2 " in lock  # the versions the swap keeps
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) ", lock, flags=re.M))
+    assert pins.get("torch") == "2.15.0" and pins.get("torchvision") == "0.29.2"
+    from importlib.metadata import requires, version
+
+    if version("torch").split("+")[0] != pins["torch"]:
+        pytest.skip(f"the installed torch {version('torch')} is not the locked one")
+    # torch's Linux-only dependencies: cuda-toolkit[cublas, cudart, ...] (the nvidia-* libraries),
+    # nvidia-cudnn-cu13, nvidia-nccl-cu13, ..., triton.
+    linux = [r for r in requires("torch") or [] if "Linux" in r and "extra ==" not in r]
+    assert any(r.startswith(("nvidia-", "cuda-toolkit")) for r in linux), linux
+    for req in linux:
+        name, pinned = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*(?:==\s*([^;,\s]+))?", req).groups()
+        assert name in pins, f"{req!r} (a dependency of torch) is not in base.lock"
+        assert pinned is None or pins[name] == pinned, (
+            f"base.lock has {name}=={pins[name]}, torch needs {req!r}"
+        )
 
 
 def test_the_image_marks_itself_as_a_container() -> None:

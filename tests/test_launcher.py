@@ -37,9 +37,12 @@ PARAMS = {
 }
 
 
-def _launch(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _launch(
+    root: Path, *args: str, check: bool = True, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The launcher in ``root``, with its package from this checkout (the toy repository has none)."""
-    return launch(root, *args, env={**_env(root), "PYTHONPATH": str(REPO)}, check=check)
+    env = {**_env(root), "PYTHONPATH": str(REPO), **(extra_env or {})}
+    return launch(root, *args, env=env, check=check)
 
 
 # --------------------------------------------------------------------- a test-only pipeline (no training)

@@ -54,6 +54,7 @@ TINY = {
         "batch_size": 32,
         "views": 2,
         "processes": 1,
+        "micro_batch": None,
         "protocol": "linear_probe",
         "joint_weight": 1.0,
         "optimizer": {"name": "adam", "lr": 0.001},

@@ -23,6 +23,16 @@ from tests.helpers import committed
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
+GPU_TIERS = ["gpu-smoke", "gpu-day", "cifar100-1000ep", "gpu-week", "gpu-week-bias"]
+# pretrain stages (entries x methods x seeds) and transfer stages (sources x targets x methods x seeds)
+STAGE_MATRIX = {
+    "paper": (15 * 19 * 3, 3 * 2 * 19 * 3),
+    "gpu-smoke": (3 * 4 * 1, 0),
+    "gpu-day": (2 * 4 * 3, 0),
+    "cifar100-1000ep": (1 * 2 * 1, 0),
+    "gpu-week": (2 * 8 * 3, 2 * 2 * 8 * 3),
+    "gpu-week-bias": (11 * 19 * 3, 0),
+}
 
 
 def test_params_yaml_is_the_cpu_profile() -> None:
@@ -67,10 +77,11 @@ def test_paper_profile_validates_with_the_paper_recipes() -> None:
     assert params.datasets["bmnist_rho99"].train_size is None  # all of MNIST train left after validation
 
 
-def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
-    params = load_params(PROFILES / "paper.yaml")
+@pytest.mark.parametrize("profile", sorted(STAGE_MATRIX))
+def test_profile_stage_matrix(tmp_path: Path, profile: str) -> None:
+    params = load_params(PROFILES / f"{profile}.yaml")
     shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copy2(PROFILES / "paper.yaml", tmp_path / "params.yaml")
+    shutil.copy2(PROFILES / f"{profile}.yaml", tmp_path / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc = Path(sys.executable).parent / "dvc"
     subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
@@ -81,11 +92,12 @@ def test_paper_profile_stage_matrix(tmp_path: Path) -> None:
         key.stage("probe") for key in params.runs()
     }
     assert expected <= set(listed)
-    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == 15 * 19 * 3
-    assert len([s for s in listed if s.startswith("transfer@")]) == len(params.transfers()) == 3 * 2 * 19 * 3
+    pretrain, transfer = STAGE_MATRIX[profile]
+    assert len([s for s in listed if s.startswith("pretrain@")]) == len(params.runs()) == pretrain
+    assert len([s for s in listed if s.startswith("transfer@")]) == len(params.transfers()) == transfer
 
 
-@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES.glob("*.yaml")))
 def test_every_param_dvc_tracks_exists_in_the_profile(tmp_path: Path, profile: str) -> None:
     """DVC refuses a stage whose tracked params key is missing (or unaddressable, like a dotted name)."""
     from dvc.dependency.param import ParamsDependency
@@ -159,39 +171,51 @@ def _write_standin(family: str, raw_root: Path) -> dict:
     return {"root": str(folder)}
 
 
-def _shrunk_paper_profile(root: Path) -> dict:
-    raw = yaml.safe_load((PROFILES / "paper.yaml").read_text())
+def _shrunk_profile(root: Path, profile: str = "paper") -> dict:
+    raw = yaml.safe_load((PROFILES / f"{profile}.yaml").read_text())
     written: dict[str, dict] = {}
     for entry in raw["datasets"].values():
         family = entry["family"]
         if family not in written:
             written[family] = _write_standin(family, root / "raw")
         entry.update(SHRINK[family], **written[family])
-        entry.setdefault("overrides", {}).setdefault("pretrain", {}).update(epochs=1, batch_size=8)
+        pretrain = entry.setdefault("overrides", {}).setdefault("pretrain", {})
+        pretrain.update(epochs=1, batch_size=8, processes=1)  # one process here: torchrun is tested apart
+        if pretrain.get("micro_batch"):
+            pretrain["micro_batch"] = 2  # still chunked (gradient caching), on the shrunk batch
     raw["seeds"] = [0]
     raw["pretrain"].update(epochs=1, batch_size=8)
     raw["probe"].update(epochs=1)
     raw["device"] = "cpu"
-    raw["transfer"] = {"sources": ["cifar10"], "targets": raw["transfer"]["targets"]}
+    if raw["transfer"]["targets"]:
+        raw["transfer"] = {"sources": [raw["transfer"]["sources"][0]], "targets": raw["transfer"]["targets"]}
     return raw
 
 
-def test_every_paper_family_has_a_standin_and_a_shrink() -> None:
-    params = load_params(PROFILES / "paper.yaml")
+@pytest.mark.parametrize("profile", ["paper", *GPU_TIERS])
+def test_every_profile_family_has_a_standin_and_a_shrink(profile: str) -> None:
+    params = load_params(PROFILES / f"{profile}.yaml")
     assert {params.spec(name).family for name in params.datasets} <= set(SHRINK)
 
 
+def test_every_gpu_tier_is_tested_end_to_end_and_its_matrix_counted() -> None:
+    tiers = sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem not in ("cpu", "paper"))
+    assert sorted(GPU_TIERS) == tiers and set(STAGE_MATRIX) == {"paper", *tiers}
+
+
 @pytest.mark.slow
-def test_paper_recipes_run_end_to_end_on_every_dataset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("profile", ["paper", *GPU_TIERS])
+def test_profile_recipes_run_end_to_end_on_every_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile: str
 ) -> None:
-    """One epoch of every paper recipe on every paper dataset's stand-in, with CECL: prepare (the real
-    reading code on files in each dataset's real format, verify off), pretrain, probe, transfer to both
-    Caltechs, aggregate. Every method runs through the same loop in tests/test_training.py."""
+    """One epoch of every recipe of the profile on every one of its datasets' stand-ins, with CECL, on
+    the CPU with the profile's compute settings (bf16 autocast, fused optimiser in the GPU tiers): prepare
+    (the real reading code on files in each dataset's real format, verify off), pretrain, probe, transfer
+    to the Caltechs, aggregate. Every method runs through the same loop in tests/test_training.py."""
     from cecl.runs import RunKey, TransferKey
     from stages import aggregate, prepare, pretrain, probe, transfer
 
-    raw = _shrunk_paper_profile(tmp_path)
+    raw = _shrunk_profile(tmp_path, profile)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sensitivity.md").write_text("(sweep not run in this test)\n")
@@ -210,7 +234,9 @@ def test_paper_recipes_run_end_to_end_on_every_dataset(
     for key in [RunKey(d, "cecl", 0) for d in params.pretrain.datasets]:
         pretrain.main(key)
         probe.main(key)
-    transfers = [TransferKey("cifar10", target, "cecl", 0) for target in params.transfer.targets]
+    transfers = [
+        TransferKey(s, t, "cecl", 0) for s in params.transfer.sources for t in params.transfer.targets
+    ]
     for key in transfers:
         transfer.main(key)
     # aggregate reads every run params.yaml defines: restrict the profile to the ones run here
@@ -224,10 +250,11 @@ def test_paper_recipes_run_end_to_end_on_every_dataset(
         assert key.target in report
         metrics = json.loads((key.out_dir / "metrics.json").read_text())
         assert "mean_per_class_accuracy" in metrics["test"]
-    for name in ("utkface_race", "celeba_blond"):
+    for name in {"utkface_race", "celeba_blond"} & set(params.pretrain.datasets):
         metrics = json.loads((RunKey(name, "cecl", 0).probe_dir / "metrics.json").read_text())
         assert metrics["protocol"] == "joint" and "conflicting_accuracy" in metrics["test"]
-    assert (tmp_path / "models/cifar10/cecl/seed_0/encoder.pt").is_file()
+    for name in params.pretrain.datasets:
+        assert (tmp_path / f"models/{name}/cecl/seed_0/encoder.pt").is_file()
 
 
 def test_switching_profile_never_loses_uncommitted_edits(tmp_path: Path) -> None:

@@ -196,3 +196,107 @@ def test_the_server_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     gone = not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")  # exited (maybe unreaped)
     assert gone, "the server outlived its parent"
     assert not socket_path.exists() and not socket_path.parent.exists()
+
+
+# --------------------------------------------------------------------------- CUDA and the fork
+
+PRELOAD_PROBE = """
+import json, sys, torch
+calls = []
+def recorder(name, real):
+    def record(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+    return record
+for name in ("_cuda_getDeviceCount", "_cuda_init"):  # what is_available(), device_count() and init call
+    setattr(torch._C, name, recorder(name, getattr(torch._C, name)))
+from cecl import warm
+warm.preload()
+report = {"calls": calls, "initialized": torch.cuda.is_initialized(), "touched": warm.cuda_touched()}
+print(json.dumps(report))
+"""
+
+
+def test_the_preload_does_not_touch_cuda() -> None:
+    """A process forked after CUDA's initialisation (even after is_available(), which loads the driver)
+    cannot use the GPU: importing torch, MLflow and the stages must not ask CUDA anything."""
+    result = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"calls": [], "initialized": False, "touched": None}
+
+
+CHILD_PROBE = """
+import ctypes, json, os, torch
+from cecl import warm
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+seen = getenv(b"CUDA_VISIBLE_DEVICES")
+print(json.dumps({
+    "environ": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    "libc": seen.decode() if seen else None,
+    "initialized": torch.cuda.is_initialized(),
+    "bad_fork": torch.cuda._is_in_bad_fork(),
+    "touched": warm.cuda_touched(),
+}))
+"""
+
+
+def test_a_warm_stage_sees_its_own_cuda_visible_devices_and_a_fresh_cuda(server, tmp_path: Path) -> None:
+    """Ray sets CUDA_VISIBLE_DEVICES per task; the server was started without it. CUDA reads it (C getenv)
+    when the stage first uses the GPU, so the child must carry the request's value, not the server's, and
+    inherit no CUDA state from the server."""
+    (tmp_path / "cuda_probe.py").write_text(CHILD_PROBE)
+    code = (
+        "import os, sys; from cecl import warm; "
+        f"sys.exit(warm.request(os.environ[{warm.SOCKET_ENV!r}], 'cuda_probe', []))"
+    )
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") != "7,3"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,  # the child runs in the request's directory: the probe module is found there
+        env={**os.environ, **server, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "7,3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = _report(result.stdout)
+    assert report == {
+        "environ": "7,3",
+        "libc": "7,3",
+        "initialized": False,
+        "bad_fork": False,
+        "touched": None,
+    }
+
+
+def test_a_server_that_touched_cuda_hands_out_nothing(tmp_path: Path) -> None:
+    """Should an import ever initialise CUDA, the server exits before it is ready: stages then run cold."""
+    code = (
+        "import sys; from pathlib import Path; from cecl import warm\n"
+        "warm.preload = lambda: None\n"
+        "warm.cuda_touched = lambda: 'torch initialised CUDA'\n"
+        "warm.serve(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+    )
+    sock, ready = tmp_path / "warm.sock", tmp_path / "warm.ready"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(sock), str(ready)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and not ready.exists() and not sock.exists()
+    assert result.stderr.strip() == (
+        "warning: warm stage server: torch initialised CUDA while importing the stages, so a forked stage "
+        "could not use the GPU; stages run cold"
+    )

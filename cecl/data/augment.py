@@ -11,11 +11,16 @@ Randomness comes only from the ``torch.Generator`` passed in, with every random 
 the images' device; the generator must live on that device too (a CPU generator for CPU images, a
 CUDA generator for CUDA images). The same generator state gives the same augmentations.
 
+Nothing here waits for the device: no value is read back, and the colour constants (luma weights, the
+YIQ matrices) are copied to a device once per (device, dtype) and cached, not once per call (a copy from
+host memory makes the host wait on CUDA).
+
 Horizontal flips are off unless the recipe sets ``hflip_p`` (mirrored digits are not digits).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,11 +32,25 @@ from cecl.schema import Strict
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
 # RGB <-> YIQ (NTSC); Y is luma, hue is the angle in the (I, Q) plane.
-_RGB_TO_YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    dtype=torch.float64,
+_RGB_TO_YIQ = (
+    (0.299, 0.587, 0.114),
+    (0.595716, -0.274453, -0.321263),
+    (0.211456, -0.522591, 0.311135),
 )
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+@functools.cache
+def colour_constants(
+    device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(luma [3], RGB -> YIQ [3, 3], YIQ -> RGB [3, 3]) on ``device`` in ``dtype``, made once and cached.
+
+    The inverse is taken in float64 on the host, then rounded once, as before the cache.
+    """
+    to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)
+    to_rgb = torch.linalg.inv(to_yiq)
+    luma = torch.tensor(_LUMA, dtype=dtype)  # rounded from the Python floats, as new_tensor did
+    return tuple(t.to(device=device, dtype=dtype) for t in (luma, to_yiq, to_rgb))  # type: ignore[return-value]
 
 
 class AugmentParams(Strict):
@@ -80,7 +99,7 @@ def _uniform(low: float, high: float, n: int, like: torch.Tensor, generator: tor
 
 def _grayscale(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 1, H, W] luma."""
-    weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
+    weights = colour_constants(images.device, images.dtype)[0].view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
 
 
@@ -153,6 +172,10 @@ class BatchAugment:
         (fraction of the colour circle), applied in a random order per sample like torchvision.
         The hue shift is a rotation of the chroma plane in YIQ space: an approximation of
         torchvision's HSV hue shift (same idea, not bit-identical), which needs no branchy HSV code.
+
+        Each of the four positions of the order applies ONE colour map per sample, the op it drew there
+        (:func:`_colour_step`), so the batch is transformed 4 times, not 16 (every op at every position,
+        then a selection), and which op a sample gets is never read back from the device.
         """
         b = len(images)
         s = self.params.color_jitter
@@ -160,19 +183,10 @@ class BatchAugment:
         factors = [_uniform(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, b, images, generator) for _ in range(3)]
         hue = _uniform(-0.1 * s, 0.1 * s, b, images, generator)
         order = torch.rand(b, 4, generator=generator, device=images.device).argsort(dim=1)
-        ops = (
-            lambda x: _brightness(x, factors[0]),
-            lambda x: _contrast(x, factors[1]),
-            lambda x: _saturation(x, factors[2]),
-            lambda x: _hue(x, hue),
-        )
+        hue_maps = _hue_transform(hue, images.device, images.dtype)
         out = images
         for step in range(4):
-            stepped = out
-            for index, op in enumerate(ops):
-                chosen = (order[:, step] == index).view(-1, 1, 1, 1)  # no .any(): avoids a GPU sync
-                stepped = torch.where(chosen, op(out), stepped)
-            out = stepped
+            out = _colour_step(out, order[:, step], factors, hue_maps)
         return torch.where(apply.view(-1, 1, 1, 1), out, images)
 
 
@@ -195,36 +209,49 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (images * factor.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-
-
-def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    f = factor.view(-1, 1, 1, 1)
-    return (f * images + (1 - f) * mean).clamp(0.0, 1.0)
-
-
-def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor.view(-1, 1, 1, 1)
-    return (f * images + (1 - f) * _grayscale(images)).clamp(0.0, 1.0)
-
-
-def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the (I, Q) chroma by ``2 pi shift`` (the YIQ approximation of an HSV hue shift)."""
-    to_yiq = _RGB_TO_YIQ.to(images)
-    to_rgb = _YIQ_TO_RGB.to(images)
+def _hue_transform(shift: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 3, 3] RGB -> RGB maps rotating the (I, Q) chroma by ``2 pi shift``."""
+    _, to_yiq, to_rgb = colour_constants(device, dtype)
     angle = 2 * math.pi * shift
     cos, sin = angle.cos(), angle.sin()
-    rotation = images.new_zeros(len(images), 3, 3)
+    rotation = torch.zeros(len(shift), 3, 3, device=device, dtype=dtype)
     rotation[:, 0, 0] = 1.0
     rotation[:, 1, 1] = cos
     rotation[:, 1, 2] = -sin
     rotation[:, 2, 1] = sin
     rotation[:, 2, 2] = cos
-    transform = to_rgb @ rotation @ to_yiq  # [B, 3, 3], RGB -> RGB
+    return to_rgb @ rotation @ to_yiq
+
+
+def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the (I, Q) chroma by ``2 pi shift`` (the YIQ approximation of an HSV hue shift)."""
+    transform = _hue_transform(shift, images.device, images.dtype)
     out = torch.einsum("bij,bjhw->bihw", transform, images)
     return out.clamp(0.0, 1.0)
+
+
+def _colour_step(
+    images: torch.Tensor, op: torch.Tensor, factors: list[torch.Tensor], hue_maps: torch.Tensor
+) -> torch.Tensor:
+    """One position of the jitter order: sample b gets op ``op[b]`` as one per-sample map over the batch,
+    ``clamp(M_b x + s_b * gray(x) + c_b, 0, 1)``, with f the op's factor:
+
+      0 brightness  f * x                          M = f I
+      1 contrast    f * x + (1 - f) * mean(gray)   M = f I, c = (1 - f) * mean of gray(x)
+      2 saturation  f * x + (1 - f) * gray(x)      M = f I, s = 1 - f
+      3 hue         the YIQ chroma rotation        M = ``hue_maps[b]``
+
+    The unchosen terms are exact zeros, so each sample gets its op's own arithmetic.
+    """
+    gray = _grayscale(images)
+    factor = torch.stack(factors, dim=1).gather(1, op.clamp(max=2).unsqueeze(1))  # [B, 1]; unused by hue
+    eye = torch.eye(3, device=images.device, dtype=images.dtype)
+    maps = torch.where((op == 3).view(-1, 1, 1), hue_maps, factor.unsqueeze(2) * eye)  # [B, 3, 3]
+    out = torch.einsum("bij,bjhw->bihw", maps, images)
+    f = factor.view(-1, 1, 1, 1)
+    out += torch.where((op == 2).view(-1, 1, 1, 1), 1 - f, 0.0) * gray
+    out += torch.where((op == 1).view(-1, 1, 1, 1), (1 - f) * gray.mean(dim=(1, 2, 3), keepdim=True), 0.0)
+    return out.clamp_(0.0, 1.0)
 
 
 def make_views(

@@ -436,6 +436,9 @@ class StreamingSource:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> Iterator[Batch]:
+        # Each rank keeps its shard of global batches of batch_size: the gathers take every rank's size
+        # from the shard bounds instead of exchanging sizes (a host-device sync per gather).
+        distributed.set_global_batch(batch_size)
         for views, targets in self.uint8_batches(epoch, batch_size, n_views, augment, rank, world_size):
             views = views.to(self.device, non_blocking=True)
             yield to_float(views), targets.to(self.device, non_blocking=True)

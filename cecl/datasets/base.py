@@ -110,6 +110,16 @@ class DatasetSpec(ABC):
     def describe(self) -> str:
         """One line for tables and captions, e.g. ``BiasedMNIST rho 0.95, 10 000 training images``."""
 
+    def expected_sizes(self) -> dict[str, int]:
+        """Images per split (train, val, test) as the options will prepare them, read from no data: what
+        the cost plan (cecl/plan) counts before anything is downloaded. Where the exact count depends on
+        the data (bias subsampling), an upper bound, which the plan says it is."""
+        raise NotImplementedError(f"dataset family {self.family!r} does not say its expected split sizes")
+
+    def sizes_are_upper_bounds(self) -> bool:
+        """True where :meth:`expected_sizes` is an upper bound rather than the exact count."""
+        return False
+
     def source_info(self) -> dict[str, Any]:
         """What the raw data was and whether it was verified (recorded in the manifest; set by build())."""
         return self._source

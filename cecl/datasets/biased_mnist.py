@@ -137,6 +137,11 @@ class BiasedMNIST(DatasetSpec):
         kind = "unbiased" if self.val_rho() <= 0.1 + 1e-12 else "biased"
         return f"held-out MNIST training images recoloured at rho {self.val_rho():g} ({kind})"
 
+    def expected_sizes(self) -> dict[str, int]:
+        o = self.options
+        train = N_MNIST_TRAIN - o.val_size if o.train_size is None else o.train_size
+        return {"train": train, "val": o.val_size, "test": o.test_size or 10000}
+
     def describe(self) -> str:
         o = self.options
         size = "all" if o.train_size is None else f"{o.train_size}"

@@ -78,6 +78,7 @@ class CaltechSource:
     inner: str | None = None  # an archive inside ``archive`` that holds ``tree`` (Caltech-101)
     inner_md5: str | None = None
     dropped: tuple[str, ...] = ()  # folders that are not classes
+    n_images: int = 0  # images in the class folders (the published total; the cost plan counts with it)
 
 
 CALTECH101 = CaltechSource(
@@ -90,6 +91,7 @@ CALTECH101 = CaltechSource(
     inner="101_ObjectCategories.tar.gz",
     inner_md5="b224c7392d521a49829488ab0f1120d9",
     dropped=("BACKGROUND_Google",),
+    n_images=8677,  # 9 146 less the 468 BACKGROUND_Google images (torchvision's Caltech101 length: 8 677)
 )
 CALTECH256 = CaltechSource(
     name="Caltech-256",
@@ -98,6 +100,7 @@ CALTECH256 = CaltechSource(
     url="https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
     md5="67b4f42ca05d46448c6bb8ecd2220f6d",
     tree="256_ObjectCategories",
+    n_images=30607,  # the published total, 257.clutter included
 )
 
 
@@ -263,6 +266,18 @@ class CaltechBase(DatasetSpec):
     def default_augment(self) -> AugmentParams:
         # SupContrast's recipe for natural images, in case an entry is pretrained on (not needed to probe).
         return SUPCON_RECIPE
+
+    def expected_sizes(self) -> dict[str, int]:
+        """Per-class protocol counts; test is the rest of ``source.n_images`` (the published total)."""
+        o = self.options
+        n = self.n_classes
+        test = self.source.n_images - o.train_per_class * n
+        if o.test_per_class is not None:
+            test = min(test, o.test_per_class * n)
+        return {"train": (o.train_per_class - o.val_per_class) * n, "val": o.val_per_class * n, "test": test}
+
+    def sizes_are_upper_bounds(self) -> bool:
+        return True  # classes with fewer images than train_per_class give fewer
 
     def describe(self) -> str:
         o = self.options

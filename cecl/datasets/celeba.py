@@ -296,6 +296,25 @@ class CelebA(DatasetSpec):
     def bias_attribute(self) -> BiasAttribute:
         return BiasAttribute(self.options.bias, 2, ALIGNED.copy())
 
+    def expected_sizes(self) -> dict[str, int]:
+        """Upper bounds from the official partitions (162 770 train / 19 867 valid / 19 962 test images)
+        and the caps: the Blond_Hair task keeps fewer training images (BiasCon's build_blonde)."""
+        o = self.options
+        train_partition = 162770
+        test = {"valid": 19867, "test": 19962}[o.test_partition]
+
+        def capped(n: int, cap: int | None) -> int:
+            return n if cap is None else min(n, cap)
+
+        return {
+            "train": capped(int(train_partition * TRAIN_FRACTION), o.train_size),
+            "val": capped(train_partition - int(train_partition * TRAIN_FRACTION), o.val_size),
+            "test": capped(test, o.test_size),
+        }
+
+    def sizes_are_upper_bounds(self) -> bool:
+        return True
+
     def describe(self) -> str:
         o = self.options
         return f"CelebA {o.target}, bias {o.bias}, {o.image_size} px, test = official {o.test_partition}"

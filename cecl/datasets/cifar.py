@@ -232,11 +232,14 @@ class _Cifar(DatasetSpec):
     def default_augment(self) -> AugmentParams:
         return SUPCON_RECIPE
 
-    def describe(self) -> str:
+    def expected_sizes(self) -> dict[str, int]:
         o = self.options
         train = N_TRAIN - o.val_size if o.train_size is None else o.train_size
-        test = N_TEST if o.test_size is None else o.test_size
-        return f"{self.layout.title} ({train} training, {o.val_size} validation, {test} test images)"
+        return {"train": train, "val": o.val_size, "test": o.test_size or N_TEST}
+
+    def describe(self) -> str:
+        n = self.expected_sizes()
+        return f"{self.layout.title} ({n['train']} training, {n['val']} validation, {n['test']} test images)"
 
     def val_description(self) -> str:
         return f"held-out {self.layout.title} training images"

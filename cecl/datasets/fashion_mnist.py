@@ -56,6 +56,11 @@ class FashionMNIST(DatasetSpec):
         # Crops and flips (garments are left-right symmetric classes); no colour ops on grey images.
         return AugmentParams(crop_scale=(0.6, 1.0), color_jitter=0.0, grayscale_p=0.0, hflip_p=0.5)
 
+    def expected_sizes(self) -> dict[str, int]:
+        o = self.options
+        train = N_TRAIN - o.val_size if o.train_size is None else o.train_size
+        return {"train": train, "val": o.val_size, "test": o.test_size or N_TEST}
+
     def describe(self) -> str:
         size = "all" if self.options.train_size is None else f"{self.options.train_size}"
         return f"Fashion-MNIST ({size} training images)"

@@ -185,11 +185,16 @@ class ImageNet32(DatasetSpec):
     def default_augment(self) -> AugmentParams:
         return SUPCON_RECIPE
 
-    def describe(self) -> str:
+    def expected_sizes(self) -> dict[str, int]:
         o = self.options
         train = N_TRAIN - o.val_size if o.train_size is None else o.train_size
-        test = N_VAL if o.test_size is None else o.test_size
-        return f"ImageNet32 ({train} training, {o.val_size} validation, {test} test images)"
+        return {"train": train, "val": o.val_size, "test": N_VAL if o.test_size is None else o.test_size}
+
+    def describe(self) -> str:
+        sizes = self.expected_sizes()
+        return (
+            f"ImageNet32 ({sizes['train']} training, {sizes['val']} validation, {sizes['test']} test images)"
+        )
 
     def val_description(self) -> str:
         return "held-out ImageNet32 training images"

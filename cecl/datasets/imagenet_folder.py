@@ -211,6 +211,18 @@ class ImageNetFolder(DatasetSpec):
     def default_augment(self) -> AugmentParams:
         return SUPCON_RECIPE  # the released code's train transform, at image_size (streaming.py)
 
+    def expected_sizes(self) -> dict[str, int]:
+        """ILSVRC2012's 1 281 167 train / 50 000 val images for 1000 classes (about 1 281 / 50 per class:
+        a subset tree of ``n_classes`` is counted pro rata), less the held-out and capped images."""
+        o = self.options
+        per_class_train = min(1281167 / 1000 - o.val_per_class, o.train_per_class or 10**9)
+        per_class_test = min(50, o.test_per_class or 50)
+        n = self.n_classes
+        return {"train": round(per_class_train * n), "val": o.val_per_class * n, "test": per_class_test * n}
+
+    def sizes_are_upper_bounds(self) -> bool:
+        return self.n_classes != 1000  # a subset tree's classes may hold fewer images than the average
+
     def describe(self) -> str:
         o = self.options
         train = "the rest" if o.train_per_class is None else f"up to {o.train_per_class} per class"

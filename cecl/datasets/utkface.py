@@ -258,6 +258,16 @@ class UTKFace(DatasetSpec):
     def bias_attribute(self) -> BiasAttribute:
         return BiasAttribute(self.options.bias, 2, np.eye(2, dtype=bool))  # (male, 0), (female, 1)
 
+    def expected_sizes(self) -> dict[str, int]:
+        """Upper bounds from the 23 708 published images: the training pool (TRAIN_FRACTION) before the
+        bias subsampling, and half of the test pool each for validation and test."""
+        pool = 23708
+        held_out = pool - int(pool * TRAIN_FRACTION)
+        return {"train": int(pool * TRAIN_FRACTION), "val": held_out // 2, "test": held_out - held_out // 2}
+
+    def sizes_are_upper_bounds(self) -> bool:
+        return True
+
     def describe(self) -> str:
         o = self.options
         return f"UTKFace {o.target}, bias {o.bias} (rate {o.bias_rate:g}), {o.image_size} px"

@@ -2,15 +2,19 @@
 
 A thin mapping from DVC's DAG to Ray tasks: a stage is submitted once all its upstream stages
 succeeded, and runs as ``dvc --wait-for-lock repro --single-item <stage>`` in a Ray task that holds its
-slot (:mod:`cecl.launch.slots`). DVC decides what runs (stages it reports up to date, and whose upstream
-is up to date, are not submitted; each task's ``dvc repro`` checks again) and writes dvc.lock, which
-ends up as a serial ``dvc repro`` writes it (:mod:`cecl.launch.lockfile`). Parallel stages log to an
-MLflow server the launcher starts on 127.0.0.1 unless MLFLOW_TRACKING_URI is set.
+slots (:mod:`cecl.launch.slots`): a pretrain stage as many GPUs as its dataset entry's
+``pretrain.processes``, another training stage one, a light stage a share of one. DVC decides what runs
+(stages it reports up to date, and whose upstream is up to date, are not submitted; each task's ``dvc
+repro`` checks again) and writes dvc.lock, which ends up as a serial ``dvc repro`` writes it
+(:mod:`cecl.launch.lockfile`). Parallel stages log to an MLflow server the launcher starts on 127.0.0.1
+unless MLFLOW_TRACKING_URI is set.
 
-Failures: a failing stage is retried ``--retries`` times (Ray's task retries), its dependents never
-start, independent stages finish, and the launcher exits 1 naming the stage and its log
-(``logs/launch/<stage>.log``). Every stage has a timeout. Ctrl-C stops every stage process group;
-running the launcher again finishes the rest (finished stages are up to date in dvc.lock).
+Failures: a failing stage runs again while its checkpoint advances (a pretrain stage resumes from its
+last epoch), else at most ``--retries`` times in a row (:mod:`cecl.launch.progress`); its dependents
+never start, independent stages finish, and the launcher exits 1 naming the stage and its log
+(``logs/launch/<stage>.log``). Training stages have no timeout unless ``--timeout`` sets one (a paper
+run is days); light stages stop after 2 h. Ctrl-C stops every stage process group; running the launcher
+again finishes the rest (finished stages are up to date in dvc.lock).
 
 Cluster: ``--address auto|ray://host:10001`` runs the tasks on a Ray cluster, each node in its own
 checkout of the current commit; outputs travel through the default DVC remote and its run-cache, and a
@@ -33,13 +37,16 @@ from cecl import warm
 from cecl.launch import children, lockfile
 from cecl.launch.checkout import CheckoutSpec
 from cecl.launch.dag import Plan, PlanError, read_plan
+from cecl.launch.progress import RetryRule
 from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
-from cecl.launch.slots import cluster_slots, is_training, local_slots
+from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
 
 LOGS = Path("logs/launch")
 SERVER_PID = Path("mlflow-server.pid")  # under LOGS, next to the stages' pid files
-TIMEOUT_S = {"training": 24 * 3600.0, "light": 2 * 3600.0}  # per stage kind; --timeout overrides both
+# Per stage kind; --timeout sets one for every stage. None: no limit (a paper pretrain run is days, and it
+# is retried while its checkpoint advances).
+TIMEOUT_S: dict[str, float | None] = {"training": None, "light": 2 * 3600.0}
 # Per-worker variables Ray sets; a stage's own Ray (the sweep) must start its own local instance.
 RAY_WORKER_ENV = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_CLIENT_MODE", "RAY_ADDRESS", "OMP_NUM_THREADS")
 
@@ -53,8 +60,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("targets", nargs="*", help="stages to reproduce with their upstream (default: all)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="slots on this host (GPUs or CPU slots)")
     parser.add_argument("--profile", help="compose profiles/NAME.yaml into params.yaml first")
-    parser.add_argument("--retries", type=int, default=1, help="re-runs of a failing stage (default 1)")
-    parser.add_argument("--timeout", type=float, help="seconds per stage (default 24 h training, 2 h light)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-runs of a failing stage in a row without checkpoint progress (default 1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds per stage, every stage (default: none training, 2 h light)"
+    )
+    parser.add_argument(
+        "--max-gpu-hours",
+        type=_hours,
+        default=24.0,
+        help="refuse a plan estimated above this many GPU-hours (default 24; none: no limit)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads per stage (default: cores // jobs)")
     parser.add_argument("--light-share", type=float, default=0.25, help="slot share of a light stage")
     parser.add_argument("--address", help="Ray cluster: auto, host:port or ray://host:10001")
@@ -73,7 +93,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise LaunchError(f"--threads must be at least 1 (got {args.threads})")
     if not 0 < args.light_share <= 1:
         raise LaunchError(f"--light-share must be in (0, 1] (got {args.light_share:g})")
+    if args.max_gpu_hours is not None and not args.max_gpu_hours >= 0:
+        raise LaunchError(f"--max-gpu-hours must be 0 or more hours, or none (got {args.max_gpu_hours:g})")
     return args
+
+
+def _hours(text: str) -> float | None:
+    """``--max-gpu-hours``: a number of hours, or ``none`` (also ``inf``, ``off``: no limit), as make's.
+    A negative number passes here and is refused in one line by ``parse_args``."""
+    if text.strip().lower() in ("none", "inf", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of hours or none, got {text!r}") from None
 
 
 def _git(root: Path, *args: str) -> str:
@@ -108,7 +141,7 @@ def cluster_checkout(root: Path, args: argparse.Namespace) -> CheckoutSpec:
     return CheckoutSpec(repo_url, commit, args.workdir, remote, url)
 
 
-def _timeout(stage: str, override: float | None) -> float:
+def _timeout(stage: str, override: float | None) -> float | None:
     return override or TIMEOUT_S["training" if is_training(stage) else "light"]
 
 
@@ -123,11 +156,14 @@ def _upstream_closure(plan: Plan, stage: str) -> tuple[str, ...]:
     return tuple(name for name in plan.order if name in above)
 
 
-def schedule(plan: Plan, submit, wait, on_done, on_failed) -> tuple[set[str], dict[str, StageFailed]]:
+def schedule(
+    plan: Plan, submit, wait, on_done, on_failed, retry=None
+) -> tuple[set[str], dict[str, StageFailed]]:
     """Submit each stage of ``plan.to_run`` once its upstream stages in it succeeded; returns (done, failed).
 
-    ``submit(stage) -> ref``, ``wait(refs) -> (ref, result | StageFailed)``. Not a scheduler: Ray
-    places and queues the tasks; this only keeps DVC's DAG order.
+    ``submit(stage) -> ref``, ``wait(refs) -> (ref, result | StageFailed)``; ``retry(stage, failure)``
+    says whether a failed stage is submitted again (default: never). Not a scheduler: Ray places and
+    queues the tasks; this only keeps DVC's DAG order.
     """
     to_run = set(plan.to_run)
     done: set[str] = set()
@@ -144,7 +180,9 @@ def schedule(plan: Plan, submit, wait, on_done, on_failed) -> tuple[set[str], di
             return done, failed
         ref, outcome = wait(list(in_flight))
         stage = in_flight.pop(ref)
-        if isinstance(outcome, StageFailed):
+        if isinstance(outcome, StageFailed) and retry is not None and retry(stage, outcome):
+            in_flight[submit(stage)] = stage
+        elif isinstance(outcome, StageFailed):
             failed[stage] = outcome
             on_failed(stage, outcome)
         else:
@@ -176,18 +214,33 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
     if not (root / "dvc.yaml").is_file():
         raise LaunchError(f"no dvc.yaml in {root} (run from the repository root)")
-    if args.profile:
-        use_profile(args.profile)
+    # With --profile, the params are read from the profile itself: params.yaml is rewritten only after
+    # every check below, the cost gate included, has passed.
+    profile = root / "profiles" / f"{args.profile}.yaml" if args.profile else None
+    if profile is not None and not profile.is_file():
+        known = ", ".join(sorted(p.stem for p in (root / "profiles").glob("*.yaml")))
+        raise LaunchError(f"no profile profiles/{args.profile}.yaml (profiles: {known})")
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(profile or root / "params.yaml")
     except ConfigError as err:
-        raise LaunchError(f"params.yaml: {err}") from None
-    spec = cluster_checkout(root, args) if args.address else None
-    if spec is None:
+        raise LaunchError(str(err) if profile else f"params.yaml: {err}") from None
+    # The cost gate, before any stage starts or any file changes: the plan's total, or one line and exit.
+    from cecl.plan import OverBudget, OverMemory, gate
+
+    try:
+        print(f"[launch] {gate(params, args.max_gpu_hours)}", flush=True)
+    except (OverBudget, OverMemory) as err:
+        raise LaunchError(str(err)) from None
+    sizes = stage_sizes(params)  # slots per pretrain stage: its entry's pretrain.processes
+    checkpoints = {key.stage("pretrain"): str(key.checkpoint) for key in params.runs()}
+    if not args.address:
         try:
-            slots = local_slots(args.jobs, params.device, args.threads, args.light_share)
+            slots = local_slots(args.jobs, params.device, args.threads, args.light_share, sizes)
         except ValueError as err:
             raise LaunchError(str(err)) from None
+    if args.profile:
+        use_profile(args.profile)
+    spec = cluster_checkout(root, args) if args.address else None  # after the profile: it must be committed
     started = time.monotonic()
     # Leftovers first: a stage's `dvc` from an interrupted launch may still hold DVC's lock on its
     # outputs, and reading the plan takes those locks (it failed with LockError while one lived).
@@ -196,6 +249,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     if leftovers:
         print(f"[launch] stopped leftovers of an interrupted launch: {', '.join(leftovers)}", flush=True)
     plan = read_plan(root, args.targets)
+    if spec is None:
+        try:
+            slots.check(plan.to_run)
+        except ValueError as err:
+            raise LaunchError(str(err)) from None
     print(f"[launch] {len(plan.to_run)} of {len(plan.order)} stage(s) to run (dvc status)", flush=True)
     if not plan.to_run and spec is None:
         print("\n".join(summary("", {})) + f" ({len(plan.order)} up to date)", flush=True)
@@ -230,7 +288,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             import cecl
 
             ray.init(address=args.address, runtime_env={"py_modules": [cecl]}, **quiet)
-            slots = cluster_slots(ray.cluster_resources(), params.device, args.threads, args.light_share)
+            nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+            slots = cluster_slots(nodes, params.device, args.threads, args.light_share, sizes)
+            try:
+                slots.check(plan.to_run)
+            except ValueError as err:
+                raise LaunchError(str(err)) from None
         stack.callback(ray.shutdown)
         if mlflow_ready is not None:
             uri = mlflow_ready()
@@ -253,7 +316,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         # background of a non-interactive shell inherits SIGINT ignored; both must stop the stages.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _interrupt)
-        print(f"[launch] {slots.describe()}; retries {args.retries}; logs in {LOGS}/", flush=True)
+        print(
+            f"[launch] {slots.describe()}; retries while the checkpoint advances, else {args.retries} in a "
+            f"row; logs in {LOGS}/",
+            flush=True,
+        )
         remote = ray.remote(run_stage)
         keep = {k for k in os.environ if k.startswith("RAY_") and k != "RAY_ADDRESS"}
         env = {
@@ -276,11 +343,24 @@ def launch(args: argparse.Namespace, root: Path) -> int:
                 drop_env=drop,
                 checkout=spec,
                 upstream=_upstream_closure(plan, stage) if spec else (),
+                checkpoint=checkpoints.get(stage),
             )
-            options = slots.task_resources(stage)
-            return remote.options(**options, max_retries=args.retries, retry_exceptions=[StageFailed]).remote(
-                job
+            # Ray re-runs a task only for a lost worker or node; a failed stage is resubmitted by `retry`.
+            return remote.options(**slots.task_resources(stage), max_retries=args.retries).remote(job)
+
+        rule = RetryRule(args.retries)
+
+        def retry(stage: str, err: StageFailed) -> bool:
+            if not rule.allow(stage, err.epochs_before, err.epochs_after):
+                return False
+            stalled = rule.stalled(stage)
+            why = (
+                f"its checkpoint advanced to epoch {err.epochs_after}"
+                if stalled == 0
+                else f"retry {stalled} of {args.retries} without progress"
             )
+            print(f"[launch] retry  {stage}: {err}; {why}", flush=True)
+            return True
 
         def on_done(stage: str, result: dict) -> None:
             if result.get("log_text"):
@@ -294,7 +374,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             print(f"[launch] FAILED {stage}: {err}", flush=True)
 
         try:
-            done, failed = schedule(plan, submit, _ray_wait, on_done, on_failed)
+            done, failed = schedule(plan, submit, _ray_wait, on_done, on_failed, retry)
         except KeyboardInterrupt:
             stopped = children.kill_recorded(logs) if spec is None else []
             stopped = [name for name in stopped if name != SERVER_PID.stem]  # stages only

@@ -1,16 +1,29 @@
 """Which Ray resources a stage holds while its ``dvc repro`` runs, and how many torch threads it gets.
 
-One slot per training stage (``pretrain``, ``sweep``): a whole GPU on a GPU host, ``threads`` CPUs on a
-CPU host. Light stages (prepare, probe, transfer, aggregate) take ``light_share`` of a slot, so several
-of them share a GPU (or the CPUs) next to the training. Ray enforces the counts: on one host it is
-started with exactly ``jobs`` slots, so at most ``jobs`` training stages are in flight.
+A slot is a whole GPU on a GPU host and ``threads`` CPUs on a CPU host. A pretrain stage holds as many
+slots as its dataset entry's recipe has ``pretrain.processes`` (``datasets.<entry>.overrides.pretrain.
+processes``, else the global one): stages/pretrain.py runs that many torchrun processes on the GPUs it
+sees, and Ray sets CUDA_VISIBLE_DEVICES of the task, which the stage's ``dvc`` and its processes inherit,
+to exactly those GPUs. Other training stages (``sweep``) hold one slot. Light stages (prepare, probe,
+transfer, aggregate) take ``light_share`` of a slot, so several share a GPU (or the CPUs) next to the
+training. Ray enforces the counts: on one host it is started with exactly ``jobs`` slots.
+
+On a CPU host a ``processes: k`` entry holds k CPU slots (k x ``threads`` CPUs): torchrun's k gloo
+processes each keep the slot's OMP_NUM_THREADS (torchrun sets 1 only when it is unset), so the stage uses
+what it holds. A stage needing more slots than one launch host has (``--jobs``, or the largest node of a
+cluster, since torchrun ``--standalone`` runs on one host) is refused before anything starts
+(:meth:`Slots.check`): Ray would otherwise queue it forever.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from cecl.config import Params
 
 TRAINING_KINDS = frozenset({"pretrain", "sweep"})
 
@@ -24,22 +37,56 @@ def is_training(stage: str) -> bool:
     return stage_kind(stage) in TRAINING_KINDS
 
 
+def stage_sizes(params: Params) -> dict[str, int]:
+    """Slots of each pretrain stage: its entry's recipe ``pretrain.processes`` (one GPU per process).
+
+    Keyed by the DVC stage names :mod:`cecl.runs` derives (``pretrain@<entry>-<method>-<seed>``), so the
+    dataset entry never has to be parsed back out of a name (entry names may contain ``-``).
+    """
+    processes = {name: params.recipe(name).pretrain.processes for name in params.pretrain.datasets}
+    return {key.stage("pretrain"): processes[key.dataset] for key in params.runs()}
+
+
 @dataclass(frozen=True)
 class Slots:
     """``device``: what a slot is; ``jobs``: slots on this host (None on a cluster: Ray's counts);
-    ``threads``: OMP/MKL/torch threads of every stage process; ``light_share``: a light stage's share."""
+    ``threads``: OMP/MKL/torch threads per slot; ``light_share``: a light stage's share of a slot;
+    ``sizes``: slots of the stages that hold more than one (:func:`stage_sizes`); ``largest``: the most
+    slots one stage can hold (``jobs``, or the largest cluster node's), ``limit``: that limit in words."""
 
     device: Literal["gpu", "cpu"]
     jobs: int | None
     threads: int
     light_share: float = 0.25
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    largest: int | None = None
+    limit: str = ""
+
+    def slots(self, stage: str) -> float:
+        """Slots ``stage`` holds: its entry's processes (pretrain), 1 (sweep) or ``light_share``."""
+        if not is_training(stage):
+            return self.light_share
+        return self.sizes.get(stage, 1)
 
     def task_resources(self, stage: str) -> dict[str, float]:
         """``ray.remote(...).options`` keyword arguments for this stage's task."""
-        share = 1.0 if is_training(stage) else self.light_share
+        share = self.slots(stage)
         if self.device == "gpu":
             return {"num_gpus": share, "num_cpus": 0}
         return {"num_cpus": share * self.threads}
+
+    def check(self, stages: Iterable[str]) -> None:
+        """Raise ValueError (one line) for the first stage that needs more slots than one host gives."""
+        if self.largest is None:
+            return
+        for stage in stages:
+            need = self.slots(stage)
+            if need > self.largest:
+                unit = "GPUs" if self.device == "gpu" else "CPU slots"
+                raise ValueError(
+                    f"stage '{stage}' needs {need:g} {unit} (its dataset entry's pretrain.processes) but "
+                    f"{self.limit}: raise --jobs on a larger host, or lower the entry's processes"
+                )
 
     def local_ray_init(self) -> dict[str, float]:
         """``ray.init`` resources of a one-host launch: exactly ``jobs`` slots."""
@@ -51,8 +98,15 @@ class Slots:
     def describe(self) -> str:
         what = "GPU" if self.device == "gpu" else f"CPU slot(s) of {self.threads} thread(s)"
         count = f"{self.jobs} {what}" if self.jobs else f"cluster {what}s"
+        multi = sorted({n for n in self.sizes.values() if n > 1})
+        held = (
+            f"; pretrain stages of multi-process entries hold {'/'.join(map(str, multi))} slots"
+            if multi
+            else ""
+        )
         return (
-            f"{count}; light stages take {self.light_share:g} of a slot; {self.threads} torch thread(s) each"
+            f"{count}; light stages take {self.light_share:g} of a slot{held}; "
+            f"{self.threads} torch thread(s) per slot"
         )
 
 
@@ -66,21 +120,42 @@ def host_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def local_slots(jobs: int, device_param: str, threads: int | None, light_share: float) -> Slots:
+def local_slots(
+    jobs: int,
+    device_param: str,
+    threads: int | None,
+    light_share: float,
+    sizes: Mapping[str, int] | None = None,
+) -> Slots:
     """Slots of a one-host launch: GPUs when params.yaml's device may use CUDA and the host has them."""
     cores = os.cpu_count() or 1
     per_slot = threads or max(1, cores // jobs)
+    sizes = dict(sizes or {})
     if device_param != "cpu":
         gpus = host_gpus()
         if gpus:
             if jobs > gpus:
-                raise ValueError(f"--jobs {jobs} but this host has {gpus} GPU(s) (one per training stage)")
-            return Slots("gpu", jobs, per_slot, light_share)
-    return Slots("cpu", jobs, per_slot, light_share)
+                raise ValueError(f"--jobs {jobs} but this host has {gpus} GPU(s) (one per training process)")
+            limit = f"--jobs is {jobs} (this host has {gpus} GPU(s))"
+            return Slots("gpu", jobs, per_slot, light_share, sizes, jobs, limit)
+    return Slots("cpu", jobs, per_slot, light_share, sizes, jobs, f"--jobs is {jobs}")
 
 
-def cluster_slots(resources: dict[str, float], device_param: str, threads: int | None, light_share: float):
-    """Slots on a Ray cluster: GPUs when it has any (and params allow CUDA), else ``threads`` CPUs each."""
-    if device_param != "cpu" and resources.get("GPU", 0) > 0:
-        return Slots("gpu", None, threads or 1, light_share)
-    return Slots("cpu", None, threads or 1, light_share)
+def cluster_slots(
+    nodes: Sequence[Mapping[str, float]],
+    device_param: str,
+    threads: int | None,
+    light_share: float,
+    sizes: Mapping[str, int] | None = None,
+) -> Slots:
+    """Slots on a Ray cluster (``nodes``: each live node's resources): GPUs when it has any (and params
+    allow CUDA), else ``threads`` CPUs each. A stage fits on one node only (torchrun ``--standalone``)."""
+    per_slot = threads or 1
+    sizes = dict(sizes or {})
+    if device_param != "cpu" and any(n.get("GPU", 0) > 0 for n in nodes):
+        largest = max(int(n.get("GPU", 0)) for n in nodes)
+        limit = f"the cluster's largest node has {largest} GPU(s)"
+        return Slots("gpu", None, per_slot, light_share, sizes, largest, limit)
+    largest = max((int(n.get("CPU", 0) // per_slot) for n in nodes), default=0)
+    limit = f"the cluster's largest node has {largest} CPU slot(s) of {per_slot} thread(s)"
+    return Slots("cpu", None, per_slot, light_share, sizes, largest, limit)

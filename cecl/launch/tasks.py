@@ -7,8 +7,9 @@ queues parallel processes for the repository lock DVC holds while it reads the i
 Cluster: the node's checkout restores the missing upstream stages from the run-cache, runs
 ``dvc repro --pull -s <stage>`` and pushes the outputs and the run-cache (:mod:`cecl.launch.checkout`).
 
-A failure raises :class:`StageFailed`; Ray re-runs the task (``max_retries`` with ``retry_exceptions``)
-and the log keeps every attempt.
+A failure raises :class:`StageFailed`, which carries the epochs the stage's checkpoint held before and
+after the attempt; the launcher decides whether to submit it again (:mod:`cecl.launch.progress`) and the
+log keeps every attempt. A training stage has no timeout unless the launcher sets one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cecl.launch import checkout, children
+from cecl.launch.progress import checkpoint_epochs
 
 ATTEMPT = "[launch] attempt "
 LOG_TAIL_BYTES = 1 << 20  # what a cluster task sends back to the driver's log file
@@ -34,20 +36,37 @@ class StageJob:
     stage: str
     root: str
     log: str  # relative to the workspace / the node's checkout
-    timeout_s: float
+    timeout_s: float | None  # None: no limit (training stages by default)
     env: dict[str, str]  # set in the stage process (MLflow URI, thread counts, ...)
     drop_env: tuple[str, ...] = ()  # removed from the worker's environment first (Ray's per-worker vars)
     checkout: checkout.CheckoutSpec | None = None
     upstream: tuple[str, ...] = field(default=())  # cluster: all upstream stages, serial order
+    checkpoint: str | None = None  # a pretrain stage's checkpoint (relative): its progress across retries
 
 
 class StageFailed(Exception):
-    """A stage's command failed (or timed out); one line, plus the tail of its log."""
+    """A stage's command failed (or timed out); one line, plus the tail of its log.
 
-    def __init__(self, stage: str, returncode: int, timed_out: bool, log: str, tail: str, log_text: str = ""):
-        super().__init__(stage, returncode, timed_out, log, tail, log_text)
+    ``epochs_before`` / ``epochs_after``: epochs in the stage's checkpoint when the attempt started and
+    when it failed (None: the stage has no checkpoint), for the launcher's retry rule.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        returncode: int,
+        timed_out: bool,
+        log: str,
+        tail: str,
+        log_text: str = "",
+        epochs_before: int | None = None,
+        epochs_after: int | None = None,
+    ):
+        # Every argument in ``args``: Ray pickles the exception back to the driver through them.
+        super().__init__(stage, returncode, timed_out, log, tail, log_text, epochs_before, epochs_after)
         self.stage, self.returncode, self.timed_out = stage, returncode, timed_out
         self.log, self.tail, self.log_text = log, tail, log_text
+        self.epochs_before, self.epochs_after = epochs_before, epochs_after
 
     def __str__(self) -> str:
         why = "timed out" if self.timed_out else f"exit status {self.returncode}"
@@ -60,10 +79,21 @@ def dvc_command() -> list[str]:
 
 
 def stage_env(job: StageJob) -> dict[str, str]:
+    """The stage process's environment: this worker's, with CUDA_VISIBLE_DEVICES as Ray set it for the
+    task (exactly the GPUs it holds; the stage's torchrun processes inherit it) in ascending order."""
     env = {k: v for k, v in os.environ.items() if k not in job.drop_env}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(job.env)
+    if "CUDA_VISIBLE_DEVICES" in env:
+        env["CUDA_VISIBLE_DEVICES"] = sorted_devices(env["CUDA_VISIBLE_DEVICES"])
     return env
+
+
+def sorted_devices(visible: str) -> str:
+    """``"3,0,2"`` -> ``"0,2,3"``: Ray lists a task's GPU ids in no particular order; sorted, torchrun's
+    rank r trains on the r-th lowest. Left as it is unless every id is a number (UUIDs, ``-1``)."""
+    ids = [d.strip() for d in visible.split(",")]
+    return ",".join(sorted(ids, key=int)) if all(d.isdigit() for d in ids) else visible
 
 
 def _attempt(log: Path) -> int:
@@ -83,7 +113,7 @@ def _tail(log: Path, lines: int = 15, size: int = LOG_TAIL_BYTES) -> str:
 
 
 def _run(
-    command: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float, pidfile: Path
+    command: list[str], cwd: Path, env: dict[str, str], log: Path, deadline: float | None, pidfile: Path
 ) -> int:
     """Run ``command`` in its own session with output appended to ``log``; -1 on timeout.
 
@@ -98,7 +128,7 @@ def _run(
         )
     children.record(pidfile, process.pid)
     try:
-        return process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return process.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         children.stop(process)
         return -1
@@ -125,7 +155,9 @@ def run_stage(job: StageJob) -> dict:
     with log.open("a") as out:
         out.write(f"{ATTEMPT}{attempt} of {job.stage} on {socket.gethostname()} in {root}\n")
     env = stage_env(job)
-    deadline = started + job.timeout_s
+    deadline = None if job.timeout_s is None else started + job.timeout_s
+    checkpoint = None if job.checkpoint is None else root / job.checkpoint
+    before = checkpoint_epochs(checkpoint)
     wait = [*dvc, "--wait-for-lock"]
     timings: dict[str, float] = {}
 
@@ -135,7 +167,8 @@ def run_stage(job: StageJob) -> dict:
         timings[name] = time.monotonic() - began
         if status != 0:
             text = _tail(log, lines=0) if job.checkout is not None else ""
-            raise StageFailed(job.stage, status, status == -1, job.log, _tail(log), text)
+            after = checkpoint_epochs(checkpoint)
+            raise StageFailed(job.stage, status, status == -1, job.log, _tail(log), text, before, after)
 
     if job.checkout is None:
         step("repro", [*wait, "repro", "--single-item", job.stage])

@@ -1,6 +1,10 @@
 """Shared machinery of the contrastive losses.
 
-- Input validation that raises ``ValueError`` with one line naming the problem.
+- Input validation that raises ``ValueError`` with one line naming the problem. Checks of tensor VALUES
+  (non-finite features, zero or overflowing norms) read the device, a host-device synchronisation on an
+  accelerator; they raise at once only on the device types in ``EAGER_CHECK_DEVICES`` (the CPU, where a
+  read costs nothing). Elsewhere invalid input makes the loss NaN instead (an invalid vector is normalised
+  to NaN), which the training loop's non-finite-loss guard reports without a per-step read.
 - View-major flattening: features ``[B, V, D]`` become ``N = V * B`` anchors, all first views, then all
   second views, ...; anchor ``i`` is view ``i // B`` of source image ``i % B``.
 - L2 normalisation in the compute dtype: float32 (float64 when the input is float64), with autocast
@@ -11,7 +15,8 @@
   the analytic gradient (softmax weights) with two matrix products. Label structure enters through
   per-group buckets (``index_add_`` of a block's columns by group, ``gather`` of per-group coefficients)
   and, for rare rows and the hinge variant, boolean masks from label comparisons built per block; no
-  floating-point mask matrix is ever formed.
+  floating-point mask matrix is ever formed. Group ids come from label comparisons (``group_index``), not
+  ``unique``, and the rare rows are chosen by masks, not ``nonzero``: the step never waits for the device.
 - The positive terms ``sum_{p in P(i)} s_ip`` need no ``N x N`` work at all: with ``P(i)`` = "same group,
   not i", ``sum_p z_i . z_p = z_i . (sum of the group's z - z_i)``, which is O(N D) and is left to
   ordinary autograd.
@@ -31,6 +36,15 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 # accelerator, kernel-launch overhead dominates for small blocks, so they get a larger budget.
 _CPU_BLOCK_ELEMENTS = 1 << 21
 _ACCEL_BLOCK_ELEMENTS = 1 << 26
+
+# Device types on which the value checks read the tensors and raise ValueError at once. Elsewhere (CUDA) a
+# read would stall the host every step, so invalid values surface as a NaN loss (see the module docstring).
+EAGER_CHECK_DEVICES: frozenset[str] = frozenset({"cpu"})
+
+
+def eager_checks(device: torch.device) -> bool:
+    """Whether value checks on ``device`` read the tensors now (no host-device sync there)."""
+    return device.type in EAGER_CHECK_DEVICES
 
 
 # --------------------------------------------------------------------------- validation
@@ -98,7 +112,7 @@ def check_features(features: Tensor, name: str = "features", last: str = "D") ->
         raise ValueError(f"{name} must have a last dimension {last} >= 1, got shape {tuple(features.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {features.dtype}")
-    if not bool(torch.isfinite(features).all()):
+    if eager_checks(features.device) and not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name} contain non-finite values (NaN or inf)")
     return batch, n_views, dim
 
@@ -159,20 +173,35 @@ def flatten_views(features: Tensor) -> Tensor:
 
 
 def normalized_anchors(features: Tensor) -> Tensor:
-    """View-major flattened, L2-normalised anchors in the compute dtype. Call with autocast disabled."""
+    """View-major flattened, L2-normalised anchors in the compute dtype. Call with autocast disabled.
+
+    A zero or overflowing norm raises ValueError on ``EAGER_CHECK_DEVICES``; elsewhere its vector becomes
+    NaN (so does the loss), without reading the device.
+    """
     flat = flatten_views(features).to(compute_dtype(features.dtype))
     norms = torch.linalg.vector_norm(flat, dim=1)
-    if not bool((norms > 0).all()):
-        raise ValueError("features contain a zero-norm vector, which cannot be L2-normalised")
-    if not bool(torch.isfinite(norms).all()):
-        raise ValueError("features have a vector whose norm overflows, which cannot be L2-normalised")
-    return flat / norms.unsqueeze(1)
+    if eager_checks(flat.device):
+        if not bool((norms > 0).all()):
+            raise ValueError("features contain a zero-norm vector, which cannot be L2-normalised")
+        if not bool(torch.isfinite(norms).all()):
+            raise ValueError("features have a vector whose norm overflows, which cannot be L2-normalised")
+        return flat / norms.unsqueeze(1)
+    # x / inf would be a finite 0: an overflowing norm must give NaN too.
+    usable = (norms > 0) & torch.isfinite(norms)
+    return flat / torch.where(usable, norms, math.nan).unsqueeze(1)
 
 
-def group_index(flat_groups: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Dense group ids 0..K-1 per anchor, each anchor's group size, and K."""
-    uniques, inverse, counts = torch.unique(flat_groups, return_inverse=True, return_counts=True)
-    return inverse, counts[inverse], int(uniques.numel())
+def group_index(labels: Tensor, n_views: int) -> tuple[Tensor, Tensor, int]:
+    """Group ids per anchor (view-major), each anchor's group size, and the id bound K = B.
+
+    The id of a label is the index of its first occurrence among the B source labels, found by comparing
+    all B x B pairs: no ``unique`` (its output size is a device value, a host-device sync on CUDA) and no
+    assumption on the label values. Ids lie in [0, B); not every id is used.
+    """
+    same = labels[:, None] == labels[None, :]
+    first = same.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index
+    sizes = same.sum(1) * n_views
+    return first.repeat(n_views), sizes.repeat(n_views), int(labels.shape[0])
 
 
 # --------------------------------------------------------------------------- positive terms (O(N D))
@@ -232,13 +261,35 @@ def _max_log_rescale(dtype: torch.dtype) -> float:
     return -0.5 * math.log(info.tiny * info.eps)
 
 
+def _bound(inv_tau: float) -> float:
+    """An upper bound of |s_ij| = |z_i . z_j| * inv_tau for unit vectors, with room for rounding."""
+    return inv_tau * (1.0 + 1e-3) + 1e-3
+
+
+def _negatives_may_underflow(inv_tau: float, dtype: torch.dtype) -> bool:
+    """Whether a row's negatives can sum below tiny / eps under the shared shift (the row's max).
+
+    Every term is >= exp(-2 * bound), so this needs 2 * bound > log(eps / tiny): tau below about 0.03 in
+    float32 (0.003 in float64). Decided from tau alone, on the host.
+    """
+    info = torch.finfo(dtype)
+    return 2.0 * _bound(inv_tau) > math.log(info.eps / info.tiny) - 1.0
+
+
+def _ratio_may_exceed(n: int, inv_tau: float, dtype: torch.dtype) -> bool:
+    """Whether LSE_all(i) - LSE_neg(i) <= log N + 2 * bound can pass ``_max_log_rescale`` (the backward's
+    exact rows): tau below about 0.045 in float32 at N = 2048. Decided on the host."""
+    return math.log(max(n, 2)) + 2.0 * _bound(inv_tau) > _max_log_rescale(dtype) - 1.0
+
+
 class _RowLogSumExp(torch.autograd.Function):
     """Row-wise LSE_all(i) = log sum_{k != i} exp(s_ik) and LSE_neg(i) = log sum_{g_k != g_i} exp(s_ik).
 
     Per block of rows, exp(s - row max) is formed once; LSE_all sums its rows and LSE_neg sums its columns
     into per-group buckets (``index_add_``) and drops the row's own group, so no N x N mask is built.
     (On CUDA ``index_add_`` accumulates with atomics: float32 results may differ in the last bits between
-    runs.)
+    runs.) The rare rows that need more care (tiny tau) are redone for every row under a mask, and only
+    when tau allows them at all, so nothing waits for the device to say which rows they are.
     """
 
     @staticmethod
@@ -264,15 +315,17 @@ class _RowLogSumExp(torch.autograd.Function):
                 sums = buckets.sum(1)
                 neg_sum[start:stop] = sums
                 lse_neg[start:stop] = row_max + sums.log()
-        if groups is not None:
+        if groups is not None and _negatives_may_underflow(inv_tau, z.dtype):
             # One shared shift per row (the max over all k != i) can underflow the negatives' sum when
-            # they are all far below the positives (tiny tau). Redo such rows with their own shift.
+            # they are all far below the positives (tiny tau). Redo such rows with their own shift (rows
+            # without negatives give -inf either way).
             info = torch.finfo(z.dtype)
-            sizes = torch.bincount(groups, minlength=n_groups)[groups]
-            redo = torch.nonzero((sizes < n) & (neg_sum < info.tiny / info.eps)).squeeze(1)
-            if redo.numel():
-                s = scaled[redo] @ z.T
-                lse_neg[redo] = masked_logsumexp(s, groups[redo, None] != groups[None, :], dim=1)
+            redo = neg_sum < info.tiny / info.eps
+            for start, stop in _blocks(n, block_rows):
+                s = _similarity_block(z, scaled, start, stop, buffer)
+                own = masked_logsumexp(s, groups[start:stop, None] != groups[None, :], dim=1)
+                lse_neg[start:stop] = torch.where(redo[start:stop], own, lse_neg[start:stop])
+        ctx.set_materialize_grads(False)  # an unused output's gradient is None: no test of its values
         ctx.save_for_backward(z, groups, lse_all, lse_neg)
         ctx.n_groups = n_groups
         ctx.inv_tau = inv_tau
@@ -288,8 +341,8 @@ class _RowLogSumExp(torch.autograd.Function):
         n_groups: int = ctx.n_groups  # type: ignore[attr-defined]
         inv_tau: float = ctx.inv_tau  # type: ignore[attr-defined]
         block_rows: int = ctx.block_rows  # type: ignore[attr-defined]
-        use_all = grad_all is not None and bool((grad_all != 0).any())
-        use_neg = groups is not None and grad_neg is not None and bool((grad_neg != 0).any())
+        use_all = grad_all is not None
+        use_neg = groups is not None and grad_neg is not None
         if not (use_all or use_neg):
             return None, None, None, None, None
         with autocast_disabled(z.device.type):
@@ -308,17 +361,19 @@ class _RowLogSumExp(torch.autograd.Function):
                 rescaled = has_neg & (log_ratio <= _max_log_rescale(z.dtype))
                 own = grad_all if use_all else torch.zeros_like(lse_all)
                 other = own + torch.where(rescaled, grad_neg * log_ratio.exp(), 0.0)
-                # Rows where the ratio is too large are done exactly, from the raw similarities.
-                exact = has_neg & ~rescaled
-                any_exact = bool(exact.any())
+                # Rows where the ratio is too large are done exactly, from the raw similarities: under a
+                # mask, for every row of every block, when tau allows such rows at all.
+                exact_grad = torch.where(has_neg & ~rescaled, grad_neg, 0.0)
+                any_exact = _ratio_may_exceed(n, inv_tau, z.dtype)
                 buckets = z.new_empty(min(block_rows, n), n_groups)
                 coefficients = z.new_empty(min(block_rows, n), n)
+                raw_buffer = z.new_empty(min(block_rows, n), n) if any_exact else None
             for start, stop in _blocks(n, block_rows):
                 rows = stop - start
                 s = _similarity_block(z, scaled, start, stop, buffer)
                 if use_neg and any_exact:
-                    exact_local = torch.nonzero(exact[start:stop]).squeeze(1)
-                    raw = s[exact_local]
+                    assert raw_buffer is not None
+                    raw = raw_buffer[:rows].copy_(s)
                 s.sub_(lse_all[start:stop, None]).exp_()
                 if use_neg:
                     bucket = buckets[:rows]
@@ -326,11 +381,11 @@ class _RowLogSumExp(torch.autograd.Function):
                     bucket.scatter_(1, groups[start:stop, None], own[start:stop, None])
                     weights = torch.gather(bucket, 1, groups.expand(rows, n), out=coefficients[:rows])
                     s.mul_(weights)
-                    if any_exact and exact_local.numel():
-                        exact_rows = exact_local + start
-                        neg = raw.sub_(lse_neg[exact_rows, None]).exp_()
-                        neg.masked_fill_(groups[exact_rows, None] == groups[None, :], 0.0)
-                        s[exact_local] += neg.mul_(grad_neg[exact_rows, None])
+                    if any_exact:
+                        # exp(s - LSE_neg) <= 1 on negatives; positives (maybe inf) are masked to 0.
+                        neg = raw.sub_(lse_neg[start:stop, None]).exp_()
+                        neg.masked_fill_(groups[start:stop, None] == groups[None, :], 0.0)
+                        s.add_(neg.mul_(exact_grad[start:stop, None]))
                 else:
                     assert g_all is not None
                     s.mul_(g_all[start:stop, None])
@@ -342,16 +397,25 @@ class _RowLogSumExp(torch.autograd.Function):
 
 
 def row_logsumexp(
-    z: Tensor, groups: Tensor | None, inv_tau: float, block_rows: int | None = None
+    z: Tensor,
+    groups: Tensor | None,
+    inv_tau: float,
+    block_rows: int | None = None,
+    n_groups: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(LSE_all, LSE_neg) per anchor for normalised anchors ``z`` [N, D] and s = z z^T * inv_tau.
 
-    ``groups``: dense group ids 0..K-1 per anchor (see ``group_index``), or None when LSE_neg is not
-    needed. LSE_all(i) = log sum_{k != i} exp(s_ik). LSE_neg(i) = log sum_{k : groups_k != groups_i}
-    exp(s_ik), -inf where anchor i has no such k (all -inf when ``groups`` is None). Differentiable in z.
+    ``groups``: group ids in [0, ``n_groups``) per anchor (see ``group_index``), or None when LSE_neg is not
+    needed; ``n_groups`` is required with ``groups`` (a bound known on the host: reading the ids' maximum
+    would wait for the device). LSE_all(i) = log sum_{k != i} exp(s_ik). LSE_neg(i) = log sum_{k : groups_k
+    != groups_i} exp(s_ik), -inf where anchor i has no such k (all -inf when ``groups`` is None).
+    Differentiable in z.
     """
     rows = block_rows or default_block_rows(z.shape[0], z.device)
-    n_groups = int(groups.max()) + 1 if groups is not None else 0
+    if groups is None:
+        n_groups = 0
+    elif n_groups is None or n_groups < 1:
+        raise ValueError(f"row_logsumexp: groups need n_groups >= 1 (their id bound), got {n_groups!r}")
     with autocast_disabled(z.device.type):
         return _RowLogSumExp.apply(z, groups, n_groups, float(inv_tau), rows)
 

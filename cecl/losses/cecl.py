@@ -127,8 +127,10 @@ class CECLLoss(nn.Module):
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
             n = z.shape[0]
-            groups, group_sizes, n_groups = group_index(checked.repeat(n_views))
-            lse_all, lse_neg = row_logsumexp(z, groups if need_a else None, inv_tau, self.block_rows)
+            groups, group_sizes, n_groups = group_index(checked, n_views)
+            lse_all, lse_neg = row_logsumexp(
+                z, groups if need_a else None, inv_tau, self.block_rows, n_groups=n_groups
+            )
             l_a = l_b = None
             if need_b:
                 positives = inv_tau * view_positive_dots(z, n_views)

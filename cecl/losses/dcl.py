@@ -79,7 +79,7 @@ class DCLLoss(nn.Module):
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
             source = torch.arange(batch, device=z.device).repeat(n_views)
-            _, lse_neg = row_logsumexp(z, source, inv_tau, self.block_rows)
+            _, lse_neg = row_logsumexp(z, source, inv_tau, self.block_rows, n_groups=batch)
             views = z.view(n_views, batch, -1)
             cosines = torch.einsum("vbd,wbd->vwb", views, views)  # c between views v and w of image b
             off_diagonal = ~torch.eye(n_views, dtype=torch.bool, device=z.device)[:, :, None]

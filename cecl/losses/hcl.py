@@ -85,8 +85,9 @@ class HCLLoss(nn.Module):
         with autocast_disabled(features.device.type):
             z = normalized_anchors(features)
             source = torch.arange(batch, device=z.device).repeat(n_views)
-            _, lse_hard = row_logsumexp(z, source, inv_tau * (1.0 + self.beta), self.block_rows)
-            _, lse_weight = row_logsumexp(z, source, inv_tau * self.beta, self.block_rows)
+            hard_tau, weight_tau = inv_tau * (1.0 + self.beta), inv_tau * self.beta
+            _, lse_hard = row_logsumexp(z, source, hard_tau, self.block_rows, n_groups=batch)
+            _, lse_weight = row_logsumexp(z, source, weight_tau, self.block_rows, n_groups=batch)
             log_r = (log_m + lse_hard - lse_weight)[:, None]  # [N, 1]
             views = z.view(n_views, batch, -1)
             s_pos = inv_tau * torch.einsum("vbd,wbd->vbw", views, views).reshape(n, n_views)  # [N, V]

@@ -11,20 +11,26 @@ SimSiam's symmetric L = D(p1, z2) / 2 + D(p2, z1) / 2.
 
 ``stop_gradient=True`` (default) detaches z. Values equal lightly's ``NegativeCosineSimilarity()(p, z)``;
 gradients equal it with respect to p, while z gets none (lightly does not detach: callers do). Zero vectors
-raise ValueError instead of being absorbed by an epsilon. Computed in float32 (float64 for float64 input)
-with autocast disabled.
+raise ValueError instead of being absorbed by an epsilon (on ``cecl.losses._common.EAGER_CHECK_DEVICES``;
+elsewhere they give NaN, as do non-finite inputs, without a host-device sync). Computed in float32
+(float64 for float64 input) with autocast disabled.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from cecl.losses._common import autocast_disabled, check_bool, compute_dtype
+from cecl.losses._common import autocast_disabled, check_bool, compute_dtype, eager_checks
 
 
 def _unit(name: str, x: Tensor) -> Tensor:
+    """``x / ||x||`` along the last dim; a zero vector raises (eager devices) or becomes NaN (elsewhere)."""
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if not eager_checks(x.device):
+        return x / torch.where(norms > 0, norms, math.nan)
     if not bool((norms > 0).all()):
         raise ValueError(f"{name} contains a zero-norm vector, whose cosine similarity is undefined")
     return x / norms
@@ -39,7 +45,7 @@ def negative_cosine_similarity(p: Tensor, z: Tensor, *, stop_gradient: bool = Tr
             raise ValueError(f"{name} must be a non-empty tensor of shape [..., D], got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
+        if eager_checks(x.device) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     if p.shape != z.shape:
         raise ValueError(f"p and z must have the same shape, got {tuple(p.shape)} and {tuple(z.shape)}")

@@ -60,7 +60,7 @@ class SupConLoss(TemperatureScaledLoss):
                 positives = view_positive_dots(z, n_views)
                 n_positive: Tensor | int = n_views - 1
             else:
-                groups, group_sizes, n_groups = group_index(checked.repeat(n_views))
+                groups, group_sizes, n_groups = group_index(checked, n_views)
                 positives = group_positive_dots(z, groups, n_groups)
                 n_positive = (group_sizes - 1).to(z.dtype)
             return lse_all - inv_tau * positives / n_positive

@@ -30,10 +30,16 @@ class ContrastiveMethod(Method):
         self.loss = GatherLoss(loss)
         self.n_views = n_views
 
-    def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def embed(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The projected views [b, V, D]: all views of the chunk through the networks in one call."""
         batch, n_views = views.shape[:2]
         projected = self.head(self.encoder(views.flatten(0, 1)))
-        return self.loss(projected.view(batch, n_views, -1), labels)
+        return (projected.view(batch, n_views, -1),)
+
+    def loss_from(self, embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """The [B, V, D] loss on the global batch (gathered under torchrun)."""
+        (projected,) = embeddings
+        return self.loss(projected, labels)
 
 
 # ------------------------------------------------------------------ options (validated in params.yaml)

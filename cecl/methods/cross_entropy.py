@@ -25,8 +25,13 @@ class CrossEntropyMethod(Method):
         self.augments = augment
         self.classifier = nn.Linear(encoder.feature_dim, n_classes)
 
-    def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(self.encoder(views[:, 0]))
+    def embed(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The logits [b, classes] of the one view."""
+        return (self.classifier(self.encoder(views[:, 0])),)
+
+    def loss_from(self, embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the global batch."""
+        (logits,) = embeddings
         return gather_with_grad(F.cross_entropy(logits, labels, reduction="none")).mean()
 
 

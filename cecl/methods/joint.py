@@ -56,12 +56,20 @@ class JointMethod(Method):
     def augments(self) -> bool:  # type: ignore[override]
         return self.inner.augments
 
-    def training_loss(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def embed(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(logits [b, classes] of view 0, *the inner method's embeddings); joint ce: ce's own."""
         if self.is_cross_entropy:
-            return self.inner.training_loss(views, labels)  # joint ce == ce
+            return self.inner.embed(views, labels)  # joint ce == ce
         logits = self.classifier(self.encoder(views[:, 0]))
+        return (logits, *self.inner.embed(views, labels))
+
+    def loss_from(self, embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """CE(logits, y) + w * the inner method's loss (both on the global batch)."""
+        if self.is_cross_entropy:
+            return self.inner.loss_from(embeddings, labels)
+        logits, *inner = embeddings
         ce = gather_with_grad(F.cross_entropy(logits, labels, reduction="none")).mean()
-        return ce + self.weight * self.inner.training_loss(views, labels)
+        return ce + self.weight * self.inner.loss_from(tuple(inner), labels)
 
     def after_step(self) -> None:
         self.inner.after_step()

@@ -44,6 +44,18 @@ def momentum_copy(module: ModuleT) -> ModuleT:
 
 @torch.no_grad()
 def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """theta_k <- m * theta_k + (1 - m) * theta_q over the parameters of ``target`` (in place)."""
-    for param_q, param_k in zip(online.parameters(), target.parameters(), strict=True):
-        param_k.mul_(momentum).add_(param_q.detach(), alpha=1.0 - momentum)
+    """theta_k <- m * theta_k + (1 - m) * theta_q over the parameters of ``target`` (in place).
+
+    Two multi-tensor ops over all parameters (``torch._foreach_mul_`` / ``_foreach_add_``), a few kernel
+    launches instead of two per parameter; the same arithmetic as ``p_k.mul_(m).add_(p_q, alpha=1 - m)``.
+    """
+    online_params = [p.detach() for p in online.parameters()]
+    target_params = list(target.parameters())
+    if len(online_params) != len(target_params):
+        raise ValueError(
+            f"momentum_update: {len(online_params)} online parameters but {len(target_params)} target ones"
+        )
+    if not target_params:
+        return
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)

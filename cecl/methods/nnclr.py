@@ -110,11 +110,17 @@ class NNCLR(PredictorMethod):
     def queue_size(self) -> int:
         return int(self.support_set.shape[0])
 
-    def training_loss(self, views: Tensor, labels: Tensor | None = None) -> Tensor:
+    def embed(self, views: Tensor, labels: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(z1, z2, p1, p2), each [b, D]: projections and predictions of each view (one call per view)."""
         x1, x2 = two_views(self, views)
         z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        with autocast_disabled(views.device.type):
+        return z1, z2, p1, p2
+
+    def loss_from(self, embeddings: tuple[Tensor, ...], labels: Tensor | None = None) -> Tensor:
+        """The NNCLR loss on the global batch; keeps the gathered z2 for the support-set update."""
+        z1, z2, p1, p2 = embeddings
+        with autocast_disabled(p1.device.type):
             dtype = compute_dtype(p1.dtype)
             z1, z2 = (F.normalize(gather_no_grad(z.detach()).to(dtype), dim=1) for z in (z1, z2))
             p1, p2 = (gather_with_grad(p).to(dtype) for p in (p1, p2))

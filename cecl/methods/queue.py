@@ -27,7 +27,7 @@ MoCo.
 The loss is the mean of loss_i over the *global* batch: per-sample losses are gathered across processes
 with ``gather_with_grad``, so under DDP every process returns the same loss and the averaged gradients
 equal one process's on the concatenated batch (see ``cecl.distributed``). Keys and labels are
-gathered across processes in ``training_loss`` and enqueued, in rank order, in ``after_step``, right after
+gathered across processes in ``loss_from`` and enqueued, in rank order, in ``after_step``, right after
 the momentum update theta_k <- m * theta_k + (1 - m) * theta_q (``cecl.methods.momentum``: parameters
 only; the key networks keep their own BatchNorm statistics). Not implemented: MoCo's shuffling BN and the
 symmetrised loss.
@@ -79,12 +79,15 @@ def fifo_slots(queue_ptr: Tensor, count: int, size: int) -> tuple[Tensor, int]:
     Returns (index, kept): write the last ``kept = min(count, size)`` rows to ``index``. Equivalent to
     appending the rows one by one: with more than ``size`` rows only the last ``size`` survive, at the
     positions sequential writing would leave them. Advances ``queue_ptr`` (a 0-d long tensor) in place.
+
+    The slots are computed on the pointer's device and the pointer is never read on the host (a read is a
+    host-device sync on CUDA every step); the buffer stays the pointer's one copy, so state dicts,
+    checkpoints, DDP's buffer broadcast and direct writes (``queue_ptr.fill_``) all keep working.
     """
-    ptr = int(queue_ptr)
     kept = min(count, size)
-    start = (ptr + count - kept) % size
+    start = (queue_ptr + (count - kept)) % size
     index = (start + torch.arange(kept, device=queue_ptr.device)) % size
-    queue_ptr.fill_((ptr + count) % size)
+    queue_ptr.add_(count).remainder_(size)
     return index, kept
 
 
@@ -136,16 +139,22 @@ class MomentumQueueMethod(Method):
         """Per-sample losses [B] of this method; ``queries``/``keys`` normalised, compute dtype."""
         raise NotImplementedError
 
-    def training_loss(self, views: Tensor, labels: Tensor) -> Tensor:
+    def embed(self, views: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """(query projections [b, D] of view 0, key projections [b, D] of view 1, without gradient)."""
         if views.dim() != 5 or views.shape[1] != 2:
             raise ValueError(f"{type(self).__name__} needs views [B, 2, C, H, W], got {tuple(views.shape)}")
         query_out = self.head(self.encoder(views[:, 0]))
         with torch.no_grad():
             key_out = self.key_head(self.key_encoder(views[:, 1]))
-        with autocast_disabled(views.device.type):
+        return query_out, key_out
+
+    def loss_from(self, embeddings: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        """Mean per-sample loss over the global batch; keeps the step's gathered keys for ``after_step``."""
+        query_out, key_out = embeddings
+        with autocast_disabled(query_out.device.type):
             dtype = compute_dtype(query_out.dtype)
             queries = F.normalize(query_out.to(dtype), dim=1)
-            keys = F.normalize(key_out.to(dtype), dim=1)
+            keys = F.normalize(key_out.detach().to(dtype), dim=1)  # keys carry no gradient
             per_sample = self.per_sample_loss(queries, keys, labels)
             loss = gather_with_grad(per_sample).mean()
         if self.training:

@@ -139,11 +139,17 @@ class SimSiam(PredictorMethod):
         kw = {"proj_hidden": proj_dim, "pred_hidden": pred_hidden, "batch_norm": batch_norm}
         super().__init__(encoder, proj_dim=proj_dim, **kw, output_norm=True)
 
-    def training_loss(self, views: Tensor, labels: Tensor | None = None) -> Tensor:
+    def embed(self, views: Tensor, labels: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(p1, p2, z1, z2), each [b, D]: predictions and projections of each view (one call per view)."""
         x1, x2 = two_views(self, views)
         z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        with autocast_disabled(views.device.type):
+        return p1, p2, z1, z2
+
+    def loss_from(self, embeddings: tuple[Tensor, ...], labels: Tensor | None = None) -> Tensor:
+        """Mean SimSiam loss over the global batch."""
+        p1, p2, z1, z2 = embeddings
+        with autocast_disabled(p1.device.type):
             return gather_with_grad(simsiam_loss(p1, p2, z1, z2)).mean()
 
 
@@ -175,14 +181,20 @@ class BYOL(PredictorMethod):
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}, {super().extra_repr()}"
 
-    def training_loss(self, views: Tensor, labels: Tensor | None = None) -> Tensor:
+    def embed(self, views: Tensor, labels: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(p1, p2, z'1, z'2), each [b, D]: online predictions, target projections without gradient."""
         x1, x2 = two_views(self, views)
         p1 = self.predictor(self.projector(self.encoder(x1)))
         p2 = self.predictor(self.projector(self.encoder(x2)))
         with torch.no_grad():
             target1 = self.target_projector(self.target_encoder(x1))
             target2 = self.target_projector(self.target_encoder(x2))
-        with autocast_disabled(views.device.type):
+        return p1, p2, target1, target2
+
+    def loss_from(self, embeddings: tuple[Tensor, ...], labels: Tensor | None = None) -> Tensor:
+        """Mean BYOL loss over the global batch."""
+        p1, p2, target1, target2 = embeddings
+        with autocast_disabled(p1.device.type):
             return gather_with_grad(byol_loss(p1, p2, target1, target2)).mean()
 
     def after_step(self) -> None:

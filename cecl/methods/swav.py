@@ -90,22 +90,37 @@ class SwAV(Method):
         weight = self.prototypes.weight
         weight.copy_(F.normalize(weight, dim=1))
 
-    def scores(self, views: Tensor) -> Tensor:
-        """Prototype scores [B, V, K] (compute dtype) of views [B, V, C, H, W]."""
-        batch, n_views = views.shape[:2]
-        projected = self.head(self.encoder(views.flatten(0, 1)))
-        with autocast_disabled(views.device.type):
-            dtype = compute_dtype(projected.dtype)
-            z = F.normalize(projected.to(dtype), dim=1)
-            return F.linear(z, self.prototypes.weight.to(dtype)).view(batch, n_views, -1)
-
-    def training_loss(self, views: Tensor, labels: Tensor | None = None) -> Tensor:
+    def embed(self, views: Tensor, labels: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The L2-normalised projections z [b, V, D] (compute dtype) of views [b, V, C, H, W]."""
         if views.dim() != 5 or views.shape[1] != self.n_views:
             raise ValueError(
                 f"SwAV was built for {self.n_views} views: needs views [B, {self.n_views}, C, H, W], "
                 f"got {tuple(views.shape)}"
             )
-        return self.loss(self.scores(views), labels)
+        batch, n_views = views.shape[:2]
+        projected = self.head(self.encoder(views.flatten(0, 1)))
+        with autocast_disabled(views.device.type):
+            dtype = compute_dtype(projected.dtype)
+            return (F.normalize(projected.to(dtype), dim=1).view(batch, n_views, -1),)
+
+    def prototype_scores(self, z: Tensor) -> Tensor:
+        """s_bvk = z_bv . c_k [B, V, K] of normalised projections z [B, V, D], in z's dtype.
+
+        The prototypes enter here, not in ``embed``: they are shared by the whole batch, so under gradient
+        caching their gradient comes from the one backward of the loss.
+        """
+        with autocast_disabled(z.device.type):
+            scores = F.linear(z.flatten(0, 1), self.prototypes.weight.to(z.dtype))
+            return scores.view(*z.shape[:2], -1)
+
+    def scores(self, views: Tensor) -> Tensor:
+        """Prototype scores [B, V, K] (compute dtype) of views [B, V, C, H, W]."""
+        return self.prototype_scores(self.embed(views)[0])
+
+    def loss_from(self, embeddings: tuple[Tensor, ...], labels: Tensor | None = None) -> Tensor:
+        """The SwAV loss (Sinkhorn codes, swapped prediction) on the global batch's scores."""
+        (z,) = embeddings
+        return self.loss(self.prototype_scores(z), labels)
 
     def after_step(self) -> None:
         """Re-normalise the prototypes after the optimiser step."""

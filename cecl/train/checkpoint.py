@@ -3,7 +3,10 @@
 A checkpoint whose fingerprint differs from the current run (params, data or code inputs changed)
 is ignored and replaced, so a stale file can never leak into a new result. One that cannot be read
 (truncated, corrupt, foreign) is set aside as ``<name>.corrupt`` with a one-line warning and training
-starts from scratch: never a traceback on every rerun, never a hint to load it unsafely.
+starts from scratch: never a traceback on every rerun, never a hint to load it unsafely. Under torchrun
+every process reads the checkpoint but only rank 0 (the one that writes it) sets a bad one aside; the
+others start from scratch too, silently (one rename, one warning, and no rank fails because another
+moved the file first).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from cecl.distributed import is_main_process
 
 
 def fingerprint(payload: Any) -> str:
@@ -39,6 +44,8 @@ def load_checkpoint(path: Path | None, expected_fingerprint: str) -> dict[str, A
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}")
     except Exception as err:  # torch raises many types for a truncated or foreign file
+        if not is_main_process():
+            return None  # rank 0 reads the same bytes, sets them aside and starts over, as this rank does
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
         print(

@@ -53,6 +53,7 @@ from cecl.methods import Method, build_method
 from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
 from cecl.pipeline import RunSetup, classifier_metrics
+from cecl.train import grad_cache
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
 from cecl.train.probe import fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
@@ -187,15 +188,26 @@ def _fuses(kind: type[torch.optim.Optimizer], device: torch.device, dtype: torch
 
 
 def _training_module(method: Method, device: torch.device) -> nn.Module:
-    """``forward(views, labels) -> loss`` of ``method``: wrapped in DDP when running under torchrun."""
+    """``forward(views, labels) -> loss`` of ``method``: wrapped in DDP when running under torchrun.
+
+    ``forward_sync_buffers=False`` (torch's new name for ``broadcast_buffers=False``; buffers are still
+    copied from rank 0 once, at construction): DDP would otherwise copy every buffer from rank 0 before
+    each forward (a collective per step; MoCo's and NNCLR's queues are 2 MB each at the default 4096 x 128,
+    32 MB at ImageNet's 65536), and the buffers are equal on every rank by construction: the queues start
+    from the same seeded draw and are filled with keys all-gathered in rank order (cecl/methods/queue.py,
+    nnclr.py); SyncBatchNorm's running statistics come from the synchronised batch statistics; the
+    momentum networks follow parameters DDP keeps equal. Only the per-process BatchNorm statistics of a
+    CPU (gloo) run differ, and only rank 0's are ever used (probe, checkpoint, outputs).
+    tests/test_distributed_training.py checks every rank's state, buffers included, against one process.
+    """
     module = distributed.TrainingLoss(method)
     if not distributed.is_distributed():
         return module
     if device.type == "cuda":
         # In place on ``method``'s submodules; parameter and buffer names do not change.
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        return DistributedDataParallel(module, device_ids=[device.index])
-    return DistributedDataParallel(module)
+        return DistributedDataParallel(module, device_ids=[device.index], forward_sync_buffers=False)
+    return DistributedDataParallel(module, forward_sync_buffers=False)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # compute.autocast -> the dtype torch.autocast runs in
@@ -332,7 +344,18 @@ def model_step(
     training: Training, views: Tensor, labels: Tensor, on_loss: Callable[[Tensor], None] | None = None
 ) -> Tensor:
     """The model's part of a step on ready views: forward (under autocast if asked), ``on_loss(loss)``,
-    ``zero_grad``, backward, optimiser step, ``after_step``; returns the detached loss."""
+    ``zero_grad``, backward, optimiser step, ``after_step``; returns the detached loss.
+
+    With ``pretrain.micro_batch`` below the (largest) shard, forward and backward are gradient caching's
+    (cecl/train/grad_cache.py: the unwrapped method in chunks, gradients averaged under torchrun).
+    """
+    chunks = grad_cache.chunk_count(views.shape[0], training.setup.recipe.pretrain.micro_batch, views.device)
+    if chunks > 1:
+        training.optimizer.zero_grad(set_to_none=True)
+        loss = grad_cache.backward(training.method, views, labels, chunks, training.autocast, on_loss)
+        training.optimizer.step()
+        training.method.after_step()
+        return loss
     autocast = (
         torch.autocast(training.device.type, dtype=training.autocast)
         if training.autocast is not None
@@ -381,20 +404,25 @@ def finish_epoch(epoch: Epoch) -> float:
 
 @contextlib.contextmanager
 def compute_threads(compute: ComputeParams) -> Iterator[None]:
-    """torch's intra-op CPU threads set to ``compute.threads`` inside the block (unchanged when null).
+    """The run-wide ``compute:`` settings inside the block, the previous ones restored on exit.
 
-    Intra-op parallel reductions split their work by the thread count, so a fixed count makes CPU
-    results independent of the machine's cores. The previous count is restored on exit.
+    torch's intra-op CPU threads set to ``compute.threads`` (unchanged when null): intra-op parallel
+    reductions split their work by the thread count, so a fixed count makes CPU results independent of the
+    machine's cores. ``compute.deterministic`` (``cecl.train.device.compute_mode``): cuDNN's autotuner when
+    off; torch's deterministic algorithms and cuBLAS's fixed workspace when on.
     """
-    if compute.threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(compute.threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    from cecl.train.device import compute_mode  # the GPU settings live with the device selection
+
+    with compute_mode(compute.deterministic):
+        if compute.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(compute.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def run_pretraining(

@@ -1,0 +1,364 @@
+"""The cost plan of a params file: per dataset entry and in total, before anything runs.
+
+Compute is counted in encoder-forward units (one image through the encoder once; its MACs from
+``footprint``): a trained image costs 1 + 2 (backward), +1 under gradient caching; a momentum target or key
+encoder pass costs 1 (``method_passes``, counted on the real methods); the online probe re-extracts
+features of its training subset and the validation split every epoch (1 each), the probe and transfer
+stages once per split. Seconds = units / (3 x trained images per second) from the throughput table,
+plus the linear-probe fits (steps x seconds per step). GPU-hours add up over the processes of a run, so
+they do not depend on how many GPUs share the work.
+
+Peak memory per process = saved activations per image x images in one forward x ACTIVATION_OVERHEAD
++ parameters, gradients and optimiser state (+ momentum copies) + the batch's float views + RESERVED_GIB
+(CUDA context, cuDNN workspace). The overhead factor and the reserve are assumptions until a GPU run
+measures them (benchmarks/gpu_session.sh); they are printed with every plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from cecl import runs
+from cecl.config import Params
+from cecl.datasets.store import MANIFEST
+from cecl.plan.footprint import Footprint, footprint
+from cecl.plan.method_passes import MethodPasses, method_passes
+from cecl.plan.throughput import (
+    Throughput,
+    Workload,
+    device_memory_gib,
+    lookup,
+    min_step_seconds,
+    stage_overhead_seconds,
+)
+
+GIB = 2**30
+ACTIVATION_OVERHEAD = 1.3  # transient backward buffers and allocator fragmentation over the saved tensors
+RESERVED_GIB = 1.5  # CUDA context and cuDNN workspace, outside the tensors
+GPU_PROBE_STEP_S = 0.0005  # ASSUMED seconds per linear-probe step on a GPU (tiny kernels: launch-bound)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Compute of one part of the work, in encoder-forward units and probe-fit steps."""
+
+    units: float = 0.0
+    probe_steps: float = 0.0
+
+    def __add__(self, other: Costs) -> Costs:
+        return Costs(self.units + other.units, self.probe_steps + other.probe_steps)
+
+    def __mul__(self, k: float) -> Costs:
+        return Costs(self.units * k, self.probe_steps * k)
+
+
+@dataclass
+class EntryPlan:
+    """One dataset entry's pretraining (all methods x seeds) with its probes."""
+
+    entry: str
+    describe: str
+    work: Workload
+    footprint: Footprint
+    runs: int
+    epochs: int
+    batch: int
+    processes: int
+    micro_batch: int | None
+    train_images: int
+    sizes_from: str  # prepared | expected | upper bound | unknown (not counted)
+    costs: Costs
+    throughput: Throughput
+    peak_gib: float
+    memory_gib: float | None
+    fitting_micro_batch: int | None  # the largest micro_batch that fits, when the entry does not
+    seconds: float = 0.0
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.costs.units * self.footprint.macs
+
+    @property
+    def images_trained(self) -> int:
+        """Source images drawn for training over all runs and epochs."""
+        return self.runs * self.epochs * (self.train_images // self.batch) * self.batch
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_gib is None or self.peak_gib <= self.memory_gib
+
+    def memory_advice(self) -> str:
+        """One line: why the entry does not fit and what makes it fit."""
+        assert self.memory_gib is not None
+        return memory_advice(
+            self.entry,
+            self.peak_gib,
+            self.memory_gib,
+            self.fitting_micro_batch,
+            self.work.precision,
+            self.processes,
+        )
+
+
+def memory_advice(
+    entry: str, peak: float, memory: float, fitting: int | None, precision: str, processes: int
+) -> str:
+    """One line: the entry's estimated peak over the device's memory, and the settings that fix it."""
+    fixes = []
+    if fitting is not None:
+        fixes.append(f"pretrain.micro_batch: {fitting}")
+    if precision == "fp32":
+        fixes.append("compute.autocast: bf16")
+    fixes.append(f"pretrain.processes: {processes * 2} or more")
+    return (
+        f"{entry}: estimated peak {peak:.1f} GiB per GPU exceeds {memory:.1f} GiB; "
+        f"set {' or '.join(fixes)} (datasets.{entry}.overrides)"
+    )
+
+
+def check_fits(params: Params, entry: str, memory_gib: float) -> None:
+    """Raise ValueError (one line with the fix) when ``entry``'s estimated peak exceeds ``memory_gib``:
+    what a pretrain stage on a GPU checks before it loads any data."""
+    _, fp = workload(params, entry)
+    pre = params.recipe(entry).pretrain
+    peak = _peak_gib(params, entry, fp, pre.micro_batch)
+    if peak > memory_gib:
+        fitting = _fitting_micro_batch(params, entry, fp, memory_gib)
+        precision = "bf16" if params.compute.autocast == "bf16" else "fp32"
+        raise ValueError(memory_advice(entry, peak, memory_gib, fitting, precision, pre.processes))
+
+
+@dataclass
+class Plan:
+    device: str
+    entries: list[EntryPlan]
+    extra_seconds: dict[str, float] = field(default_factory=dict)  # sweep, transfer, stage overhead
+    stages: int = 0
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.seconds / 3600
+
+    @property
+    def seconds(self) -> float:
+        """Device-seconds of everything: entries, sweep, transfer, the stages' fixed overhead."""
+        return sum(e.seconds for e in self.entries) + sum(self.extra_seconds.values())
+
+    @property
+    def flops(self) -> float:
+        return sum(e.flops for e in self.entries)
+
+    def over_memory(self) -> list[EntryPlan]:
+        return [e for e in self.entries if not e.fits]
+
+
+def split_sizes(params: Params, entry: str) -> tuple[dict[str, int] | None, str]:
+    """Images per split of ``entry`` and where the counts come from: the prepared data's manifest when
+    it was prepared with these options ("prepared"), else the family's ``expected_sizes`` ("expected" or
+    "upper bound"), else (None, "unknown") for a plug-in that does not declare them."""
+    spec = params.spec(entry)
+    manifest = runs.data_dir(entry) / MANIFEST
+    if manifest.is_file():
+        try:
+            prepared = json.loads(manifest.read_text())
+            if prepared.get("options") == spec.options.model_dump(mode="json"):
+                return {name: int(split["count"]) for name, split in prepared["splits"].items()}, "prepared"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable or another version: fall back to what the options say
+    try:
+        sizes = spec.expected_sizes()
+    except NotImplementedError:
+        return None, "unknown"
+    return sizes, "upper bound" if spec.sizes_are_upper_bounds() else "expected"
+
+
+def _probe_steps(n: int, epochs: int, batch: int) -> float:
+    return epochs * math.ceil(n / batch)
+
+
+def workload(params: Params, entry: str) -> tuple[Workload, Footprint]:
+    recipe = params.recipe(entry)
+    spec = params.spec(entry)
+    options = recipe.model.options().model_dump()
+    bf16 = params.compute.autocast == "bf16"
+    fp = footprint(recipe.model.backbone, options, spec.shape(), bf16)
+    work = Workload(
+        recipe.model.backbone,
+        tuple(sorted(options.items())),
+        spec.image_size[0],
+        "bf16" if bf16 else "fp32",
+        fp.macs,
+    )
+    return work, fp
+
+
+def passes_of(params: Params, entry: str, method: str) -> MethodPasses:
+    key = (id(params), entry, method)
+    if key not in _PASSES:
+        _PASSES[key] = _countpasses_of(params, entry, method)
+    return _PASSES[key]
+
+
+_PASSES: dict[tuple[int, str, str], MethodPasses] = {}  # (params, entry, method): recipes are frozen
+
+
+def _countpasses_of(params: Params, entry: str, method: str) -> MethodPasses:
+    recipe = params.recipe(entry)
+    return method_passes(
+        method,
+        params.method_options[method].model_dump_json(),
+        recipe.pretrain.views,
+        recipe.pretrain.protocol == "joint",
+        params.spec(entry).n_classes,
+    )
+
+
+def _peak_gib(params: Params, entry: str, fp: Footprint, micro_batch: int | None) -> float:
+    pre = params.recipe(entry).pretrain
+    shard = pre.batch_size // pre.processes
+    return _constant_gib(params, entry, fp) + _per_image_gib(params, entry, fp) * min(
+        micro_batch or shard, shard
+    )
+
+
+def _per_image_gib(params: Params, entry: str, fp: Footprint) -> float:
+    """Activation memory per source image in one forward (all its trained encoder passes)."""
+    trained_per_image = max(passes_of(params, entry, m).trained for m in params.pretrain.methods)
+    return fp.activation_bytes * trained_per_image * ACTIVATION_OVERHEAD / GIB
+
+
+def _constant_gib(params: Params, entry: str, fp: Footprint) -> float:
+    """Weights, gradients, optimiser state, momentum copies, the shard's float views, the reserve."""
+    pre = params.recipe(entry).pretrain
+    shard = pre.batch_size // pre.processes
+    copies = max(passes_of(params, entry, m).encoders for m in params.pretrain.methods)
+    optimizer_states = 2 if pre.optimizer.name == "adam" else 1
+    # weights + gradients + optimiser state, the momentum copies' weights; float32 master weights
+    weights = fp.parameters * 4 * (2 + optimizer_states + (copies - 1))
+    views = shard * pre.views * math.prod(params.spec(entry).shape()) * 4
+    return (weights + views) / GIB + RESERVED_GIB
+
+
+def _fitting_micro_batch(params: Params, entry: str, fp: Footprint, memory: float) -> int | None:
+    """The largest power-of-two micro_batch (>= 2, <= the shard) whose estimate fits ``memory``."""
+    shard = params.recipe(entry).pretrain.batch_size // params.recipe(entry).pretrain.processes
+    room = memory - _constant_gib(params, entry, fp)
+    largest = int(room / _per_image_gib(params, entry, fp)) if room > 0 else 0
+    largest = min(largest, shard)
+    if largest < 2:
+        return None
+    return 2 ** int(math.log2(largest))
+
+
+def plan_entry(
+    params: Params, entry: str, device: str, measured: dict[Workload, Throughput] | None, probe_step_s: float
+) -> EntryPlan:
+    recipe = params.recipe(entry)
+    spec = params.spec(entry)
+    pre = recipe.pretrain
+    sizes, sizes_from = split_sizes(params, entry)
+    if sizes is None:  # a plug-in that does not declare its sizes: memory only, no compute counted
+        sizes = {"train": 0, "val": 0, "test": 0}
+    train, val, test = sizes["train"], sizes["val"], sizes["test"]
+    work, fp = workload(params, entry)
+    shard = pre.batch_size // pre.processes
+    grad_cache = pre.micro_batch is not None and pre.micro_batch < shard
+    batch = max(1, min(pre.batch_size, train))
+    per_epoch_images = (train // batch) * batch
+    costs = Costs()
+    steps = 0  # optimiser steps of all runs (each at least the device's min_step_s)
+    for method in params.pretrain.methods:
+        steps += pre.epochs * (train // batch) * len(params.seeds)
+        passes = passes_of(params, entry, method)
+        per_run = Costs(units=pre.epochs * per_epoch_images * passes.forward_units(grad_cache))
+        if pre.protocol == "joint":
+            per_run += Costs(units=pre.epochs * val)  # the joint classifier scored on validation
+        else:
+            probe = pre.online_probe
+            subset = min(train, probe.train_size or train)
+            per_run += Costs(subset + val, _probe_steps(subset, probe.epochs, probe.batch_size)) * pre.epochs
+            final = params.recipe(entry).probe
+            per_run += Costs(train + val + test, _probe_steps(train, final.epochs, final.batch_size))
+        costs += per_run * len(params.seeds)
+    throughput = lookup(device, work, measured)
+    memory = device_memory_gib(device)
+    peak = _peak_gib(params, entry, fp, pre.micro_batch)
+    plan = EntryPlan(
+        entry=entry,
+        describe=spec.describe(),
+        work=work,
+        footprint=fp,
+        runs=len(params.pretrain.methods) * len(params.seeds),
+        epochs=pre.epochs,
+        batch=batch,
+        processes=pre.processes,
+        micro_batch=pre.micro_batch,
+        train_images=train,
+        sizes_from=sizes_from,
+        costs=costs,
+        throughput=throughput,
+        peak_gib=peak,
+        memory_gib=memory,
+        fitting_micro_batch=(
+            _fitting_micro_batch(params, entry, fp, memory) if memory is not None and peak > memory else None
+        ),
+    )
+    compute_s = costs.units / (3 * throughput.images_per_s)
+    plan.seconds = max(compute_s, steps * min_step_seconds(device)) + costs.probe_steps * probe_step_s
+    return plan
+
+
+def _sweep_seconds(
+    params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float
+) -> float:
+    sweep = params.sweep
+    sizes = split_sizes(params, sweep.dataset)[0]
+    if sizes is None:
+        return 0.0
+    recipe = params.recipe(sweep.dataset)
+    work, _ = workload(params, sweep.dataset)
+    train = min(sizes["train"], sweep.train_size or sizes["train"])
+    batch = max(1, min(recipe.pretrain.batch_size, train))
+    probe = recipe.pretrain.online_probe
+    subset = min(train, probe.train_size or train)
+    units = probe_steps = 0.0
+    for method, axes in sweep.grids.items():
+        trials = math.prod(len(values) for values in axes.values())
+        passes = passes_of(params, sweep.dataset, method)
+        units += trials * sweep.epochs * (train // batch) * batch * passes.forward_units(False)
+        units += trials * sweep.epochs * (subset + sizes["val"])
+        probe_steps += trials * sweep.epochs * _probe_steps(subset, probe.epochs, probe.batch_size)
+    return units / (3 * lookup(device, work, measured).images_per_s) + probe_steps * step_s
+
+
+def plan_params(
+    params: Params,
+    device: str = "h100",
+    measured: dict[Workload, Throughput] | None = None,
+    probe_step_s: float | None = None,
+) -> Plan:
+    """The plan of every pretraining entry, the sweep's upper bound (its full grid) and the transfers."""
+    step_s = GPU_PROBE_STEP_S if probe_step_s is None else probe_step_s
+    entries = [plan_entry(params, e, device, measured, step_s) for e in params.pretrain.datasets]
+    plan = Plan(device=device, entries=entries)
+    # Sweep: every trial of every grid for sweep.epochs (ASHA stops some early: an upper bound).
+    plan.extra_seconds["sweep"] = _sweep_seconds(params, device, measured, step_s)
+    # Transfer: each frozen source encoder's features of each target's splits, then a probe fit.
+    seconds = 0.0
+    for source, target in params.transfer_pairs():
+        sizes = split_sizes(params, target)[0]
+        if sizes is None:
+            continue
+        final = params.recipe(target).probe
+        part = Costs(sum(sizes.values()), _probe_steps(sizes["train"], final.epochs, final.batch_size))
+        part = part * (len(params.pretrain.methods) * len(params.seeds))
+        source_work, _ = workload(params, source)
+        seconds += part.units / (3 * lookup(device, source_work, measured).images_per_s)
+        seconds += part.probe_steps * step_s
+    plan.extra_seconds["transfer"] = seconds
+    n_runs = len(params.runs())
+    plan.stages = len(params.datasets) + 2 * n_runs + len(params.transfers()) + 2  # + sweep, aggregate
+    plan.extra_seconds["stage overhead"] = plan.stages * stage_overhead_seconds(device)
+    return plan
