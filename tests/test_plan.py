@@ -261,3 +261,12 @@ def test_a_plugin_without_expected_sizes_is_planned_for_memory_and_said_not_coun
     assert entry.sizes_from == "unknown" and entry.costs.units == 0 and entry.peak_gib > 0
     assert "Not counted (their dataset family declares no expected_sizes" in format_plan(plan, params)
     assert gate(params).startswith("plan: ")  # the launch is not blocked by what cannot be counted
+
+
+def test_sweep_epochs_follow_successive_halving() -> None:
+    from cecl.plan.estimate import trial_epochs
+
+    # 9 trials, rungs at 1 and 3 epochs, a third continues: 9 x 1 + 3 x 2 + 1 x 3 (the CPU default's sweep)
+    assert trial_epochs(9, 6, "asha", 1, 3) == 9 * 1 + 3 * 2 + 1 * 3
+    assert trial_epochs(9, 6, "none", 1, 3) == 54
+    assert trial_epochs(25, 20, "asha", 2, 2) == 25 * 2 + 12.5 * 2 + 6.25 * 4 + 3.125 * 8 + 1.5625 * 4

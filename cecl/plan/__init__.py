@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cecl.config import Params
 from cecl.plan.estimate import EntryPlan, Plan, plan_params
-from cecl.plan.report import format_plan
+from cecl.plan.report import format_plan, si
 
 DEFAULT_MAX_GPU_HOURS = 24.0
 GATE_DEVICE = "h100"
@@ -37,7 +37,7 @@ def gate(
     if over:
         raise OverMemory(over[0].memory_advice())
     line = (
-        f"plan: {plan.stages} stages, {plan.flops / 1e18:.3g} EFLOP of pretraining, about "
+        f"plan: {plan.stages} stages, {si(plan.flops)}FLOPs of pretraining, about "
         f"{plan.gpu_hours:.3g} {device.upper()}-hours (python -m cecl.plan for the breakdown)"
     )
     if max_gpu_hours is not None and plan.gpu_hours > max_gpu_hours:

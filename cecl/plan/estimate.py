@@ -310,6 +310,20 @@ def plan_entry(
     return plan
 
 
+def trial_epochs(trials: int, epochs: int, scheduler: str, grace: int, factor: float) -> float:
+    """Epochs all ``trials`` of a sweep train: every one to ``epochs`` without a scheduler; under ASHA the
+    successive-halving count (all trials to the first rung ``grace``, a 1/``factor`` share of them on to
+    each next rung ``grace * factor^k``, the last share to ``epochs``). Asynchronous promotion can run a
+    few more: an estimate, not a bound."""
+    if scheduler != "asha":
+        return float(trials * epochs)
+    total, done, alive, rung = 0.0, 0.0, float(trials), float(grace)
+    while rung < epochs:
+        total += alive * (rung - done)
+        done, alive, rung = rung, max(1.0, alive / factor), rung * factor
+    return total + alive * (epochs - done)
+
+
 def _sweep_seconds(
     params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float
 ) -> float:
@@ -326,10 +340,13 @@ def _sweep_seconds(
     units = probe_steps = 0.0
     for method, axes in sweep.grids.items():
         trials = math.prod(len(values) for values in axes.values())
+        epochs = trial_epochs(
+            trials, sweep.epochs, sweep.scheduler, sweep.asha.grace_period, sweep.asha.reduction_factor
+        )
         passes = passes_of(params, sweep.dataset, method)
-        units += trials * sweep.epochs * (train // batch) * batch * passes.forward_units(False)
-        units += trials * sweep.epochs * (subset + sizes["val"])
-        probe_steps += trials * sweep.epochs * _probe_steps(subset, probe.epochs, probe.batch_size)
+        units += epochs * (train // batch) * batch * passes.forward_units(False)
+        units += epochs * (subset + sizes["val"])
+        probe_steps += epochs * _probe_steps(subset, probe.epochs, probe.batch_size)
     return units / (3 * lookup(device, work, measured).images_per_s) + probe_steps * step_s
 
 
@@ -343,7 +360,7 @@ def plan_params(
     step_s = GPU_PROBE_STEP_S if probe_step_s is None else probe_step_s
     entries = [plan_entry(params, e, device, measured, step_s) for e in params.pretrain.datasets]
     plan = Plan(device=device, entries=entries)
-    # Sweep: every trial of every grid for sweep.epochs (ASHA stops some early: an upper bound).
+    # Sweep: every trial of every grid, for the epochs its scheduler lets it train (trial_epochs).
     plan.extra_seconds["sweep"] = _sweep_seconds(params, device, measured, step_s)
     # Transfer: each frozen source encoder's features of each target's splits, then a probe fit.
     seconds = 0.0

@@ -8,7 +8,7 @@ from cecl.plan.estimate import ACTIVATION_OVERHEAD, RESERVED_GIB, Plan
 PAPER_EPOCHS = 1000  # the released recipe's pretraining epochs (CIFAR, ImageNet32, ImageNet; paper.md)
 
 
-def _si(value: float) -> str:
+def si(value: float) -> str:
     for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
@@ -28,8 +28,8 @@ def format_plan(plan: Plan, params: Params) -> str:
         memory = f"{e.peak_gib:.1f}" + ("" if e.fits else "!")
         lines.append(
             f"{e.entry:<16} {backbone:<22} {e.work.size:>4} {e.work.precision:>4} {e.runs:>4} {e.epochs:>5} "
-            f"{e.batch:>5} {e.processes:>4} {e.micro_batch or '-':>5} {_si(e.images_trained):>9} "
-            f"{_si(e.flops):>8} {memory:>9} {e.seconds / 3600:>9.3g}"
+            f"{e.batch:>5} {e.processes:>4} {e.micro_batch or '-':>5} {si(e.images_trained):>9} "
+            f"{si(e.flops):>8} {memory:>9} {e.seconds / 3600:>9.3g}"
         )
     for name, seconds in plan.extra_seconds.items():
         if seconds:
@@ -40,7 +40,7 @@ def format_plan(plan: Plan, params: Params) -> str:
     lines.append("-" * len(head))
     lines.append(
         f"total: {plan.gpu_hours:.4g} {device}-hours ({plan.gpu_hours / 24:.3g} device-days; "
-        f"{plan.gpu_hours / 8 / 24:.3g} days on 8), {_si(plan.flops)}FLOPs of pretraining"
+        f"{plan.gpu_hours / 8 / 24:.3g} days on 8), {si(plan.flops)}FLOPs of pretraining"
     )
     lines += ["", "Throughput figures:"]
     seen = set()

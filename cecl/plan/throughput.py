@@ -104,7 +104,7 @@ def _row_macs(row: dict[str, Any]) -> int:
     return macs(row["backbone"], row.get("options") or {}, (3, row["size"], row["size"]))
 
 
-def calibrate(params: Any, entry: str, method: str, units_per_image: float, steps: int = 5) -> Throughput:
+def calibrate(params: Any, entry: str, method: str, units_per_image: float, steps: int = 20) -> Throughput:
     """This CPU's throughput for ``entry``'s workload, timed on the loop's own ``train_step`` (augmentation,
     forward, loss, backward, optimiser) of ``method`` on random images of the entry's shape, after two
     warm-up steps: ``units_per_image`` encoder-forward units per source image (``method_passes``) / 3."""
