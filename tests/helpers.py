@@ -249,3 +249,30 @@ def committed(root: Path, path: str) -> str:
         ["git", "show", f"HEAD:{path}"], cwd=root, capture_output=True, text=True, check=False
     )
     return shown.stdout if shown.returncode == 0 else (root / path).read_text()
+
+
+def bn_free_make_encoder(setup: RunSetup) -> Encoder:
+    """``RunSetup.make_encoder`` with a BatchNorm-free trunk of the recipe's width and the spec's stats
+    (per-process BatchNorm statistics would break the two-process exactness tests by design)."""
+    width = setup.recipe.model.options().width
+    return bn_free_encoder(setup.spec.channels, width=width, mean=setup.spec.mean, std=setup.spec.std)
+
+
+def run_bn_free_rank(
+    process: int, world: int, port: int, out_dir: Path, runs: Callable[[], dict[str, Any]]
+) -> None:
+    """One spawned process of a multi-process exactness test: join the gloo group, call ``runs()`` with
+    BatchNorm-free encoders (``bn_free_make_encoder``), leave the group, save the results as
+    ``out_dir/rank{process}.pt`` for the parent to compare with one process."""
+    import pytest
+
+    from cecl import distributed
+
+    join_process_group(process, world, port)
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # this spawned process, for the duration of the runs
+            patch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
+            results = runs()
+    finally:
+        distributed.cleanup()
+    torch.save(results, out_dir / f"rank{process}.pt")

@@ -19,15 +19,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cecl import distributed as dist_utils
-from cecl.models import Encoder
 from cecl.pipeline import RunSetup
-from tests.helpers import (
-    bn_free_encoder,
-    free_port,
-    join_process_group,
-    train_tiny,
-)
+from tests.helpers import bn_free_make_encoder, free_port, run_bn_free_rank, train_tiny
 
 WORLD = 2
 # (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
@@ -36,29 +29,22 @@ TOLERANCE = 1e-4
 CPU = torch.device("cpu")
 
 
-def _bn_free_make_encoder(setup: RunSetup) -> Encoder:
-    """``RunSetup.make_encoder`` with a BatchNorm-free trunk of the recipe's width and the spec's stats."""
-    width = setup.recipe.model.options().width
-    return bn_free_encoder(setup.spec.channels, width=width, mean=setup.spec.mean, std=setup.spec.std)
-
-
 def _worker(process: int, out_dir: str, port: int) -> None:
-    join_process_group(process, WORLD, port)
     out = Path(out_dir)
-    try:
-        with pytest.MonkeyPatch.context() as patch:  # this spawned process, for the duration of the runs
-            patch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
-            results = {m: train_tiny(m, size, out / f"{m}-rank{process}.ckpt", CPU) for m, size in CASES}
-    finally:
-        dist_utils.cleanup()
-    torch.save(results, out / f"rank{process}.pt")
+    run_bn_free_rank(
+        process,
+        WORLD,
+        port,
+        out,
+        lambda: {m: train_tiny(m, size, out / f"{m}-rank{process}.ckpt", CPU) for m, size in CASES},
+    )
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_global_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
+    monkeypatch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)

@@ -20,16 +20,15 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from cecl import distributed as dist_utils
 from cecl.methods.base import Method
-from cecl.models import Encoder
 from cecl.pipeline import RunSetup
 from cecl.train import grad_cache, loop
 from cecl.train.loop import build_training_method, run_pretraining
 from tests.helpers import (
     bn_free_encoder,
+    bn_free_make_encoder,
     free_port,
-    join_process_group,
+    run_bn_free_rank,
     synthetic_split,
     tiny_params,
     tiny_setup,
@@ -265,12 +264,6 @@ def test_model_step_with_the_whole_batch_as_micro_batch_is_todays_step(
     _assert_close(_state(whole.method), _state(today.method), exact=True)
 
 
-def _bn_free_make_encoder(setup: RunSetup) -> Encoder:
-    """``RunSetup.make_encoder`` with a BatchNorm-free trunk: chunking then leaves training unchanged."""
-    width = setup.recipe.model.options().width
-    return bn_free_encoder(setup.spec.channels, width=width, mean=setup.spec.mean, std=setup.spec.std)
-
-
 def _pretrain(name: str, micro_batch: int | None, batch: int, checkpoint: Path | None = None) -> dict:
     params = tiny_params(
         pretrain={
@@ -297,7 +290,7 @@ def _pretrain(name: str, micro_batch: int | None, batch: int, checkpoint: Path |
 def test_run_pretraining_with_micro_batch_trains_like_the_whole_batch_without_batchnorm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
+    monkeypatch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
     calls: list[int] = []
     real = grad_cache.backward
 
@@ -322,25 +315,24 @@ DISTRIBUTED_MICRO_BATCH = 5  # 16 -> 4 chunks; 15 -> 4 chunks too (n from the la
 
 
 def _worker(process: int, out_dir: str, port: int) -> None:
-    join_process_group(process, WORLD, port)
     out = Path(out_dir)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
-            results = {
-                name: _pretrain(name, DISTRIBUTED_MICRO_BATCH, batch, out / f"{name}-{process}.ckpt")
-                for name, batch in DISTRIBUTED
-            }
-    finally:
-        dist_utils.cleanup()
-    torch.save(results, out / f"rank{process}.pt")
+    run_bn_free_rank(
+        process,
+        WORLD,
+        port,
+        out,
+        lambda: {
+            name: _pretrain(name, DISTRIBUTED_MICRO_BATCH, batch, out / f"{name}-{process}.ckpt")
+            for name, batch in DISTRIBUTED
+        },
+    )
 
 
 @pytest.mark.slow
 def test_two_processes_with_micro_batch_train_like_one_process_on_the_global_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(RunSetup, "make_encoder", _bn_free_make_encoder)
+    monkeypatch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
