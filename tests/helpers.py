@@ -276,3 +276,12 @@ def run_bn_free_rank(
     finally:
         distributed.cleanup()
     torch.save(results, out_dir / f"rank{process}.pt")
+
+
+def spawn_ranks(worker: Callable[[int, str, int], None], out_dir: Path, world: int) -> list[dict[str, Any]]:
+    """Run ``worker(process, str(out_dir), port)`` in ``world`` spawned processes (``run_bn_free_rank``
+    saves each one's results); returns them in rank order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(str(out_dir), free_port()), nprocs=world, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]

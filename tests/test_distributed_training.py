@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from cecl.pipeline import RunSetup
-from tests.helpers import bn_free_make_encoder, free_port, run_bn_free_rank, train_tiny
+from tests.helpers import bn_free_make_encoder, run_bn_free_rank, spawn_ranks, train_tiny
 
 WORLD = 2
 # (method, global batch size): 31 splits unevenly (16 + 15) across the two processes.
@@ -45,8 +44,7 @@ def test_two_processes_train_like_one_process_on_the_global_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
-    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = spawn_ranks(_worker, tmp_path, WORLD)
     torch.set_num_threads(1)
     for method, size in CASES:
         reference = train_tiny(method, size, tmp_path / f"{method}-single.ckpt", CPU)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from cecl.methods.base import Method
@@ -27,8 +26,8 @@ from cecl.train.loop import build_training_method, run_pretraining
 from tests.helpers import (
     bn_free_encoder,
     bn_free_make_encoder,
-    free_port,
     run_bn_free_rank,
+    spawn_ranks,
     synthetic_split,
     tiny_params,
     tiny_setup,
@@ -333,8 +332,7 @@ def test_two_processes_with_micro_batch_train_like_one_process_on_the_global_bat
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(RunSetup, "make_encoder", bn_free_make_encoder)
-    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = spawn_ranks(_worker, tmp_path, WORLD)
     torch.set_num_threads(1)
     for name, batch in DISTRIBUTED:
         reference = _pretrain(name, None, batch)

@@ -71,8 +71,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-gpu-hours",
-        type=_hours,
-        default=24.0,
+        default="24",
         help="refuse a plan estimated above this many GPU-hours (default 24; none: no limit)",
     )
     parser.add_argument("--threads", type=int, help="torch threads per stage (default: cores // jobs)")
@@ -93,20 +92,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise LaunchError(f"--threads must be at least 1 (got {args.threads})")
     if not 0 < args.light_share <= 1:
         raise LaunchError(f"--light-share must be in (0, 1] (got {args.light_share:g})")
-    if args.max_gpu_hours is not None and not args.max_gpu_hours >= 0:
-        raise LaunchError(f"--max-gpu-hours must be 0 or more hours, or none (got {args.max_gpu_hours:g})")
-    return args
+    from cecl.plan import parse_max_gpu_hours  # with torch: only once the cheap checks passed
 
-
-def _hours(text: str) -> float | None:
-    """``--max-gpu-hours``: a number of hours, or ``none`` (also ``inf``, ``off``: no limit), as make's.
-    A negative number passes here and is refused in one line by ``parse_args``."""
-    if text.strip().lower() in ("none", "inf", "off"):
-        return None
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of hours or none, got {text!r}") from None
+        args.max_gpu_hours = parse_max_gpu_hours(args.max_gpu_hours)
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
+    return args
 
 
 def _git(root: Path, *args: str) -> str:

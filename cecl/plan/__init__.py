@@ -7,9 +7,10 @@ the launcher call first. The arithmetic is in ``estimate``, throughput figures i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from cecl.config import Params
+from cecl.config import Params, load_params
 from cecl.plan.estimate import EntryPlan, Plan, plan_params
 from cecl.plan.report import format_plan, si
 
@@ -43,15 +44,9 @@ def gate(
     if max_gpu_hours is not None and plan.gpu_hours > max_gpu_hours:
         raise OverBudget(
             f"{line}: over the {max_gpu_hours:g} GPU-hour limit; pass --max-gpu-hours "
-            f"{math_ceil(plan.gpu_hours)} (make: MAX_GPU_HOURS={math_ceil(plan.gpu_hours)}) to run it anyway"
+            f"{math.ceil(plan.gpu_hours)} (make: MAX_GPU_HOURS={math.ceil(plan.gpu_hours)}) to run it anyway"
         )
     return line
-
-
-def math_ceil(value: float) -> int:
-    import math
-
-    return math.ceil(value)
 
 
 def parse_max_gpu_hours(text: str) -> float | None:
@@ -62,15 +57,13 @@ def parse_max_gpu_hours(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"--max-gpu-hours must be a number of hours or none, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"--max-gpu-hours must be >= 0, got {text!r}")
+    if not value >= 0:
+        raise ValueError(f"--max-gpu-hours must be 0 or more hours, or none (got {text})")
     return value
 
 
 def gate_file(path: Path, max_gpu_hours: float | None) -> str:
     """:func:`gate` of the params file ``path``; raises ConfigError / OverBudget / OverMemory (one line)."""
-    from cecl.config import load_params
-
     return gate(load_params(path), max_gpu_hours)
 
 

@@ -195,16 +195,7 @@ def workload(params: Params, entry: str) -> tuple[Workload, Footprint]:
 
 
 def passes_of(params: Params, entry: str, method: str) -> MethodPasses:
-    key = (id(params), entry, method)
-    if key not in _PASSES:
-        _PASSES[key] = _countpasses_of(params, entry, method)
-    return _PASSES[key]
-
-
-_PASSES: dict[tuple[int, str, str], MethodPasses] = {}  # (params, entry, method): recipes are frozen
-
-
-def _countpasses_of(params: Params, entry: str, method: str) -> MethodPasses:
+    """``method``'s encoder passes under ``entry``'s recipe (``method_passes``, cached on its arguments)."""
     recipe = params.recipe(entry)
     return method_passes(
         method,

@@ -107,7 +107,7 @@ def backward(
     rng_before = _rng_state(device)
     norm_state = [(buffer, buffer.clone()) for buffer in _norm_buffers(method)]
     # Pass 1: embeddings of every chunk, no graph.
-    with torch.no_grad(), _autocast(device, autocast):
+    with torch.no_grad(), autocast_context(device, autocast):
         parts = [_embed(method, views, labels, bounds, c) for c in range(chunks)]
     for buffer, saved in norm_state:
         buffer.copy_(saved)
@@ -116,7 +116,7 @@ def backward(
         for outputs in zip(*parts, strict=True)
     )
     del parts
-    with _autocast(device, autocast):
+    with autocast_context(device, autocast):
         loss = method.loss_from(leaves, labels)
     if on_loss is not None:
         on_loss(loss)
@@ -127,7 +127,7 @@ def backward(
     _set_rng_state(device, rng_before)
     # Pass 2: each chunk again with a graph, backward of its outputs with their cached gradients.
     for c, (start, stop) in enumerate(bounds):
-        with _autocast(device, autocast):
+        with autocast_context(device, autocast):
             outputs = _embed(method, views, labels, bounds, c)
         pairs = [
             (output, grad[start:stop])
@@ -160,7 +160,9 @@ def _embed(
         ) from None
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type (``compute.autocast``), or nothing for float32:
+    the forward of the plain step and of every chunk here."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

@@ -55,6 +55,7 @@ from cecl.methods.joint import JointMethod
 from cecl.pipeline import RunSetup, classifier_metrics
 from cecl.train import grad_cache
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
+from cecl.train.device import compute_mode
 from cecl.train.probe import fit_linear_probe, logits_of
 from cecl.train.schedule import learning_rate
 
@@ -356,12 +357,8 @@ def model_step(
         training.optimizer.step()
         training.method.after_step()
         return loss
-    autocast = (
-        torch.autocast(training.device.type, dtype=training.autocast)
-        if training.autocast is not None
-        else contextlib.nullcontext()
-    )
-    with autocast:  # the forward only: backward runs in the dtypes the forward chose
+    # the forward only: backward runs in the dtypes the forward chose
+    with grad_cache.autocast_context(training.device, training.autocast):
         loss = training.trainer(views, labels)  # the loss of the global batch, equal in every process
     if on_loss is not None:
         on_loss(loss)
@@ -411,8 +408,6 @@ def compute_threads(compute: ComputeParams) -> Iterator[None]:
     machine's cores. ``compute.deterministic`` (``cecl.train.device.compute_mode``): cuDNN's autotuner when
     off; torch's deterministic algorithms and cuBLAS's fixed workspace when on.
     """
-    from cecl.train.device import compute_mode  # the GPU settings live with the device selection
-
     with compute_mode(compute.deterministic):
         if compute.threads is None:
             yield
