@@ -7,7 +7,8 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro plan test test-fast lint bench clean-outputs gpu-wheels
+.PHONY: install repro plan test test-fast lint bench clean-outputs gpu-wheels compare
+.PHONY: docs docs-results
 
 # Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
 # in the lock, and pip refuses any dependency the lock does not name. Reinstalls when a lock changes.
@@ -80,8 +81,35 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# This workspace's per-seed test metrics against a reference (REF: a git ref or a results folder; default
+# HEAD, the committed results), cell by cell within the seeds' spread; exits 1 when a cell moved.
+compare: install
+	$(PY) -m cecl.report.compare $(if $(REF),--reference $(REF))
+
 bench: install
 	$(PY) benchmarks/loss.py
+
+# The image (docker/Dockerfile): `docker build` where a Docker engine runs, else podman. BASE_IMAGE=<image>
+# replaces the digest-pinned base; BASE_IMAGE=standin builds on a local debootstrap base (no registry).
+.PHONY: image image-test
+image: install
+	$(PY) docker/image_test.py image
+# Builds the image (podman, stand-in base; caches in /var/tmp/cecl-image) and runs the tiny profile and the
+# compose MLflow service in it, as the host user (docs/image-test.md). Skips, with the reason, where podman
+# cannot run. About 20 min cold, 7.4 GB: run it whenever docker/, requirements/ or `install` changes.
+image-test: install
+	$(PY) docker/image_test.py test
+
+# The documentation site (docs/, mkdocs.yml) into site/ (git-ignored), strict: a broken link, a missing page or
+# a page missing from the nav fails it. Opens offline from site/index.html. CI runs it (.ci/run).
+# Not --quiet: it hides the warnings that --strict counts, and the build would pass with a broken link.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The generated blocks of README.md and docs/ (result tables, claims, sweep, stage times) from the run's files
+# (cecl/report/docs_blocks.py); after make repro. tests/test_docs.py fails while they are stale.
+docs-results: install
+	$(PY) -m cecl.report.docs_blocks
 
 # The packages a lent GPU machine's image lacks (it has torch, numpy, PyYAML, Pillow, pytest, no registry),
 # as CPython 3.12 wheels of the versions dev.lock pins, into .whl/ (git-ignored) for benchmarks/gpu_session.sh:

@@ -7,8 +7,11 @@
 #   1. tests/test_cuda.py (its CUDA checks and their CPU stand-ins, compute.deterministic's byte-identical
 #      reruns, the two-process SyncBatchNorm run), the suite's other GPU-only tests (losses, augmentation),
 #      the real CUDA probe of tests/test_device.py and the warm server's CUDA checks (tests/test_warm.py);
+#      torch's own sync detector over steady-state steps of every method (tests/test_no_sync.py) and the
+#      nvJPEG batched decode of the ImageNet folder (tests/test_gpu_decode.py);
 #   2. benchmarks/throughput.py in float32: the CPU default's workload (cecl, simclr) and the CIFAR-shaped
-#      one (ResNet-18 and ResNet-50, batch 256 and 1024): bound, pipeline, SupContrast-style loader;
+#      one (ResNet-18 and ResNet-50, batch 256 and 1024): bound, pipeline, SupContrast-style loader; every
+#      model row also records syncs_per_step (torch.cuda.set_sync_debug_mode("warn") over 4 steps);
 #   3. the same for ResNet-18 at batch 1024 with bf16 autocast and the fused optimiser;
 #   4. as 3 with torch.compile on top.
 # Everything lands in $OUT (the device tool's folder; ./gpu-session elsewhere): env.txt, one log per
@@ -76,7 +79,9 @@ fi
 phase tests "${caps[0]}" $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py \
   --deselect "tests/test_cuda.py::test_compiled_step_equals_eager[cpu]" \
   tests/test_losses.py::test_cuda_matches_cpu tests/test_augment.py::test_cuda_matches_seed_and_rejects_cpu_generator \
-  tests/test_device.py::test_the_real_probe_on_this_machine ${warm_tests[@]+"${warm_tests[@]}"}
+  tests/test_device.py::test_the_real_probe_on_this_machine ${warm_tests[@]+"${warm_tests[@]}"} \
+  tests/test_no_sync.py::test_cuda_steady_state_steps_do_not_synchronise \
+  tests/test_gpu_decode.py::test_nvjpeg_decodes_like_the_cpu_and_views_stay_on_the_gpu
 phase fp32 "${caps[1]}" $PY benchmarks/throughput.py "${sizes[@]}" "${timing[@]}" --json "$OUT/fp32.json"
 phase bf16_fused "${caps[2]}" $PY benchmarks/throughput.py "${big[@]}" "${timing[@]}" \
   --autocast bf16 --fused --json "$OUT/bf16_fused.json"

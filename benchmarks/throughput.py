@@ -33,13 +33,13 @@ with the ``compute:`` options applied) and steps them with the loop's own functi
    loader with that recipe as PIL transforms (RandomResizedCrop with its scale and ratio, flip if any,
    ToTensor, Normalize), so the 2/3 ratio can be read both ways.
 
-Also measured: the online probe, excluded from every images/s figure, timed separately by calling the
-loop's ``online_probe_accuracy`` on the pipeline-trained method (median of ``--probe-repeats``); and a
+Also measured: the per-epoch monitor, excluded from every images/s figure, timed separately for each
+policy (kNN and the converged probe, cecl/eval/monitor.py) on the pipeline-trained method (median of
+``--probe-repeats``); and a
 cross-check that row 2, which calls ``train_step`` outside ``run_pretraining``, is not optimistic:
 ``run_pretraining`` itself for one epoch on a prefix of the training split (steps = warm-up + timed steps of
-row 2), with ``cecl.train.loop``'s
-``online_probe_accuracy`` wrapped in a timer so that its seconds can be subtracted from the epoch's
-(cold start included: no warm-up).
+row 2), the monitor's own seconds (``EpochRecord.monitor_seconds``) subtracted from the epoch's (cold start
+included: no warm-up).
 
 Peak memory per row: CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at the
 start of the row (absolute: resident data, weights, optimiser state and activations). CPU: growth of the
@@ -83,6 +83,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cecl.config import ComputeParams, Params, parse_params
 from cecl.data.augment import AugmentParams, BatchAugment, make_views
 from cecl.datasets import TensorSplit
+from cecl.eval.monitor import Monitor
 from cecl.pipeline import RunSetup, load_splits, run_setup
 from cecl.runs import RunKey
 from cecl.train import loop
@@ -212,7 +214,7 @@ def cifar_workload(
     """Workload (b): a cifar10 entry (SupContrast's recipe) on synthetic 32x32 RGB uint8 images.
 
     Model and optimiser as the paper profile's ResNet recipe (CIFAR stem, SGD lr 0.5, momentum 0.9,
-    weight decay 1e-4, cosine); ``probe_images`` is both the online probe's training subset and the
+    weight decay 1e-4, cosine); ``probe_images`` is both the monitor's training subset and the
     synthetic validation split's size.
     """
     raw = json.loads(json.dumps(raw))  # a deep copy
@@ -231,7 +233,7 @@ def cifar_workload(
                     "weight_decay": 1e-4,
                     "cosine": True,
                 },
-                "online_probe": {"train_size": max(10, probe_images)},
+                "monitor": {"train_size": max(10, probe_images)},
             },
         },
     }
@@ -283,6 +285,25 @@ def time_window(prepared: Prepared, device: torch.device) -> float:
     rate = prepared.steps_per_window * prepared.images_per_step / (time.perf_counter() - start)
     prepared.rates.append(rate)
     return rate
+
+
+def syncs_per_step(step: Step, device: torch.device, steps: int = 4) -> float | None:
+    """Host-device synchronisations per steady-state step, counted by torch's own detector on CUDA
+    (``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call) over ``steps`` steps
+    after the timed windows, outside them; None off CUDA (nothing to count: tests/test_no_sync.py)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sync(device)
+    return sum("synchronizing" in str(w.message) for w in caught) / steps
 
 
 def calibrate(step: Step, settings: Settings) -> int:
@@ -419,7 +440,7 @@ class LoopReplica:
     Epoch boundaries as in the loop: ``loop.finish_epoch`` (the epoch's last non-finite-loss read and the
     mean loss) and ``loop.start_epoch`` (the (seed, epoch) generator and the device ``randperm``). The
     epoch index cycles through the recipe's epochs, so the learning-rate schedule stays in range. The
-    online probe is left out.
+    monitor is left out.
     """
 
     def __init__(self, setup: RunSetup, train: TensorSplit, settings: Settings) -> None:
@@ -599,43 +620,33 @@ def on_device(split: TensorSplit, device: torch.device) -> TensorSplit:
 
 
 def time_probe(
-    training: loop.Training, workload: Workload, repeats: int, device: torch.device
+    training: loop.Training, workload: Workload, repeats: int, device: torch.device, kind: str = "knn"
 ) -> list[float]:
-    """Seconds of ``online_probe_accuracy`` (the loop's own) on the trained method, ``repeats`` times."""
+    """Seconds of the loop's per-epoch monitor of ``kind`` (knn | probe) on the trained method, ``repeats``
+    times (cecl/eval/monitor.py; features of its subset and of validation included)."""
     train, val = on_device(workload.train, device), on_device(workload.val, device)
+    setup = training.setup
+    params = setup.recipe.pretrain.monitor.model_copy(update={"kind": kind})
+    monitor = Monitor(params, train, val, setup.spec.evaluator(), setup.key.seed)
     seconds = []
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        loop.online_probe_accuracy(training.method, training.setup, train, val, training.setup.key.seed)
+        monitor(training.method.encoder)
         sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
 def loop_check(setup: RunSetup, workload: Workload, steps: int, device: torch.device) -> dict[str, Any]:
-    """``run_pretraining`` itself for one epoch of ``steps`` steps, its online probe timed and subtracted."""
+    """``run_pretraining`` itself for one epoch of ``steps`` steps, its monitor's seconds subtracted."""
     batch = min(setup.recipe.pretrain.batch_size, len(workload.train))
     n = min(len(workload.train), steps * batch)
     train = on_device(workload.train.subset(torch.arange(n)), device)
     val = on_device(workload.val, device)
-    probe_seconds: list[float] = []
-    original = loop.online_probe_accuracy
-
-    def timed_probe(*args: Any, **kwargs: Any) -> float:
-        sync(device)
-        start = time.perf_counter()
-        value = original(*args, **kwargs)
-        sync(device)
-        probe_seconds.append(time.perf_counter() - start)
-        return value
-
-    loop.online_probe_accuracy = timed_probe
-    try:
-        _, history = loop.run_pretraining(setup, train, val, device, "benchmark", epochs=1, progress=False)
-    finally:
-        loop.online_probe_accuracy = original
+    _, history = loop.run_pretraining(setup, train, val, device, "benchmark", epochs=1, progress=False)
     epoch_seconds = history[0].seconds
+    probe_seconds = [history[0].monitor_seconds]
     train_seconds = epoch_seconds - sum(probe_seconds)
     images = (n // batch) * batch
     return {
@@ -654,8 +665,8 @@ def measure_method(
     Model rows (bound, pipeline, and for the first method the other layout) are built one after the
     other, then timed in interleaved rounds (one window of each per round), so that a change in the
     machine's background load hits them alike. Loader rows come after, one at a time, so their worker
-    processes never compete with another row. Then the online probe on the pipeline's trained method,
-    and (first method) the ``run_pretraining`` cross-check.
+    processes never compete with another row. Then the per-epoch monitor (each policy) on the pipeline's
+    trained method, and (first method) the ``run_pretraining`` cross-check.
     """
     device = settings.device
     rows: list[dict[str, Any]] = []
@@ -689,6 +700,8 @@ def measure_method(
     for _ in range(settings.windows):
         for row in prepared:
             time_window(row, device)
+    for row in prepared:  # after the timed windows: the detector's warnings cost host time
+        row.fields["syncs_per_step"] = syncs_per_step(row.step, device)
     by_kind: dict[str, dict[str, Any]] = {}
     for kind, _ in builds:
         match = next((p for p in prepared if p.kind == kind), None)
@@ -696,9 +709,11 @@ def measure_method(
     pipe = next((p for p in prepared if p.kind == "pipeline"), None)
     if pipe is not None and settings.probe_repeats > 0:
         seconds = time_probe(pipe.owner.training, workload, settings.probe_repeats, device)
+        fitted = time_probe(pipe.owner.training, workload, settings.probe_repeats, device, "probe")
         by_kind["pipeline"].update(
             probe_seconds=seconds,
             probe_s_per_epoch=statistics.median(seconds),
+            probe_fit_s_per_epoch=statistics.median(fitted),
             train_images=len(workload.train),
         )
     del prepared, pipe
@@ -801,6 +816,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if pipe is not None and "probe_s_per_epoch" in pipe:
             probe = pipe["probe_s_per_epoch"]
             entry["probe_s_per_epoch"] = probe
+            entry["probe_fit_s_per_epoch"] = pipe["probe_fit_s_per_epoch"]
             entry["probe_s_per_10k_train_images"] = probe * TEN_THOUSAND / pipe["train_images"]
             entry["train_s_per_10k_images"] = TEN_THOUSAND / pipe["images_per_s"]
         ratio21, ratio23 = entry["pipeline_over_bound"], entry["pipeline_over_loader"]
@@ -988,18 +1004,23 @@ def format_report(results: dict[str, Any]) -> str:
                     e["workload"],
                     e["method"],
                     _fmt(e["probe_s_per_epoch"], ".2f"),
+                    _fmt(e["probe_fit_s_per_epoch"], ".2f"),
                     _fmt(e["probe_s_per_10k_train_images"], ".2f"),
                     _fmt(e["train_s_per_10k_images"], ".2f"),
                     str(pipe["train_images"]),
                 ]
             )
     if probes:
-        lines += ["", f"online probe (excluded above; online_probe_accuracy, median of {s['probe_repeats']})"]
+        lines += [
+            "",
+            f"per-epoch monitor (excluded above; cecl/eval/monitor.py, median of {s['probe_repeats']})",
+        ]
         lines += _table(
             [
                 "workload",
                 "method",
-                "s/epoch",
+                "s/epoch kNN",
+                "s/epoch probe",
                 "s per 10k train imgs",
                 "training s per 10k imgs",
                 "train imgs",
@@ -1106,9 +1127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cifar-probe-images",
         type=int,
         default=2000,
-        help="online-probe training subset and validation size",
+        help="monitor training subset and validation size",
     )
-    parser.add_argument("--probe-repeats", type=int, default=3, help="timed online-probe calls (0: skip)")
+    parser.add_argument(
+        "--probe-repeats", type=int, default=3, help="timed monitor calls per policy (0: skip)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="loader workers (0: os.cpu_count())")
     # Speed options: each overrides one key of --params' compute section (absent: that file's value).
     parser.add_argument("--autocast", choices=["none", "bf16"], help="compute.autocast (none = null)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -137,22 +138,39 @@ class OptimizerParams(Strict):
         return self
 
 
-class OnlineProbeParams(Strict):
-    """Per-epoch linear probe on frozen features: the convergence curve (validation accuracy)."""
+class MonitorParams(Strict):
+    """The per-epoch monitor (cecl/eval/monitor.py): the convergence curve, the sweep's objective."""
 
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-2, gt=0.0)
-    batch_size: int = Field(256, ge=2)
-    train_size: int | None = Field(None, ge=10)  # a fixed seeded subset of the training split (None: all)
+    # auto: knn, except probe under a group-bias evaluator (BiasedMNIST, UTKFace, CelebA), whose kNN
+    # neighbourhoods follow the bias attribute (benchmarks/monitor.py: kNN 0.125 vs probe 0.645 unbiased
+    # validation accuracy on the CPU default's BiasedMNIST cecl encoder)
+    kind: Literal["auto", "knn", "probe"] = "auto"
+    every: int = Field(1, ge=1)  # epochs between evaluations; the last epoch is always evaluated
+    train_size: int | None = Field(None, ge=10)  # the fixed seeded training subset (None: all of it)
+    k: int = Field(200, ge=1)  # knn: neighbours that vote
+    temperature: float = Field(0.1, gt=0.0)  # knn: vote weight exp(similarity / temperature)
 
 
 class ProbeParams(Strict):
-    """Final linear evaluation on frozen encoder features; epoch chosen on validation."""
+    """The final linear probe (cecl/eval/linear_probe.py): the L2 grid and L-BFGS's stopping rule."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-2, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    l2_min: float = Field(1e-7, gt=0)  # weakest L2 strength of the log-spaced grid
+    l2_max: float = Field(0.1, gt=0)  # strongest
+    l2_per_decade: int = Field(2, ge=1)  # grid points per factor of 10 (2: 1e-7, 3.2e-7, 1e-6, ...)
+    max_iter: int = Field(1000, ge=1)  # L-BFGS iterations per strength
+    tolerance: float = Field(1e-5, gt=0)  # stop when max |gradient| is below this
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProbeParams:
+        if self.l2_min > self.l2_max:
+            raise ValueError(f"l2_min {self.l2_min} is above l2_max {self.l2_max}")
+        return self
+
+    def grid(self) -> list[float]:
+        """The L2 strengths, strongest first (the order they are fitted in)."""
+        decades = np.log10(self.l2_max) - np.log10(self.l2_min)
+        count = round(decades * self.l2_per_decade) + 1
+        return [float(v) for v in np.logspace(np.log10(self.l2_max), np.log10(self.l2_min), count)]
 
 
 class AshaParams(Strict):
@@ -173,7 +191,7 @@ class PretrainParams(Strict):
     # normalises per chunk (as the released code's DataParallel did per GPU). null: the whole shard.
     micro_batch: int | None = Field(None, ge=2)
     optimizer: OptimizerParams = OptimizerParams()
-    online_probe: OnlineProbeParams = OnlineProbeParams()
+    monitor: MonitorParams = MonitorParams()
     # linear_probe: frozen encoder, linear classifier fitted afterwards (stages/probe.py); joint: BiasCon's
     # end-to-end training, CE on a linear head + joint_weight x the method's loss, that head is scored at
     # the pretraining epoch selected on validation (cecl/methods/joint.py).
@@ -409,6 +427,13 @@ class Params(Strict):
                     f"encoders pretrained on {source!r} take {list(source_size)} (resize the target entry)"
                 )
         self._entry(self.sweep.dataset, "sweep.dataset")
+        asha = self.sweep.scheduler == "asha"
+        if asha and self.sweep.grids and self.recipe(self.sweep.dataset).pretrain.monitor.every != 1:
+            # ASHA compares trials at rungs of epochs: every epoch must carry the objective.
+            raise ValueError(
+                f"{NESTED}pretrain.monitor.every: the sweep on {self.sweep.dataset!r} needs the monitor "
+                "every epoch (every: 1; ASHA stops trials on per-epoch values)"
+            )
         for name, entry in self.datasets.items():
             spec = self.spec(name)
             if spec.augment.needs_colour() and spec.channels != 3:

@@ -172,15 +172,24 @@ def split_batch(
     them back together in rank order. Cutting this process's own shard also declares the global batch
     size to the gathers (:func:`set_global_batch`).
     """
-    process = rank() if process is None else process
-    processes = world_size() if processes is None else processes
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError("split_batch: tensors disagree on the batch size (dim 0)")
+    start, stop = take_shard(n, process, processes)
+    return [t[start:stop] for t in tensors]
+
+
+def take_shard(n: int, process: int | None = None, processes: int | None = None) -> tuple[int, int]:
+    """[start, stop) of process ``process``'s shard of a global batch of ``n`` rows (default: this
+    process's); taking this process's own shard declares the global batch to the gathers
+    (:func:`set_global_batch`), as :func:`split_batch` does. For sources that build only their shard
+    instead of cutting it from the whole batch (e.g. augmenting only its rows)."""
+    process = rank() if process is None else process
+    processes = world_size() if processes is None else processes
     start, stop = shard_bounds(n, process, processes)
     if process == rank() and processes == world_size():  # this process's own shard
         set_global_batch(n)
-    return [t[start:stop] for t in tensors]
+    return start, stop
 
 
 def _exchanged_sizes(x: Tensor) -> list[int]:
@@ -215,6 +224,18 @@ def _all_gather_cat(x: Tensor, sizes: list[int]) -> Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+@torch.no_grad()
+def gather_shards(x: Tensor, n: int) -> Tensor:
+    """The ``n`` rows whose contiguous shards (:func:`shard_bounds`) the processes hold, in rank order.
+
+    Sizes come from the bounds (no exchange); identity when not distributed. For sharded evaluation:
+    each process extracts the features of its shard of a split, every process gets them all.
+    """
+    if not is_distributed():
+        return x
+    return _all_gather_cat(x, shard_sizes(n, dist.get_world_size()))
 
 
 class _GatherWithGrad(torch.autograd.Function):

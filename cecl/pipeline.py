@@ -1,4 +1,4 @@
-"""Pipeline steps shared by the DVC stages and the sweep's trials: resolve a run, load data, probe.
+"""Pipeline steps shared by the DVC stages and the sweep's trials: resolve a run, load data and models.
 
 Stages (stages/*.py) only parse arguments, open the MLflow run and write files; everything that
 decides a number lives here or below, so a sweep trial and a pipeline stage compute the same thing.
@@ -8,8 +8,6 @@ come from the entry's spec (and are checked against its manifest when the data i
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +17,12 @@ import torch
 from cecl import runs
 from cecl.config import ComputeParams, Params, Recipe
 from cecl.data.augment import AugmentParams
-from cecl.data.streaming import BatchSource, batch_source, features_of
+from cecl.data.streaming import BatchSource, batch_source
 from cecl.datasets import DatasetSpec, TensorSplit
-from cecl.eval import Evaluator
 from cecl.methods import MethodContext, resolve_options
 from cecl.models import Encoder, build_backbone, encoder_from_payload
 from cecl.schema import Strict
 from cecl.train.checkpoint import fingerprint
-from cecl.train.probe import fit_linear_probe, logits_of
-
-PROGRESS_EVERY = 5  # probe epochs between progress lines
 
 
 @dataclass(frozen=True)
@@ -144,6 +138,7 @@ class SavedModel:
     encoder: Encoder
     classifier: torch.nn.Linear | None
     classifier_epoch: int | None
+    machine: dict[str, str] | None = None  # where it was trained (cecl/machine.py); None in older files
 
     def head(self) -> tuple[torch.nn.Linear, int]:
         if self.classifier is None or self.classifier_epoch is None:
@@ -172,11 +167,12 @@ def load_saved_model(path: Path, device: torch.device, compute: ComputeParams | 
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     encoder.use_channels_last((compute or ComputeParams()).channels_last)
+    machine = payload.get("machine") if isinstance(payload.get("machine"), dict) else None
     saved = payload.get("classifier")
     if saved is None:
-        return SavedModel(path, encoder, None, None)
+        return SavedModel(path, encoder, None, None, machine)
     classifier, epoch = _classifier_of(path, saved)
-    return SavedModel(path, encoder, classifier.to(device).eval(), epoch)
+    return SavedModel(path, encoder, classifier.to(device).eval(), epoch, machine)
 
 
 def _classifier_of(path: Path, saved: Any) -> tuple[torch.nn.Linear, int]:
@@ -190,113 +186,3 @@ def _classifier_of(path: Path, saved: Any) -> tuple[torch.nn.Linear, int]:
     except RuntimeError as err:
         raise ValueError(f"{path}: bad classifier state_dict ({str(err).splitlines()[0]})") from None
     return classifier, int(saved["epoch"])
-
-
-@torch.no_grad()
-def classifier_metrics(
-    encoder: Encoder, classifier: torch.nn.Module, split: TensorSplit, evaluator: Evaluator
-) -> dict[str, float]:
-    """The evaluator's metrics of ``classifier(encoder(images))`` on ``split`` (eval mode, unaugmented)."""
-    features = features_of(encoder, split)
-    was_training = classifier.training
-    classifier.eval()
-    logits = torch.cat([classifier(features[i : i + 8192]) for i in range(0, len(features), 8192)])
-    classifier.train(was_training)
-    return evaluator(logits, split.targets, split.bias)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    selected_epoch: int
-    val: dict[str, float]
-    test: dict[str, float]
-    official_epoch: int | None  # None: no per-epoch test curve (protocol joint)
-    official_test_accuracy: float | None
-    curve: list[dict[str, float]]  # per probe epoch (joint: the selected pretraining epoch): val and test
-
-
-def score_saved_classifier(
-    saved: SavedModel, splits: dict[str, TensorSplit], evaluator: Evaluator
-) -> ProbeResult:
-    """Protocol ``joint`` (and ce's own head): score the saved encoder + classifier on val and test.
-
-    Nothing is fitted: the epoch is the pretraining epoch the pretrain stage selected on validation
-    (joint; the last one for ce's own head under linear_probe). There is no per-epoch test curve, so
-    the official (test-selected) number is None.
-    """
-    classifier, epoch = saved.head()
-    row: dict[str, float] = {"epoch": epoch}
-    scored = {
-        name: classifier_metrics(saved.encoder, classifier, splits[name], evaluator)
-        for name in ("val", "test")
-    }
-    for name, metrics in scored.items():
-        row.update({f"{name}_{k}": v for k, v in metrics.items()})
-    return ProbeResult(
-        selected_epoch=epoch,
-        val=scored["val"],
-        test=scored["test"],
-        official_epoch=None,
-        official_test_accuracy=None,
-        curve=[row],
-    )
-
-
-def linear_probe(
-    encoder: Encoder,
-    splits: dict[str, TensorSplit],
-    evaluator: Evaluator,
-    params_probe: Any,
-    seed: int,
-    progress: Callable[[str], None] | None = None,
-) -> ProbeResult:
-    """Final linear evaluation: train on train features, select the epoch on validation, score test.
-
-    ``progress`` gets one line after the features are extracted and one every ``PROGRESS_EVERY`` epochs
-    (and at the last), as the pretrain stage prints its epochs.
-
-    The epoch is the one with the best validation value of the evaluator's primary metric (the first
-    among ties). Also reports the official protocol number (best test accuracy over epochs), which
-    selects on the test set and is therefore optimistic; it is kept only to compare with the
-    released code.
-    """
-    cfg = params_probe
-    say = progress or (lambda line: None)
-    started = time.perf_counter()
-    features = {name: features_of(encoder, split) for name, split in splits.items()}
-    counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    say(f"features of {counts} images in {time.perf_counter() - started:.1f}s")
-    curve: list[dict[str, float]] = []
-    primary = f"val_{evaluator.primary}"
-
-    def evaluate(probe: torch.nn.Module, epoch: int) -> None:
-        row: dict[str, float] = {"epoch": epoch}
-        for name in ("val", "test"):
-            split = splits[name]
-            metrics = evaluator(logits_of(probe, features[name]), split.targets, split.bias)
-            row.update({f"{name}_{k}": v for k, v in metrics.items()})
-        curve.append(row)
-        if epoch % PROGRESS_EVERY == 0 or epoch == cfg.epochs:
-            say(f"probe epoch {epoch}/{cfg.epochs}: {primary} {row[primary]:.4f}")
-
-    fit_linear_probe(
-        features["train"],
-        splits["train"].targets,
-        evaluator.n_classes,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        weight_decay=cfg.weight_decay,
-        after_epoch=evaluate,
-    )
-    best = max(curve, key=lambda row: (row[primary], -row["epoch"]))
-    official = max(curve, key=lambda row: (row["test_accuracy"], -row["epoch"]))
-    return ProbeResult(
-        selected_epoch=int(best["epoch"]),
-        val={k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_")},
-        test={k.removeprefix("test_"): v for k, v in best.items() if k.startswith("test_")},
-        official_epoch=int(official["epoch"]),
-        official_test_accuracy=official["test_accuracy"],
-        curve=curve,
-    )

@@ -278,7 +278,10 @@ def stage_run(
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(experiment, root, uri)
     close_abandoned_runs(experiment_id, stage)
-    all_tags = {"git_commit": git_commit(root), "dvc_stage": stage, **(tags or {})}
+    from cecl.machine import machine_info  # here: torch is imported only by stages that run
+
+    machine = {f"machine.{k}": v for k, v in machine_info().items()}  # cecl/machine.py says why
+    all_tags = {"git_commit": git_commit(root), "dvc_stage": stage, **machine, **(tags or {})}
     with mlflow.start_run(
         run_name=stage,
         experiment_id=experiment_id,

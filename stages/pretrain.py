@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from cecl import distributed
 from cecl.cli import run_key_stage
 from cecl.config import load_params
 from cecl.io import atomic_dir, ensure_writable
+from cecl.machine import machine_info
 from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags, training_source
 from cecl.runs import ENCODER_FILE, HISTORY_FILE, RunKey
 from cecl.tracking import NoRun, RunLogger, stage_run
@@ -94,10 +96,15 @@ def train(setup: RunSetup, experiment: str, device: torch.device) -> None:
             on_epoch=lambda r: run.log_metrics(
                 {
                     "train_loss": r.train_loss,
-                    "online_probe_val_accuracy": r.online_probe_val_accuracy,
                     "lr": r.lr,
                     "epoch_seconds": r.seconds,
-                    "online_probe_seconds": r.probe_seconds,
+                    "monitor_seconds": r.monitor_seconds,
+                    # an epoch the monitor skipped (pretrain.monitor.every) has no value, not a NaN point
+                    **(
+                        {}
+                        if math.isnan(r.monitor_val_accuracy)
+                        else {"monitor_val_accuracy": r.monitor_val_accuracy}
+                    ),
                 },
                 step=r.epoch,
             ),
@@ -105,7 +112,8 @@ def train(setup: RunSetup, experiment: str, device: torch.device) -> None:
         if not distributed.is_main_process():
             return
         with atomic_dir(key.model_dir) as tmp:
-            torch.save(model_payload(method, history), tmp / ENCODER_FILE)
+            # the machine that trained it (cecl/machine.py), which the probe copies into metrics.json
+            torch.save({**model_payload(method, history), "machine": machine_info()}, tmp / ENCODER_FILE)
             with (tmp / HISTORY_FILE).open("w", newline="") as handle:
                 rows = [r.history_row() for r in history]
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

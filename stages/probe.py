@@ -1,8 +1,9 @@
 """DVC stage probe@{dataset}-{method}-{seed}: linear evaluation of a frozen encoder on its dataset's test set.
 
 Writes probe/{dataset}/{method}/seed_{seed}/metrics.json (validation-selected test metrics from the
-dataset's evaluator, plus the official protocol's test-selected number, labelled as such) and
-curve.csv (per probe epoch). The transfer stage runs the same evaluation on another dataset.
+dataset's evaluator, plus the best test accuracy over the L2 grid, labelled as test-selected) and
+curve.csv (one row per L2 strength of the converged linear probe, cecl/eval/linear_probe.py). The
+transfer stage runs the same evaluation on another dataset.
 
 Under ``pretrain.protocol: joint`` (BiasCon) nothing is fitted: the jointly trained classifier saved in
 encoder.pt, from the pretraining epoch selected on validation, is scored on val and test
@@ -18,18 +19,14 @@ from pathlib import Path
 from cecl import runs
 from cecl.cli import run_key_stage
 from cecl.config import Params, load_params
+from cecl.eval.encoder import probe_encoder, score_classifier
+from cecl.eval.linear_probe import ProbeResult
 from cecl.io import atomic_dir, ensure_writable, tree_digest, write_json
-from cecl.pipeline import (
-    ProbeResult,
-    linear_probe,
-    load_saved_model,
-    load_splits,
-    run_tags,
-    score_saved_classifier,
-)
+from cecl.machine import machine_info
+from cecl.pipeline import load_saved_model, load_splits, run_tags
 from cecl.tracking import stage_run
 from cecl.train.device import resolve_device
-from cecl.train.loop import compute_threads
+from cecl.train.loop import AUTOCAST_DTYPES, compute_threads
 
 
 def evaluate_encoder(
@@ -58,23 +55,28 @@ def evaluate_encoder(
                 f"[{name}] scoring {pretrained.stage('pretrain')}'s joint classifier on {spec.describe()}",
                 flush=True,
             )
-            result = score_saved_classifier(saved, splits, evaluator)
+            result = score_classifier(saved.encoder, *saved.head(), splits, evaluator)
         else:
             print(
                 f"[{name}] probing {pretrained.stage('pretrain')}'s encoder on {spec.describe()}", flush=True
             )
-            result = linear_probe(
+            autocast = params.compute.autocast
+            result = probe_encoder(
                 saved.encoder,
                 splits,
                 evaluator,
                 probe_params,
-                key.seed,
                 progress=lambda line: print(f"[{name}] {line}", flush=True),
+                autocast=AUTOCAST_DTYPES[autocast] if autocast else None,
             )
         own_head: ProbeResult | None = None
         if kind == "probe" and key.method == "ce":  # scored by its own head and by the probe
-            own_head = result if protocol == "joint" else score_saved_classifier(saved, splits, evaluator)
-        run.log_curve(result.curve)
+            own_head = (
+                result
+                if protocol == "joint"
+                else score_classifier(saved.encoder, *saved.head(), splits, evaluator)
+            )
+        run.log_curve(result.curve, step="epoch" if protocol == "joint" else "grid_index")
         metrics = {
             "run": {
                 "stage": name,
@@ -94,20 +96,21 @@ def evaluate_encoder(
             "selected_on": "val",
             "val_description": spec.val_description(),
             "data_verified": spec.data_verified(runs.data_dir(target)),
-            "selected_epoch": result.selected_epoch,
+            # The probe: {"l2", "iterations"} (cecl/eval/linear_probe.py); joint: {"epoch"} of pretraining.
+            "selected": result.selected,
             "val_accuracy": result.val[spec.evaluator().primary],
             "val": result.val,
             "test": result.test,
-            # Joint: null, there is no per-epoch test curve (one classifier, selected on validation).
-            "official_protocol": {
-                "test_accuracy": result.official_test_accuracy,
-                "epoch": result.official_epoch,
-            },
+            # The best test accuracy over the L2 grid (selects on test: optimistic), the counterpart of the
+            # released code's best-over-epochs. Joint: null (one classifier, selected on validation).
+            "official_protocol": result.official,
             "config": params.method_options[key.method].model_dump(),
+            # where the encoder was trained and where it was probed (cecl/machine.py; make compare shows them)
+            "machine": {"pretrain": saved.machine, "probe": machine_info()},
         }
         if own_head is not None:
             metrics["own_head"] = {
-                "epoch": own_head.selected_epoch,
+                "epoch": own_head.selected["epoch"],
                 "val": own_head.val,
                 "test": own_head.test,
             }
@@ -122,9 +125,7 @@ def evaluate_encoder(
             run.log_metrics({f"own_head_test_{k}": v for k, v in own_head.test.items()})
         run.record_outputs(out)
         run.log_artifact(out)
-        print(
-            f"[{name}] test {result.test} (epoch {result.selected_epoch}, selected on validation)", flush=True
-        )
+        print(f"[{name}] test {result.test} ({result.selected}, selected on validation)", flush=True)
 
 
 def main(key: runs.RunKey) -> None:

@@ -1,4 +1,4 @@
-"""DVC stage sweep: Ray Tune grid over the loss temperature (and CECL's weight w) on the validation probe.
+"""DVC stage sweep: Ray Tune grid over the loss temperature (and CECL's weight w) on the validation monitor.
 
 Trains on the dataset entry ``sweep.dataset`` with the training seed ``sweep.seed``. Writes
 sweep/{results.csv, best.json, heatmap.csv, heatmap.png, sensitivity.md}, all moved into place

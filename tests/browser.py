@@ -10,6 +10,8 @@ with that reason. The reusable entry points:
   (:func:`mlflow_ui` + :func:`experiment_page` + :func:`assert_shows_runs`, usable apart);
 - :func:`html_report_check`: open a report.html from ``file://``, return its tables, images, console
   errors and a screenshot's pixel variance.
+- :func:`static_page_check`: open a page of a static site (the MkDocs site of ``make docs``) from
+  ``file://``, return its headings, tables, console errors and anything it fetched from the network.
 
 MLflow 3 keeps the sidebar's GenAI / "Model training" choice per browser in localStorage (key
 ``mlflow.workflowType`` stored as ``mlflow.workflowType_v1``, a JSON string); its default ``genai`` opens
@@ -338,6 +340,25 @@ def _pixel_variance(png: bytes) -> float:
         return float(ImageStat.Stat(image.convert("L")).var[0])
 
 
+def _load(driver: Any, url: str) -> None:
+    """Open ``url`` and wait until the document has loaded (at most PAGE_TIMEOUT_S)."""
+    driver.get(url)
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while driver.execute_script("return document.readyState") != "complete":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not finish loading")
+        time.sleep(0.2)
+
+
+def _tables(driver: Any, selector: str) -> list[list[list[str]]]:
+    """Per table matching ``selector``, per row, the cells' text."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(t => Array.from(t.rows)"
+        ".map(r => Array.from(r.cells).map(c => c.innerText.trim())))",
+        selector,
+    )
+
+
 def html_report_check(path: Path, width: int = 1280, screenshot: Path | None = None) -> ReportView:
     """Open ``path`` over ``file://`` in headless Chromium (no server, no network); return what it shows.
 
@@ -347,16 +368,8 @@ def html_report_check(path: Path, width: int = 1280, screenshot: Path | None = N
     """
     url = Path(path).resolve().as_uri()
     with headless_chromium(width, 900, console_log=True) as driver:
-        driver.get(url)
-        deadline = time.monotonic() + PAGE_TIMEOUT_S
-        while driver.execute_script("return document.readyState") != "complete":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not finish loading")
-            time.sleep(0.2)
-        tables = driver.execute_script(
-            "return Array.from(document.querySelectorAll('table')).map(t => Array.from(t.rows)"
-            ".map(r => Array.from(r.cells).map(c => c.innerText.trim())))"
-        )
+        _load(driver, url)
+        tables = _tables(driver, "table")
         images = driver.execute_script(
             "return Array.from(document.images).map(i => ({prefix: i.src.split(',')[0],"
             " width: i.naturalWidth, height: i.naturalHeight, alt: i.alt, complete: i.complete}))"
@@ -368,3 +381,34 @@ def html_report_check(path: Path, width: int = 1280, screenshot: Path | None = N
             Path(screenshot).write_bytes(png)
         errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         return ReportView(driver.title, tables, images, errors, png, _pixel_variance(png))
+
+
+@dataclass(frozen=True)
+class StaticPage:
+    """What headless Chromium rendered for a page of a static site opened from disk."""
+
+    url: str
+    title: str
+    headings: list[str]  # h1-h3 text, in page order
+    tables: list[list[list[str]]]  # per table, per row, the cells' text
+    console_errors: list[str]
+    remote_resources: list[str]  # scripts, stylesheets, images and fonts the page loaded from http(s)
+
+
+def static_page_check(path: Path, width: int = 1280) -> StaticPage:
+    """Open ``path`` over ``file://`` (no server) and return its headings, tables, console errors and every
+    resource it fetched from the network (Resource Timing), e.g. for the MkDocs site ``make docs`` builds."""
+    url = Path(path).resolve().as_uri()
+    with headless_chromium(width, 900, console_log=True) as driver:
+        _load(driver, url)
+        headings = driver.execute_script(
+            "return Array.from(document.querySelectorAll('article h1, article h2, article h3'))"
+            ".map(h => h.innerText.replace(/\\s*¶\\s*$/, '').trim())"
+        )
+        tables = _tables(driver, "article table")
+        remote = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+            ".filter(n => n.startsWith('http:') || n.startsWith('https:'))"
+        )
+        errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        return StaticPage(driver.current_url, driver.title, headings, tables, errors, remote)

@@ -36,7 +36,7 @@ def tiny_params(**sections: dict) -> Params:
     """A valid params file shrunk to seconds on a CPU: one BiasedMNIST entry ``bm``, a width-4 small CNN.
 
     ``sections`` override top-level sections, merged into the defaults below (nested mappings too, so
-    ``pretrain={"online_probe": {"epochs": 2}}`` keeps the other online-probe keys).
+    ``pretrain={"monitor": {"every": 2}}`` keeps the other monitor keys).
     Every known method in ``pretrain.methods`` without a ``method_options`` section gets ``{}`` (its
     defaults), as the config requires a section for each.
     """
@@ -57,9 +57,9 @@ def tiny_params(**sections: dict) -> Params:
             "methods": ["ce", "simclr", "supcon", "cecl"],
             "epochs": 3,
             "batch_size": 32,
-            "online_probe": {"epochs": 1, "batch_size": 64},
+            "monitor": {"kind": "knn", "k": 20},
         },
-        "probe": {"epochs": 3, "batch_size": 64},
+        "probe": {"l2_per_decade": 1},
         "sweep": {"dataset": DATASET},
     }
     merged = _merge(raw, sections)
@@ -181,12 +181,12 @@ def train_tiny(
 ) -> dict:
     """Two epochs of ``run_pretraining`` of ``method`` on fixed synthetic splits on ``device``, as the
     pretrain stage runs it (in each torchrun process, or alone; ``compute`` overrides params' section):
-    losses, probe accuracies, state (on the CPU), module types, and whether this process wrote the
+    losses, monitor accuracies, state (on the CPU), module types, and whether this process wrote the
     checkpoint."""
     from cecl.train.loop import run_pretraining
 
     params = tiny_params(
-        pretrain={"epochs": 2, "batch_size": batch_size, "online_probe": {"epochs": 1, "batch_size": 64}},
+        pretrain={"epochs": 2, "batch_size": batch_size, "monitor": {"kind": "knn", "k": 20}},
         method_options={"supmoco": {"queue_size": 48}},
         **({"compute": dict(compute)} if compute else {}),
     )
@@ -202,7 +202,7 @@ def train_tiny(
     )
     return {
         "losses": [r.train_loss for r in history],
-        "accuracies": [r.online_probe_val_accuracy for r in history],
+        "accuracies": [r.monitor_val_accuracy for r in history],
         "state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
         "modules": sorted({type(m).__name__ for m in trained.modules()}),
         "checkpoint_written": checkpoint.exists(),

@@ -84,7 +84,7 @@ def test_quick_run_prints_tables_and_ratios_from_measured_figures(
     cells = row.split()
     assert cells[2:5] == [f"{by[k]['images_per_s']:.1f}" for k in ("bound", "pipeline", "loader")]
     assert cells[5:7] == [f"{summary['pipeline_over_bound']:.2f}", f"{summary['pipeline_over_loader']:.2f}"]
-    assert "compute.channels_last on vs off" in printed and "online probe" in printed
+    assert "compute.channels_last on vs off" in printed and "per-epoch monitor" in printed
     assert (
         "compute: channels_last True, autocast None, compile False, fused_optimizer False, threads 1"
         in printed

@@ -1,4 +1,5 @@
-"""What a user sees, in headless Chromium: the MLflow UI on runs logged by cecl.tracking, and report.html.
+"""What a user sees, in headless Chromium: the MLflow UI on runs logged by cecl.tracking, report.html, and
+the documentation site (`make docs`) opened from disk.
 
 Skipped, with the reason, where Chromium, chromedriver or selenium is missing (tests/browser.py).
 """
@@ -6,6 +7,8 @@ Skipped, with the reason, where Chromium, chromedriver or selenium is missing (t
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tests.browser import (
     html_report_check,
     mlflow_ui,
     requires_browser,
+    static_page_check,
 )
 from tests.test_report_html import sample_report
 
@@ -127,3 +131,32 @@ def test_report_html_renders_offline_with_its_tables_and_plots(tmp_path: Path) -
     assert any(
         "Content Security Policy" in e or "x.png" in e for e in html_report_check(leaky).console_errors
     )
+
+
+@requires_browser
+def test_the_documentation_site_opens_offline_with_its_headings_and_tables(tmp_path: Path) -> None:
+    """`mkdocs build --strict` (as `make docs`) into tmp_path, then the index and a topic page over file://."""
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.is_file():
+        pytest.skip("mkdocs is not installed (make install)")
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(site)], cwd=root, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+
+    index = static_page_check(site / "index.html")
+    assert index.headings[:3] == ["CECL reproducibility pipeline", "Quick start", "Pages"], index.headings
+    assert index.tables and index.tables[0][0] == ["page", "what it covers"], index.tables[:1]
+    assert any(row[0] == "Datasets" for row in index.tables[0])
+
+    datasets = static_page_check(site / "datasets.html")
+    assert datasets.headings[0] == "Datasets", datasets.headings
+    families = next(t for t in datasets.tables if t[0][:2] == ["family", "where the data comes from"])
+    assert {"biased_mnist", "cifar10, cifar100", "imagenet"} <= {row[0] for row in families[1:]}
+
+    for page in (index, datasets):
+        assert page.url.startswith("file://")
+        assert page.console_errors == [], page.console_errors
+        assert page.remote_resources == [], page.remote_resources

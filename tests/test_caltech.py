@@ -395,14 +395,16 @@ def test_a_frozen_encoder_of_another_dataset_probes_the_store(prepared101) -> No
     """What the transfer stage does (stages/probe.py evaluate_encoder): the source encoder, with its own
     normalisation, is linearly probed on the target's splits; the evaluator is sized by the target spec."""
     from cecl.config import ProbeParams
+    from cecl.eval.encoder import probe_encoder
     from cecl.models import build_backbone
-    from cecl.pipeline import linear_probe, load_splits
+    from cecl.pipeline import load_splits
 
     _, _, manifest, _, out = prepared101
     spec = spec_for("c", Caltech101Options(**manifest["options"]))
     torch.manual_seed(0)
     encoder = build_backbone("small_cnn", 3, (0.5,) * 3, (0.5,) * 3, {"width": 4})  # a "BiasedMNIST" encoder
     splits = load_splits(spec, torch.device("cpu"), data_dir=out)
-    result = linear_probe(encoder, splits, spec.evaluator(), ProbeParams(epochs=2, batch_size=8), seed=0)
+    params = ProbeParams(l2_min=1e-3, l2_max=0.1, l2_per_decade=1)
+    result = probe_encoder(encoder, splits, spec.evaluator(), params)
     assert set(result.test) >= {"accuracy", "top5_accuracy", "mean_per_class_accuracy"}
-    assert 0.0 <= result.test["accuracy"] <= 1.0 and len(result.curve) == 2
+    assert 0.0 <= result.test["accuracy"] <= 1.0 and len(result.curve) == len(params.grid()) == 3

@@ -20,8 +20,10 @@ from torch import nn
 
 from cecl import distributed
 from cecl.config import ComputeParams, ConfigError, OptimizerParams
+from cecl.eval import features as probe
+from cecl.eval.monitor import Monitor
 from cecl.pipeline import RunSetup
-from cecl.train import loop, probe
+from cecl.train import loop
 from tests.helpers import synthetic_split, tiny_params, tiny_setup
 
 CPU = torch.device("cpu")
@@ -260,14 +262,14 @@ def test_deferred_check_names_the_first_bad_step(monkeypatch: pytest.MonkeyPatch
 
 
 def test_deferred_check_reads_at_the_end_of_the_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A non-finite last step of an epoch fails before the probe, the history and the checkpoint."""
+    """A non-finite last step of an epoch fails before the monitor, the history and the checkpoint."""
     monkeypatch.setitem(loop.FINITE_CHECK_STEPS, "cpu", 100)
     _poison(monkeypatch, {8})  # epoch 2, step 4: the epoch's last
     epochs: list[int] = []
-    monkeypatch.setattr(loop, "online_probe_accuracy", lambda *a, **k: epochs.append(1) or 0.5)
+    monkeypatch.setattr(Monitor, "__call__", lambda *a, **k: epochs.append(1) or 0.5)
     with pytest.raises(FloatingPointError, match=r"^cecl: non-finite loss at epoch 2, step 4$"):
         _pretrain()
-    assert len(epochs) == 1  # epoch 1 was probed, epoch 2 was not
+    assert len(epochs) == 1  # epoch 1 was monitored, epoch 2 was not
 
 
 def test_deferred_check_leaves_the_numbers_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -336,7 +336,7 @@ YAML_NON_FINITE = [
     # (where in BASE, the YAML spelling written there, the key the message must name)
     (("pretrain", "optimizer", "lr"), ".inf", "pretrain.optimizer.lr"),
     (("pretrain", "optimizer", "weight_decay"), "-.inf", "pretrain.optimizer.weight_decay"),
-    (("probe", "lr"), ".nan", "probe.lr"),
+    (("probe", "l2_min"), ".nan", "probe.l2_min"),
     (("sweep", "grids", "cecl", "temperature"), "[0.1, .nan]", "sweep.grids.cecl.temperature.1"),
     (("datasets", "bm", "rho"), ".nan", "datasets.bm.rho"),
 ]

@@ -58,7 +58,9 @@ def test_two_processes_train_like_one_process_on_the_global_batch(
             for key, value in reference["state"].items():
                 diff = float((got["state"][key].double() - value.double()).abs().max())
                 assert diff <= TOLERANCE, f"{method} rank {r}: {key} differs by {diff:.2e}"
-        # Rank 0 alone probes and checkpoints; its probe sees the same encoder as the single process.
+        # Rank 0 alone checkpoints; every process runs the monitor (each extracts its shard of the
+        # features) and gets the single process's value.
         assert ranks[0][method]["checkpoint_written"] and not ranks[1][method]["checkpoint_written"]
-        assert ranks[0][method]["accuracies"] == pytest.approx(reference["accuracies"], abs=1e-6)
-        assert all(math.isnan(a) for a in ranks[1][method]["accuracies"])
+        for r, got in enumerate(ranks):
+            assert not any(math.isnan(a) for a in got[method]["accuracies"]), (method, r)
+            assert got[method]["accuracies"] == pytest.approx(reference["accuracies"], abs=1e-6), (method, r)

@@ -72,9 +72,45 @@ def test_hadolint_passes() -> None:
 
 
 def test_base_image_is_pinned_by_digest() -> None:
-    """A tag moves; a digest names exactly one image, so a rebuild starts from the same bytes."""
+    """A tag moves; a digest names exactly one image, so a rebuild starts from the same bytes. The FROM
+    may name it through `ARG BASE_IMAGE` (declared before it), whose default must be the pinned image."""
     (base,) = _args("FROM")
+    if base == "${BASE_IMAGE}":
+        assert _index("ARG", "BASE_IMAGE=") < _index("FROM")
+        base = _instructions()[_index("ARG", "BASE_IMAGE=")][1].split("=", 1)[1]
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-bookworm@sha256:[0-9a-f]{64}", base), base
+
+
+def test_host_workarounds_stay_out_of_the_dockerfile() -> None:
+    """What building on a stand-in base needs on our hosts (docker/image_test.py: runc, ulimits, the host's
+    CA certificates, Debian's EXTERNALLY-MANAGED marker) belongs to the test, never to the image."""
+    text = "\n".join(arg for _, arg in _instructions())
+    for word in (
+        "runc",
+        "crun",
+        "ulimit",
+        "EXTERNALLY-MANAGED",
+        "break-system-packages",
+        "update-ca-certificates",
+    ):
+        assert word not in text, word
+
+
+def test_image_test_driver_is_wired_to_make() -> None:
+    """`make image` and `make image-test` run docker/image_test.py, whose caches live outside the repo."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image:.*\n\t.*docker/image_test\.py image", makefile, re.M)
+    assert re.search(r"^image-test:.*\n\t.*docker/image_test\.py", makefile, re.M)
+    result = subprocess.run(
+        [sys.executable, str(DOCKER / "image_test.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "Builds docker/Dockerfile" in result.stdout, result.stderr
+    sys.path.insert(0, str(DOCKER))
+    try:
+        import image_test
+    finally:
+        sys.path.remove(str(DOCKER))
+    assert ROOT not in image_test.CACHE.parents  # the stand-in base tarball is not written into the repo
 
 
 def test_runs_as_a_non_root_user_with_build_arg_ids() -> None:

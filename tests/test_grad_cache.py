@@ -270,7 +270,7 @@ def _pretrain(name: str, micro_batch: int | None, batch: int, checkpoint: Path |
             "epochs": 2,
             "batch_size": batch,
             "micro_batch": micro_batch,
-            "online_probe": {"epochs": 1, "batch_size": 64},
+            "monitor": {"kind": "knn", "k": 20},
         },
         method_options={name: QUEUE} if name in ("moco_v2", "supmoco") else None,
     )

@@ -32,12 +32,11 @@ from cecl.data.streaming import (
     _FolderDataset,
     _Requests,
     epoch_order,
-    features_of,
     sample_seed,
 )
 from cecl.datasets import DataIntegrityError, DataUnavailable, families, spec_for
 from cecl.datasets.imagenet_folder import ImageNetFolder, ImageNetFolderOptions
-from cecl.train.probe import extract_features
+from cecl.eval.features import extract_features, features_of
 from tests.fixtures.standins_imagenet_folder import (
     IGNORED,
     TRAIN_COUNTS,

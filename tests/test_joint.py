@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from cecl.config import ConfigError
+from cecl.eval.encoder import score_classifier
 from cecl.methods import MethodContext, build_method
 from cecl.methods.joint import JointMethod
 from cecl.models import encoder_from_payload
-from cecl.pipeline import load_saved_model, score_saved_classifier
+from cecl.pipeline import load_saved_model
 from cecl.train.checkpoint import load_checkpoint
 from cecl.train.loop import model_payload, run_pretraining
 from tests.helpers import bn_free_encoder, synthetic_split, tiny_params, tiny_setup
@@ -98,10 +99,10 @@ def test_joint_history_is_the_joint_classifiers_val_metric_at_the_best_epoch() -
     train, val = synthetic_split(128, 0), synthetic_split(64, 1)
     method, history = run_pretraining(setup, train, val, CPU, "fp", progress=False)
     assert isinstance(method, JointMethod)
-    values = [r.online_probe_val_accuracy for r in history]
+    values = [r.monitor_val_accuracy for r in history]
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
     assert method.best_epoch == values.index(max(values)) + 1  # the first among ties
-    best = history[method.best_epoch - 1].online_probe_val_accuracy
+    best = history[method.best_epoch - 1].monitor_val_accuracy
     assert _recomputed_val(setup, method.best_state, val) == pytest.approx(best, abs=1e-12)
     # The last epoch's value is the returned (final) method's joint classifier.
     final = {
@@ -154,8 +155,9 @@ def test_probe_scores_the_saved_joint_classifier(tmp_path) -> None:
     classifier.load_state_dict(payload["classifier"]["state_dict"])
     evaluator = setup.spec.evaluator()
 
-    result = score_saved_classifier(
-        load_saved_model(path, CPU), {"train": train, "val": val, "test": test}, evaluator
+    saved = load_saved_model(path, CPU)
+    result = score_classifier(
+        saved.encoder, *saved.head(), {"train": train, "val": val, "test": test}, evaluator
     )
     with torch.no_grad():
         by_hand = {
@@ -166,11 +168,11 @@ def test_probe_scores_the_saved_joint_classifier(tmp_path) -> None:
         assert metrics.keys() == by_hand[name].keys()
         for metric, value in by_hand[name].items():
             assert metrics[metric] == pytest.approx(value, abs=1e-12, nan_ok=True), (name, metric)
-    assert result.selected_epoch == method.best_epoch
+    assert result.selected == {"epoch": method.best_epoch}
     assert result.val[evaluator.primary] == pytest.approx(
-        history[method.best_epoch - 1].online_probe_val_accuracy, abs=1e-12
+        history[method.best_epoch - 1].monitor_val_accuracy, abs=1e-12
     )
-    assert (result.official_epoch, result.official_test_accuracy) == (None, None)
+    assert result.official is None
     assert len(result.curve) == 1 and result.curve[0]["epoch"] == method.best_epoch
     assert result.curve[0]["test_accuracy"] == result.test["accuracy"]
 
@@ -252,21 +254,23 @@ def test_probe_stage_names_the_protocol_and_scores_ce_by_its_own_head(
             curve = list(csv.DictReader(handle))
         assert metrics["protocol"] == protocol and metrics["selected_on"] == "val"
         if protocol == "joint":
-            assert metrics["selected_epoch"] == method.best_epoch
-            assert metrics["official_protocol"] == {"test_accuracy": None, "epoch": None}
+            assert metrics["selected"] == {"epoch": method.best_epoch}
+            assert metrics["official_protocol"] is None
             assert len(curve) == 1 and int(float(curve[0]["epoch"])) == method.best_epoch
             assert metrics["val_accuracy"] == pytest.approx(
-                history[method.best_epoch - 1].online_probe_val_accuracy, abs=1e-12
+                history[method.best_epoch - 1].monitor_val_accuracy, abs=1e-12
             )
         else:
             assert metrics["official_protocol"]["test_accuracy"] is not None
-            assert len(curve) == params.probe.epochs
+            assert metrics["official_protocol"]["l2"] in params.probe.grid()
+            assert metrics["selected"]["l2"] in params.probe.grid()
+            assert len(curve) == len(params.probe.grid())
+            assert [float(row["l2"]) for row in curve] == pytest.approx(params.probe.grid(), rel=1e-12)
         if method_name == "ce":
-            own = score_saved_classifier(
-                load_saved_model(key.model_dir / runs.ENCODER_FILE, CPU), splits, setup.spec.evaluator()
-            )
-            expected = {"epoch": own.selected_epoch, "val": own.val, "test": own.test}
+            saved = load_saved_model(key.model_dir / runs.ENCODER_FILE, CPU)
+            own = score_classifier(saved.encoder, *saved.head(), splits, setup.spec.evaluator())
+            expected = {"epoch": own.selected["epoch"], "val": own.val, "test": own.test}
             assert json.dumps(metrics["own_head"], sort_keys=True) == json.dumps(expected, sort_keys=True)
-            assert own.selected_epoch == (method.best_epoch if protocol == "joint" else 2)
+            assert own.selected["epoch"] == (method.best_epoch if protocol == "joint" else 2)
         else:
             assert "own_head" not in metrics

@@ -58,9 +58,9 @@ TINY = {
         "protocol": "linear_probe",
         "joint_weight": 1.0,
         "optimizer": {"name": "adam", "lr": 0.001},
-        "online_probe": {"epochs": 1, "batch_size": 128},
+        "monitor": {"kind": "auto", "every": 1, "train_size": None, "k": 200, "temperature": 0.1},
     },
-    "probe": {"epochs": 3, "batch_size": 128},
+    "probe": {"l2_min": 1e-5, "l2_max": 0.1, "l2_per_decade": 1, "max_iter": 1000, "tolerance": 1e-5},
     "transfer": {"sources": ["bm"], "targets": ["toy"]},
     "sweep": {
         "dataset": "bm",
@@ -221,9 +221,13 @@ def test_every_stage_ran_and_logged_its_run(lab: dict) -> None:
     summary = lab["repro_stdout"]
     assert f"[repro] {len(stages)} stage(s) ran, 0 reused" in summary
     assert "stages run cold" not in summary  # they ran in processes forked from the warm server
-    # the probe prints its progress like pretrain does (features, then every 5th and the last epoch)
+    # the probe prints its progress like pretrain does (features, then one line per L2 strength)
     assert re.search(r"\[probe@bm-cecl-0\] features of train 256, val 128, test 256 images in", summary)
-    assert re.search(r"\[probe@bm-cecl-0\] probe epoch 3/3: val_unbiased_accuracy 0\.\d{4}", summary)
+    lines = [
+        re.search(rf"\[probe@bm-cecl-0\] l2 {l2}: val_unbiased_accuracy [01]\.\d{{4}} \(\d+ steps", summary)
+        for l2 in ("1.0e-01", "1.0e-02", "1.0e-03", "1.0e-04", "1.0e-05")
+    ]
+    assert all(lines) and [m.start() for m in lines] == sorted(m.start() for m in lines)  # strongest first
     assert re.search(r"ran      prepare@bm \([0-9.]+ s\): ", summary), summary[-2000:]  # with its wall time
 
 

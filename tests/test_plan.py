@@ -3,7 +3,6 @@ every checked-in profile planned offline, and the gate that stops a launch over 
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,13 @@ import pytest
 
 from cecl.config import load_params
 from cecl.plan import OverBudget, OverMemory, format_plan, gate, plan_params
-from cecl.plan.estimate import ACTIVATION_OVERHEAD, GIB, RESERVED_GIB
+from cecl.plan.estimate import (
+    ACTIVATION_OVERHEAD,
+    GIB,
+    LBFGS_EVALS_PER_STRENGTH,
+    PROBE_ROWS,
+    RESERVED_GIB,
+)
 from cecl.plan.footprint import footprint
 from cecl.plan.method_passes import method_passes
 from cecl.plan.throughput import Throughput, Workload
@@ -75,22 +80,32 @@ def test_method_passes_are_counted_on_the_real_methods(
     assert (passes.trained, passes.frozen, passes.encoders) == (trained, frozen, encoders)
 
 
-def test_one_entrys_arithmetic_equals_a_hand_count() -> None:
-    """simclr on 128 training images (batch 32), 3 epochs, online probe of 1 epoch on all of train, the
-    final probe of 3 epochs; 64 validation and 64 test images; throughput given, not measured."""
-    params = tiny_params(pretrain={"methods": ["simclr"]})
+@pytest.mark.parametrize(
+    ("monitor", "evaluated", "monitor_fits"),
+    [
+        ({"kind": "knn"}, 3, 0),  # every epoch, no fit (the kNN's product is not counted)
+        ({"kind": "probe", "every": 2}, 2, 1),  # epochs 2 and 3 (the last); MONITOR_PROBE's one strength
+        ({"kind": "auto"}, 3, 1),  # BiasedMNIST's group-bias evaluator: auto is the probe
+    ],
+)
+def test_one_entrys_arithmetic_equals_a_hand_count(monitor: dict, evaluated: int, monitor_fits: int) -> None:
+    """simclr on 128 training images (batch 32), 3 epochs, the monitor on all of train, the final probe
+    over the 7-strength grid (l2_per_decade 1); 64 validation and 64 test images; throughput given."""
+    # no sweep grids: the sweep needs the monitor every epoch (every: 1)
+    params = tiny_params(pretrain={"methods": ["simclr"], "monitor": monitor}, sweep={"grids": {}})
     fp = footprint("small_cnn", {"width": 4}, (3, 28, 28), bf16=False)
     work = Workload("small_cnn", (("width", 4),), 28, "fp32", fp.macs)
     measured = {work: Throughput(1000.0, "given", scaled=False)}
     plan = plan_params(params, "cpu", measured, probe_step_s=0.01)
     (entry,) = plan.entries
     trained_units = 3 * 128 * 2 * 3  # epochs x images x views x (forward + backward)
-    online = 3 * (128 + 64)  # each epoch: features of train (no subset) and validation
+    online = evaluated * (128 + 64)  # each evaluated epoch: features of train (no subset) and validation
     final = 128 + 64 + 64  # the probe stage's features of every split
     assert entry.costs.units == trained_units + online + final
-    online_steps = 3 * 1 * math.ceil(128 / 64)  # epochs x probe epochs x batches
-    final_steps = 3 * math.ceil(128 / 64)
-    assert entry.costs.probe_steps == online_steps + final_steps
+    per_fit = LBFGS_EVALS_PER_STRENGTH * 128 / PROBE_ROWS  # one strength's evaluations over 128 rows
+    online_steps = evaluated * monitor_fits * per_fit
+    final_steps = 7 * per_fit
+    assert entry.costs.probe_steps == pytest.approx(online_steps + final_steps)
     assert entry.flops == 2 * entry.costs.units * fp.macs
     assert entry.images_trained == 3 * 128
     assert entry.seconds == pytest.approx(entry.costs.units / 3000 + (online_steps + final_steps) * 0.01)

@@ -185,7 +185,7 @@ def _shrunk_profile(root: Path, profile: str = "paper") -> dict:
             pretrain["micro_batch"] = 2  # still chunked (gradient caching), on the shrunk batch
     raw["seeds"] = [0]
     raw["pretrain"].update(epochs=1, batch_size=8)
-    raw["probe"].update(epochs=1)
+    raw["probe"].update(l2_per_decade=1, max_iter=50)
     raw["device"] = "cpu"
     if raw["transfer"]["targets"]:
         raw["transfer"] = {"sources": [raw["transfer"]["sources"][0]], "targets": raw["transfer"]["targets"]}

@@ -90,10 +90,10 @@ def _metrics(run: dict, dataset: str, value: float) -> dict:
         "protocol": "linear_probe",
         "selected_on": "val",
         "val_description": VAL_DESCRIPTION,
-        "selected_epoch": 7,
+        "selected": {"l2": 1e-4, "iterations": 37, "at_grid_edge": False},
         "val_accuracy": value + 0.005,
         "test": _test_block(dataset, value),
-        "official_protocol": {"test_accuracy": value + 0.02, "epoch": 9},
+        "official_protocol": {"test_accuracy": value + 0.02, "l2": 1e-5},
         "config": {"temperature": 0.1, "weight": 0.5} if run["method"] == "cecl" else {"temperature": 0.1},
     }
 
@@ -108,7 +108,7 @@ def write_run(root: Path, key: RunKey, value: Callable = headline, curve_of: Cal
         {
             "epoch": range(1, len(accuracies) + 1),
             "train_loss": [2.0 / e for e in range(1, len(accuracies) + 1)],
-            "online_probe_val_accuracy": accuracies,
+            "monitor_val_accuracy": accuracies,
             "lr": 0.5,
         }
     ).to_csv(model_dir / "history.csv", index=False)
@@ -448,7 +448,7 @@ def test_convergence_table_and_csv(full) -> None:
     assert rows["supcon"][1] == "3.0 ± 0.0 (n=3)"
 
     long = pd.read_csv(paths["convergence_csv"])
-    assert list(long.columns) == ["dataset", "method", "seed", "epoch", "online_probe_val_accuracy", "series"]
+    assert list(long.columns) == ["dataset", "method", "seed", "epoch", "monitor_val_accuracy", "series"]
     assert len(long) == 2 * len(METHODS) * len(SEEDS) * EPOCHS
     assert long["series"].nunique() == 2 * len(METHODS) * len(SEEDS)
     assert "cecl (bmnist_rho95, seed 2)" in set(long["series"])
@@ -468,7 +468,7 @@ def test_dvc_template_colours_by_series(full) -> None:
         template="convergence",
         template_dir=str(template_dir),
         x="epoch",
-        y="online_probe_val_accuracy",
+        y="monitor_val_accuracy",
     )
     spec = renderer.get_filled_template()
     assert spec["encoding"]["color"]["field"] == "series"

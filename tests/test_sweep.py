@@ -66,7 +66,7 @@ TINY: dict[str, Any] = {
         "methods": ["cecl"],
         "epochs": 1,
         "batch_size": 32,
-        "online_probe": {"epochs": 1, "batch_size": 64},
+        "monitor": {"kind": "knn", "k": 20},
     },
     "model": {"backbone_options": {"width": 4}, "proj_dim": 16},
     "method_options": {"cecl": {}},
@@ -401,10 +401,10 @@ def test_nested_mlflow_runs_tagged_like_stage_runs(swept: Path, monkeypatch: pyt
 
 
 @pytest.mark.slow
-def test_objective_is_the_validation_probe(swept: Path) -> None:
-    """Rebuild a trial's final model from its Ray checkpoint; its val-split probe is what was reported."""
+def test_objective_is_the_validation_monitor(swept: Path) -> None:
+    """Rebuild a trial's final model from its Ray checkpoint; its val-split monitor is what was reported."""
     from cecl.methods import build_method
-    from cecl.train.loop import online_probe_accuracy
+    from cecl.train.loop import build_monitor
     from cecl.tune import load_train_val, overrides_of, sweep_setup
 
     params = _sweep_params()
@@ -431,7 +431,7 @@ def test_objective_is_the_validation_probe(swept: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the trial (cpus_per_trial: 1)
     try:
-        recomputed = online_probe_accuracy(method, setup, train, val, params.sweep.seed + epoch - 1)
+        recomputed = build_monitor(setup, train, val)(method.encoder)
     finally:
         torch.set_num_threads(threads)
     assert math.isclose(recomputed, reported, abs_tol=1e-6)

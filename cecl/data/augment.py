@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,54 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"expected uint8 or floating images, got {images.dtype}")
 
 
-def _uniform(low: float, high: float, n: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+class Uniforms:
+    """Pre-drawn U[0, 1) numbers, a table [N, K], handed out column by column where :meth:`BatchAugment.draw`
+    would draw from a ``torch.Generator`` (``rand(N)`` takes one column, ``rand(N, 4)`` four).
+
+    For randomness seeded per sample instead of per batch: the streamed image folders draw each sample's
+    row from a generator seeded by (seed, epoch, sample index) in their loader workers
+    (cecl/data/streaming.py), so the views do not depend on workers, ranks or batch composition.
+    ``COLUMNS`` covers every recipe (4 crop, 1 flip, 10 jitter, 1 grayscale); unused columns are ignored.
+    """
+
+    COLUMNS = 16
+
+    def __init__(self, table: torch.Tensor) -> None:
+        if table.ndim != 2 or table.shape[1] < self.COLUMNS:
+            raise ValueError(f"expected a table [N, >= {self.COLUMNS}], got {list(table.shape)}")
+        self.table = table
+        self.used = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    def take(self, size: tuple[int, ...], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+        """The next ``prod(size[1:])`` columns as a [size] tensor on ``device`` in ``dtype``."""
+        n, columns = size[0], math.prod(size[1:])
+        if n != len(self.table) or self.used + columns > self.table.shape[1]:
+            raise ValueError(
+                f"a draw of {list(size)} from uniforms {list(self.table.shape)} ({self.used} used)"
+            )
+        out = self.table[:, self.used : self.used + columns].reshape(size)
+        self.used += columns
+        return out.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+Randomness = torch.Generator | Uniforms
+
+
+def _rand(
+    size: tuple[int, ...], generator: Randomness, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``torch.rand(size)`` from a generator, or the next columns of pre-drawn :class:`Uniforms`."""
+    if isinstance(generator, Uniforms):
+        return generator.take(size, device, dtype)
+    return torch.rand(size, generator=generator, device=device, dtype=dtype)
+
+
+def _uniform(low: float, high: float, n: int, like: torch.Tensor, generator: Randomness) -> torch.Tensor:
+    u = _rand((n,), generator, like.device, like.dtype)
     return low + (high - low) * u
 
 
@@ -111,14 +158,90 @@ SUPCON_RECIPE = AugmentParams(
 )
 
 
+@dataclass(frozen=True)
+class ViewDraws:
+    """The random parameters of N views (one row per view), drawn by :meth:`BatchAugment.draw`.
+
+    Drawing is cheap ([N] tensors); applying them is the work. Splitting the two lets every process of a
+    multi-process run draw the parameters of the WHOLE global batch from the shared generator (so the
+    generator advances identically everywhere) and apply only its own rows (:meth:`rows`): a view's bytes
+    then depend on its row of the global batch, never on how many processes share the batch.
+    """
+
+    boxes: torch.Tensor | None  # [N, 4] crop boxes (left, top, width, height) as fractions; None: cropped
+    flip: torch.Tensor | None  # bool [N]: horizontal flip (None: the recipe has none)
+    jitter: Jitter | None  # colour jitter (None: the recipe has none)
+    gray: torch.Tensor | None  # bool [N]: grayscale (None: the recipe has none)
+    n: int  # views
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rows(self, start: int, stop: int) -> ViewDraws:
+        """The draws of views ``start:stop`` (views, not images: image i's V views are rows iV..iV+V-1)."""
+        return ViewDraws(
+            boxes=None if self.boxes is None else self.boxes[start:stop],
+            flip=None if self.flip is None else self.flip[start:stop],
+            jitter=None if self.jitter is None else self.jitter.rows(start, stop),
+            gray=None if self.gray is None else self.gray[start:stop],
+            n=stop - start,
+        )
+
+    def after_crop(self, device: torch.device) -> ViewDraws:
+        """The draws without the crop boxes (applied already, e.g. image by image), copied to ``device``."""
+
+        def to(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        jitter = self.jitter
+        if jitter is not None:
+            f = jitter.factors
+            jitter = Jitter(
+                to(jitter.apply), (to(f[0]), to(f[1]), to(f[2])), to(jitter.hue_maps), to(jitter.order)
+            )
+        flip = None if self.flip is None else to(self.flip)
+        gray = None if self.gray is None else to(self.gray)
+        return ViewDraws(None, flip, jitter, gray, n=self.n)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """The colour jitter's draws of N views (:meth:`BatchAugment.draw_jitter`)."""
+
+    apply: torch.Tensor  # bool [N]: jitter applied (probability color_jitter_p)
+    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # brightness, contrast, saturation [N]
+    hue_maps: torch.Tensor  # [N, 3, 3] RGB -> RGB maps of the hue shifts
+    order: torch.Tensor  # int64 [N, 4]: the order of the four ops per view
+
+    def rows(self, start: int, stop: int) -> Jitter:
+        f = self.factors
+        return Jitter(
+            self.apply[start:stop],
+            (f[0][start:stop], f[1][start:stop], f[2][start:stop]),
+            self.hue_maps[start:stop],
+            self.order[start:stop],
+        )
+
+
 class BatchAugment:
-    """Per-sample RandomResizedCrop, horizontal flip, colour jitter (with ``color_jitter_p``), grayscale."""
+    """Per-sample RandomResizedCrop, horizontal flip, colour jitter (with ``color_jitter_p``), grayscale.
+
+    ``augment(images, generator)`` draws the parameters (:meth:`draw`), then applies them
+    (:meth:`apply`); the two halves are public so that a process can draw a whole global batch's
+    parameters and apply only its shard's (:func:`make_views` with ``batch_rows``).
+    """
 
     def __init__(self, params: AugmentParams) -> None:
         self.params = params
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """float [B, C, H, W] in [0, 1] -> augmented float [B, C, H, W] in [0, 1] (C = 3 for colour ops)."""
+        self.check(images, generator)
+        b, _, h, w = images.shape
+        return self.apply(images, self.draw(b, h, w, images, generator))
+
+    def check(self, images: torch.Tensor, generator: torch.Generator) -> None:
+        """Refuse images this recipe cannot augment, or a generator on another device than the images."""
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"expected float images [B, C, H, W], got {images.dtype} {list(images.shape)}")
         if images.shape[1] != 3 and self.params.needs_colour():
@@ -128,17 +251,38 @@ class BatchAugment:
                 f"the generator is on {generator.device} but the images on {images.device}: "
                 "create the generator on the images' device"
             )
-        out = self.random_resized_crop(images, generator)
+
+    def draw(
+        self, n: int, h: int | torch.Tensor, w: int | torch.Tensor, like: torch.Tensor, generator: Randomness
+    ) -> ViewDraws:
+        """The random parameters of ``n`` views of H x W images, on ``like``'s device, in its dtype.
+
+        The generator is consumed in one fixed order (crop boxes, flips, jitter, grayscale: the order of
+        the single-pass implementation before the split), so the same state gives the same views.
+        ``h`` / ``w`` may be [n] tensors: images of different sizes (a batch of decoded JPEGs).
+        """
         p = self.params
-        if p.hflip_p > 0:
-            flip = torch.rand(len(out), generator=generator, device=out.device) < p.hflip_p
-            out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
-        if p.color_jitter > 0 and p.color_jitter_p > 0:
-            out = self.color_jitter(out, generator)
-        if p.grayscale_p > 0:
-            apply = torch.rand(len(out), generator=generator, device=out.device) < p.grayscale_p
+        boxes = self.sample_boxes(n, h, w, like, generator)
+        flip = _rand((n,), generator, like.device) < p.hflip_p if p.hflip_p > 0 else None
+        jitter = self.draw_jitter(n, like, generator) if p.color_jitter > 0 and p.color_jitter_p > 0 else None
+        gray = _rand((n,), generator, like.device) < p.grayscale_p if p.grayscale_p > 0 else None
+        return ViewDraws(boxes, flip, jitter, gray, n=n)
+
+    def apply(self, images: torch.Tensor, draws: ViewDraws) -> torch.Tensor:
+        """Apply ``draws`` (row i to image i) to float [B, C, H, W] in [0, 1]; draws no randomness.
+
+        Every operation is per sample, so row i of the output depends only on image i and draw i.
+        """
+        if len(draws) != len(images):
+            raise ValueError(f"{len(draws)} rows of draws for {len(images)} images")
+        out = images if draws.boxes is None else crop_resize(images, draws.boxes)
+        if draws.flip is not None:
+            out = torch.where(draws.flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        if draws.jitter is not None:
+            out = _jitter(out, draws.jitter)
+        if draws.gray is not None:
             gray = _grayscale(out).expand_as(out)
-            out = torch.where(apply.view(-1, 1, 1, 1), gray, out)
+            out = torch.where(draws.gray.view(-1, 1, 1, 1), gray, out)
         return out.clamp_(0.0, 1.0)
 
     def random_resized_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -147,7 +291,7 @@ class BatchAugment:
         return crop_resize(images, self.sample_boxes(b, h, w, images, generator))
 
     def sample_boxes(
-        self, b: int, h: int, w: int, like: torch.Tensor, generator: torch.Generator
+        self, b: int, h: int | torch.Tensor, w: int | torch.Tensor, like: torch.Tensor, generator: Randomness
     ) -> torch.Tensor:
         """[B, 4] crop boxes (left, top, width, height) as fractions of the image's width / height.
 
@@ -161,9 +305,18 @@ class BatchAugment:
         # (box_w * W) * (box_h * H) = area * W * H and (box_w * W) / (box_h * H) = ratio:
         box_w = torch.sqrt(area * ratio * h / w).clamp(max=1.0)
         box_h = torch.sqrt(area / ratio * w / h).clamp(max=1.0)
-        left = torch.rand(b, generator=generator, device=like.device, dtype=like.dtype) * (1 - box_w)
-        top = torch.rand(b, generator=generator, device=like.device, dtype=like.dtype) * (1 - box_h)
+        left = _rand((b,), generator, like.device, like.dtype) * (1 - box_w)
+        top = _rand((b,), generator, like.device, like.dtype) * (1 - box_h)
         return torch.stack([left, top, box_w, box_h], dim=1)
+
+    def draw_jitter(self, n: int, like: torch.Tensor, generator: Randomness) -> Jitter:
+        """The colour jitter's draws (see :meth:`color_jitter`): applied?, 3 factors, hue, op order."""
+        s = self.params.color_jitter
+        apply = _rand((n,), generator, like.device) < self.params.color_jitter_p
+        b, c, t = (_uniform(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, n, like, generator) for _ in range(3))
+        hue = _uniform(-0.1 * s, 0.1 * s, n, like, generator)
+        order = _rand((n, 4), generator, like.device).argsort(dim=1)
+        return Jitter(apply, (b, c, t), _hue_transform(hue, like.device, like.dtype), order)
 
     def color_jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """torchvision's ColorJitter(0.4s, 0.4s, 0.4s, 0.1s), per sample, applied with probability p.
@@ -177,17 +330,15 @@ class BatchAugment:
         (:func:`_colour_step`), so the batch is transformed 4 times, not 16 (every op at every position,
         then a selection), and which op a sample gets is never read back from the device.
         """
-        b = len(images)
-        s = self.params.color_jitter
-        apply = torch.rand(b, generator=generator, device=images.device) < self.params.color_jitter_p
-        factors = [_uniform(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, b, images, generator) for _ in range(3)]
-        hue = _uniform(-0.1 * s, 0.1 * s, b, images, generator)
-        order = torch.rand(b, 4, generator=generator, device=images.device).argsort(dim=1)
-        hue_maps = _hue_transform(hue, images.device, images.dtype)
-        out = images
-        for step in range(4):
-            out = _colour_step(out, order[:, step], factors, hue_maps)
-        return torch.where(apply.view(-1, 1, 1, 1), out, images)
+        return _jitter(images, self.draw_jitter(len(images), images, generator))
+
+
+def _jitter(images: torch.Tensor, jitter: Jitter) -> torch.Tensor:
+    """Apply the jitter's draws (:meth:`BatchAugment.color_jitter`) to float [B, 3, H, W]."""
+    out = images
+    for step in range(4):
+        out = _colour_step(out, jitter.order[:, step], list(jitter.factors), jitter.hue_maps)
+    return torch.where(jitter.apply.view(-1, 1, 1, 1), out, images)
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -255,18 +406,37 @@ def _colour_step(
 
 
 def make_views(
-    images: torch.Tensor, n_views: int, augment: BatchAugment | None, generator: torch.Generator
+    images: torch.Tensor,
+    n_views: int,
+    augment: BatchAugment | None,
+    generator: torch.Generator,
+    *,
+    batch_rows: int | None = None,
+    first_row: int = 0,
 ) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float [B, V, C, H, W]: V independently augmented views of each image.
 
     ``augment=None`` gives the images themselves (V copies, no randomness drawn): the vanilla
     cross-entropy baseline of the bias benchmarks trains without augmentation.
+
+    A shard of a global batch: with ``batch_rows`` N, ``images`` are rows ``first_row ..
+    first_row + B - 1`` of a global batch of N images. The parameters of all N x V views are drawn (the
+    generator advances exactly as for the whole batch, in every process alike) and only this shard's
+    are applied, so the work is the shard's and its bytes equal the same rows of the whole batch's
+    views, whatever the number of processes (every operation is per sample).
     """
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
+    b = len(images)
+    n = b if batch_rows is None else batch_rows
+    if not (first_row >= 0 and first_row + b <= n):
+        raise ValueError(f"rows {first_row}..{first_row + b - 1} are outside a global batch of {n}")
     x = to_float(images)
     if augment is None:
-        return x.unsqueeze(1).expand(len(x), n_views, *x.shape[1:])
-    b = len(x)
+        return x.unsqueeze(1).expand(b, n_views, *x.shape[1:])
     repeated = x.unsqueeze(1).expand(b, n_views, *x.shape[1:]).reshape(b * n_views, *x.shape[1:])
-    return augment(repeated, generator).reshape(b, n_views, *x.shape[1:])
+    augment.check(repeated, generator)
+    draws = augment.draw(n * n_views, x.shape[2], x.shape[3], repeated, generator)
+    if n != b:
+        draws = draws.rows(first_row * n_views, (first_row + b) * n_views)
+    return augment.apply(repeated, draws).reshape(b, n_views, *x.shape[1:])

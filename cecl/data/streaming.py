@@ -7,17 +7,23 @@ incomplete one dropped), and with P ranks each rank keeps its contiguous shard o
 depends only on (seed, e)) and exact multi-process training carry over:
 
 * :class:`TensorBatchSource` wraps an in-memory :class:`~cecl.datasets.TensorSplit` and reproduces the
-  loop's current numbers exactly (same generator, same permutation, same on-device augmentation of the
-  whole global batch, then the shard).
+  loop's numbers exactly (same generator, same permutation, same on-device augmentation parameters of
+  the whole global batch; each rank applies only its shard's, with the bytes of those rows of the
+  whole batch's views).
 * :class:`StreamingSource` serves an image folder (ImageNet: 140+ GB) without ever holding it:
   ``torch.utils.data.DataLoader`` worker processes read, decode (PIL) and augment each image on CPU
   with torchvision's transforms v2 and deliver uint8 batches; only about ``workers x prefetch_factor``
   batches exist at any time. Each rank decodes only its own shard. The randomness of a sample's views
   is seeded by ``(seed, epoch, sample index)``, never by a worker's or a rank's state, so the bytes do
   not depend on the number of workers, the number of ranks, or the epoch a run resumed at.
+  With ``decode="device"`` (automatic when training on CUDA, see :class:`StreamingSource`) the workers
+  only read each training sample's JPEG bytes and draw its augmentation numbers (from the same
+  per-sample seed), and the batch is decoded on the device (``torchvision.io.decode_jpeg`` of the list),
+  cropped image by image and jittered there by the batched augmentation of cecl/data/augment.py. The
+  loaders are built once per source and keep their workers between epochs (``persistent_workers``).
 
-:func:`features_of` extracts frozen features from either source in batches under ``no_grad``, for the
-probes (bounded memory: only the features are kept).
+:func:`cecl.eval.features.features_of` extracts frozen features from either source in batches, for the
+probe and the monitor (bounded memory: only the features are kept).
 """
 
 from __future__ import annotations
@@ -28,15 +34,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cecl import distributed
-from cecl.data.augment import AugmentParams, BatchAugment, make_views, to_float
+from cecl.data.augment import AugmentParams, BatchAugment, Uniforms, make_views, to_float
 from cecl.datasets.base import TensorSplit
 from cecl.datasets.errors import DataIntegrityError
 from cecl.datasets.sources.images import decode_rgb
@@ -141,8 +147,9 @@ class TensorBatchSource:
     """A TensorSplit served as the loop serves it today, bit for bit.
 
     Epoch ``e``: ``epoch_generator(seed, e)`` draws the permutation on the split's device, then, batch
-    by batch, the augmentation of the whole global batch (``make_views``), which is then sharded; the
-    generator is consumed in exactly the loop's order because the batches are produced lazily.
+    by batch, the augmentation parameters of the whole global batch, of which this rank applies its
+    shard's (``make_views`` with ``batch_rows``); the generator is consumed in exactly the loop's order
+    because the batches are produced lazily.
     """
 
     def __init__(self, split: TensorSplit, seed: int, augment: BatchAugment | None) -> None:
@@ -180,12 +187,17 @@ class TensorBatchSource:
         size, steps = full_batches(len(self), batch_size)
         generator = epoch_generator(self.seed, epoch, self.device)
         order = torch.randperm(len(self), generator=generator, device=self.device)
+        start, stop = distributed.take_shard(size, rank, world_size)
+        recipe = self.augment if augment else None
         for step in range(steps):
-            idx = order[step * size : (step + 1) * size]
-            views = make_views(self.split.images[idx], n_views, self.augment if augment else None, generator)
-            # The whole global batch is augmented (same generator in every process), then sharded.
-            shard = distributed.split_batch([views, self.split.targets[idx]], rank, world_size)
-            yield shard[0], shard[1]
+            idx = order[step * size : (step + 1) * size][start:stop]
+            # Every process draws the augmentation parameters of the whole global batch from the same
+            # generator and applies only its shard's: the work is the shard's, and the bytes are the
+            # same rows of the whole batch's views whatever the number of processes.
+            views = make_views(
+                self.split.images[idx], n_views, recipe, generator, batch_rows=size, first_row=start
+            )
+            yield views, self.split.targets[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self), batch_size):
@@ -296,6 +308,10 @@ class _FolderDataset(Dataset):
         return self.transforms.evaluation()
 
     def decode(self, i: int) -> Image.Image:
+        return decode_rgb(self.read(i), str(self.index.path(i)))
+
+    def read(self, i: int) -> bytes:
+        """File ``i``'s bytes, checked against the index's size."""
         path = self.index.path(i)
         try:
             data = path.read_bytes()
@@ -306,7 +322,7 @@ class _FolderDataset(Dataset):
                 f"{path}: {len(data)} bytes, the index says {self.index.sizes[i]} (changed since prepare: "
                 "re-run prepare)"
             )
-        return decode_rgb(data, str(path))
+        return data
 
     def __getitem__(self, key: Key) -> tuple[Tensor, int]:
         i, epoch, n_views, augment = key
@@ -317,6 +333,85 @@ class _FolderDataset(Dataset):
         else:
             views = [self.eval_transform(image)] * n_views
         return torch.stack(views), int(self.index.targets[i])
+
+
+class _FolderBytes(_FolderDataset):
+    """For decoding on the device: one training request gives the file's bytes (uint8 [n], undecoded),
+    the target, and the sample's augmentation numbers [V, Uniforms.COLUMNS] drawn from a CPU generator
+    seeded by ``sample_seed(seed, epoch, index)`` (the per-sample contract of the PIL path)."""
+
+    def __getitem__(self, key: Key) -> tuple[Tensor, int, Tensor, int]:  # type: ignore[override]
+        i, epoch, n_views, _ = key
+        data = torch.frombuffer(bytearray(self.read(i)), dtype=torch.uint8)
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
+        return data, int(self.index.targets[i]), torch.rand(n_views, Uniforms.COLUMNS, generator=generator), i
+
+
+def _collate_bytes(
+    items: list[tuple[Tensor, int, Tensor, int]],
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """(bytes per file, targets [b], uniforms [b, V, K], sample indices [b]): the files differ in length."""
+    data, targets, uniforms, indices = zip(*items, strict=True)
+    return list(data), torch.tensor(targets), torch.stack(uniforms), torch.tensor(indices)
+
+
+def decode_on(data: list[Tensor], names: list[str], device: torch.device) -> list[Tensor]:
+    """JPEG bytes -> RGB uint8 [3, h_i, w_i] on ``device``, the whole list in one batched
+    ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, libjpeg-turbo on the CPU: the same call).
+
+    When the batch fails (a CMYK JPEG nvJPEG refuses, a PNG named .JPEG as ImageNet has one of, a
+    corrupt file), the files are decoded one by one, a failing one on the CPU with ``decode_image`` (any
+    format), and a file nothing decodes is a one-line DataIntegrityError naming it.
+    """
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    rgb = ImageReadMode.RGB
+    try:
+        return decode_jpeg(data, mode=rgb, device=device)
+    except RuntimeError:
+        pass
+    images = []
+    for one, name in zip(data, names, strict=True):
+        try:
+            images.append(decode_jpeg(one, mode=rgb, device=device))
+        except RuntimeError:
+            try:
+                images.append(decode_image(one, mode=rgb).to(device))
+            except RuntimeError as err:
+                reason = " ".join(str(err).split()) or type(err).__name__
+                raise DataIntegrityError(f"{name}: not a readable image ({reason})") from None
+    return images
+
+
+def device_views(images: list[Tensor], uniforms: Tensor, size: int, augment: BatchAugment) -> Tensor:
+    """Decoded images (uint8 [3, h_i, w_i] on the device) -> float views [b, V, 3, size, size] in [0, 1].
+
+    The recipe's draws come from each sample's own numbers (``uniforms`` [b, V, K] on the CPU,
+    :class:`~cecl.data.augment.Uniforms`); the crop boxes are computed on the CPU from each image's size
+    (known to the host without waiting for the device), rounded to whole pixels, and each view is cut
+    and resized to ``size`` by torchvision's ``resized_crop`` (bilinear, antialiased, as the PIL path's
+    RandomResizedCrop): images of different sizes cannot be stacked before. The flip, jitter and
+    grayscale are then :meth:`BatchAugment.apply` on the stacked views, on the device.
+    """
+    from torchvision.transforms.v2.functional import resized_crop
+
+    b, v, _ = uniforms.shape
+    device = images[0].device
+    heights = torch.tensor([float(im.shape[-2]) for im in images]).repeat_interleave(v)
+    widths = torch.tensor([float(im.shape[-1]) for im in images]).repeat_interleave(v)
+    draws = augment.draw(b * v, heights, widths, heights, Uniforms(uniforms.reshape(b * v, -1)))
+    boxes = draws.boxes
+    assert boxes is not None
+    left, top = (boxes[:, 0] * widths).round(), (boxes[:, 1] * heights).round()
+    width = (boxes[:, 2] * widths).round().clamp(min=1).minimum(widths - left)
+    height = (boxes[:, 3] * heights).round().clamp(min=1).minimum(heights - top)
+    pixels = torch.stack([top, left, height, width], dim=1).long().tolist()  # CPU numbers: no device sync
+    crops = [
+        resized_crop(images[j // v], t, lft, hgt, wdt, [size, size], antialias=True)
+        for j, (t, lft, hgt, wdt) in enumerate(pixels)
+    ]
+    views = augment.apply(to_float(torch.stack(crops)), draws.after_crop(device))
+    return views.reshape(b, v, 3, size, size)
 
 
 class _Requests:
@@ -334,11 +429,38 @@ class _Requests:
             yield [(int(i), self.epoch, self.n_views, self.augment) for i in batch]
 
 
+class _Switch:
+    """The batch sampler of a persistent DataLoader: the requests of the pass now being iterated.
+
+    A DataLoader takes its batch sampler once; it iterates it in the training process at each pass, so
+    pointing this at the next pass's requests lets the loader (and its workers) live across epochs.
+    """
+
+    def __init__(self) -> None:
+        self.requests = _Requests([], 0, 1, False)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        return iter(self.requests)
+
+
+Decode = Literal["auto", "pil", "device"]
+
+
 class StreamingSource:
     """A split served from its files by DataLoader workers (see the module docstring).
 
     Memory: the index (paths, targets, sizes) and at most ``workers x prefetch_factor`` batches in
     flight (with ``workers: 0`` one batch); no attribute ever holds decoded images of the split.
+
+    ``decode`` picks where training views are decoded: ``pil`` in the workers (PIL + torchvision's
+    transforms v2 on each image), ``device`` on the source's device in batches (:func:`decode_on`,
+    :func:`device_views`: the workers only read bytes), ``auto`` (the default) ``device`` when the
+    source's device is CUDA, else ``pil``. Both keep the per-sample seeding; their views differ (two
+    implementations of the recipe: YIQ hue, continuous crop boxes rounded to pixels on the device).
+    Evaluation reads (``eval_batches``) and un-augmented training views always take the PIL path.
     """
 
     def __init__(
@@ -351,6 +473,7 @@ class StreamingSource:
         workers: int = 0,
         prefetch_factor: int = 2,
         multiprocessing_context: str | None = None,
+        decode: Decode = "auto",
     ) -> None:
         self.index = index
         self.seed = seed
@@ -359,6 +482,13 @@ class StreamingSource:
         self.workers = workers
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
+        self.decode = decode
+        self._loaders: dict[tuple[bool, bool], tuple[DataLoader, _Switch]] = {}  # (device decode, eval)
+
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether augmented training views are decoded on the device (``decode``, see the class)."""
+        return self.decode == "device" or (self.decode == "auto" and self.device.type == "cuda")
 
     @property
     def targets(self) -> Tensor:
@@ -375,7 +505,7 @@ class StreamingSource:
         return full_batches(len(self), batch_size)[1]
 
     def subset(self, index: Tensor) -> StreamingSource:
-        """The same source restricted to ``index`` (e.g. the online probe's fixed subset)."""
+        """The same source restricted to ``index`` (e.g. the monitor's fixed subset)."""
         return StreamingSource(
             self.index.subset(index.cpu().numpy()),
             seed=self.seed,
@@ -384,26 +514,43 @@ class StreamingSource:
             workers=self.workers,
             prefetch_factor=self.prefetch_factor,
             multiprocessing_context=self.multiprocessing_context,
+            decode=self.decode,
         )
 
     def loader(self, requests: _Requests) -> DataLoader:
-        """The DataLoader of one pass: a fresh one per epoch (its workers end with the pass)."""
-        extra: dict[str, Any] = {}
-        if self.workers > 0:
-            extra = {
-                "prefetch_factor": self.prefetch_factor,
-                "multiprocessing_context": self.multiprocessing_context,
-            }
-        return DataLoader(
-            _FolderDataset(self.index, self.transforms, self.seed),
-            batch_sampler=requests,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            # Its own generator: DataLoader draws a base seed for its workers from the global one
-            # otherwise, shifting the training process's random stream (the views never use it).
-            generator=torch.Generator().manual_seed(self.seed),
-            **extra,
-        )
+        """The DataLoader of a pass over ``requests``, built once per kind (decoded images, or bytes for
+        the device) and reused: with workers they persist between passes (``persistent_workers``). The
+        bytes do not change: every request carries its epoch, and nothing reads the workers' seeds."""
+        on_device = requests.augment and self.decodes_on_device
+        # Training and evaluation passes never share a loader: a persistent loader has one iterator, so
+        # two passes of one kind must not interleave (a pass is one epoch, or one extraction).
+        kind = (on_device, requests.epoch == _EVAL_EPOCH)
+        if kind not in self._loaders:
+            extra: dict[str, Any] = {}
+            if self.workers > 0:
+                extra = {
+                    "prefetch_factor": self.prefetch_factor,
+                    "multiprocessing_context": self.multiprocessing_context,
+                    "persistent_workers": True,
+                }
+            switch = _Switch()
+            dataset = (_FolderBytes if on_device else _FolderDataset)(self.index, self.transforms, self.seed)
+            loader = DataLoader(
+                dataset,
+                batch_sampler=switch,
+                num_workers=self.workers,
+                # the bytes go to nvJPEG from pageable memory; pinning thousands of small buffers costs more
+                pin_memory=self.device.type == "cuda" and not on_device,
+                collate_fn=_collate_bytes if on_device else None,
+                # Its own generator: DataLoader draws a base seed for its workers from the global one
+                # otherwise, shifting the training process's random stream (the views never use it).
+                generator=torch.Generator().manual_seed(self.seed),
+                **extra,
+            )
+            self._loaders[kind] = (loader, switch)
+        loader, switch = self._loaders[kind]
+        switch.requests = requests
+        return loader
 
     def shard_indices(self, epoch: int, batch_size: int, rank: int, world_size: int) -> list[np.ndarray]:
         """This rank's sample indices of each global batch of epoch ``epoch`` (contiguous shards)."""
@@ -439,9 +586,31 @@ class StreamingSource:
         # Each rank keeps its shard of global batches of batch_size: the gathers take every rank's size
         # from the shard bounds instead of exchanging sizes (a host-device sync per gather).
         distributed.set_global_batch(batch_size)
+        if augment and self.decodes_on_device:
+            yield from self.device_batches(epoch, batch_size, n_views, rank, world_size)
+            return
         for views, targets in self.uint8_batches(epoch, batch_size, n_views, augment, rank, world_size):
             views = views.to(self.device, non_blocking=True)
             yield to_float(views), targets.to(self.device, non_blocking=True)
+
+    def device_batches(
+        self,
+        epoch: int,
+        batch_size: int,
+        n_views: int,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> Iterator[Batch]:
+        """Augmented training batches decoded on the device: the workers read bytes, the device decodes
+        the batch (:func:`decode_on`) and makes the views (:func:`device_views`)."""
+        rank = distributed.rank() if rank is None else rank
+        world_size = distributed.world_size() if world_size is None else world_size
+        requests = _Requests(self.shard_indices(epoch, batch_size, rank, world_size), epoch, n_views, True)
+        augment = BatchAugment(self.transforms.augment)
+        for data, targets, uniforms, indices in _unwrapped(self.loader(requests)):
+            images = decode_on(data, [str(self.index.path(int(i))) for i in indices], self.device)
+            views = device_views(images, uniforms, self.transforms.size, augment)
+            yield views, targets.to(self.device, non_blocking=True)
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         """Every sample once in index order, evaluation transform: (uint8 [b, 3, S, S], targets)."""
@@ -465,29 +634,6 @@ def _unwrapped(loader: DataLoader) -> Iterator[Batch]:
 
 
 # ----------------------------------------------------------------------------- helpers for the stages
-
-
-@torch.no_grad()
-def features_of(encoder: nn.Module, source: BatchSource | TensorSplit, batch_size: int = 1024) -> Tensor:
-    """Encoder outputs of every sample, in index order, in batches under no_grad in eval mode.
-
-    In-memory splits go through ``cecl.train.probe.extract_features`` itself (same batches, so the
-    same numbers as before); a streamed one is fed the same way (uint8 / 255, eval mode), batch by
-    batch from its workers: only the features are kept, never the images, so it fits ImageNet.
-    """
-    from cecl.train.probe import extract_features  # here: cecl.train's loop imports this module
-
-    if isinstance(source, TensorBatchSource):
-        source = source.split
-    if isinstance(source, TensorSplit):
-        return extract_features(encoder, source.images, batch_size)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        chunks = [encoder(to_float(images)) for images, _ in source.eval_batches(batch_size)]
-    finally:
-        encoder.train(was_training)
-    return torch.cat(chunks)
 
 
 def batch_source(

@@ -38,7 +38,9 @@ index is ``<split>.tsv`` (label, bytes, SHA-256, path relative to ``root``), wri
 the manifest.
 
 Serving: ``batch_source`` streams a split (random-resized-crop views at ``image_size``, the family's
-SupContrast recipe); ``load`` / ``tensors`` decode a split with the evaluation transform (Resize
+SupContrast recipe), decoded by PIL in the loader workers or, when training on CUDA (option ``decode``:
+``auto``, the default; ``device`` / ``pil`` force one), in batches on the GPU with nvJPEG;
+``load`` / ``tensors`` decode a split with the evaluation transform (Resize
 ``eval_resize`` + CenterCrop ``image_size``) into memory only when it fits ``in_memory_limit_gb``.
 """
 
@@ -80,7 +82,12 @@ if TYPE_CHECKING:
 
 INDEX_HEADER = "label\tbytes\tsha256\tpath\n"
 WORKERS_ENV = "CECL_LOADER_WORKERS"
-SERVING_OPTIONS = {"workers", "prefetch_factor", "in_memory_limit_gb"}  # how batches are served, not data
+SERVING_OPTIONS = {
+    "workers",
+    "prefetch_factor",
+    "in_memory_limit_gb",
+    "decode",
+}  # how batches are served, not data
 _EXAMPLES = 5  # skipped files named in the manifest
 _CHUNK = 4096  # files per batch of scanning jobs (bounds the number of pending futures)
 
@@ -105,6 +112,10 @@ class ImageNetFolderOptions(DatasetOptions):
     # pretraining).
     prefetch_factor: int = Field(2, ge=1)  # batches each loader worker prepares ahead
     in_memory_limit_gb: float = Field(4.0, gt=0)  # load()/tensors() refuse larger splits (stream them)
+    # Where training views are decoded (cecl/data/streaming.py StreamingSource): "pil" in the loader
+    # workers, "device" in batches on the training device (torchvision.io.decode_jpeg, then the batched
+    # augmentation there; the workers only read bytes), "auto" device when training on CUDA, else pil.
+    decode: Literal["auto", "pil", "device"] = "auto"
 
     @model_validator(mode="after")
     def _resize_covers_crop(self) -> ImageNetFolderOptions:
@@ -501,6 +512,7 @@ class ImageNetFolder(DatasetSpec):
             device=device,
             workers=self.workers if workers is None else workers,
             prefetch_factor=o.prefetch_factor,
+            decode=o.decode,
         )
 
     def load(self, data_dir: Path, split: str) -> Split:

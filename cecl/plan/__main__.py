@@ -13,24 +13,25 @@ from pathlib import Path
 
 from cecl.config import ConfigError, Params, load_params
 from cecl.pipeline import run_setup
-from cecl.plan.estimate import passes_of, plan_params, workload
+from cecl.plan.estimate import PROBE_ROWS, passes_of, plan_params, workload
 from cecl.plan.report import format_plan
 from cecl.plan.throughput import Throughput, UnknownDevice, Workload, calibrate, devices
 from cecl.runs import RunKey
 
 
-def probe_step_seconds(feature_dim: int, batch: int) -> float:
-    """Seconds per step of the real linear-probe fit (cecl.train.probe) on this machine."""
+def probe_step_seconds(feature_dim: int) -> float:
+    """Seconds per probe unit (PROBE_ROWS rows, one evaluation) of the real L-BFGS fit on this machine."""
     import torch
 
-    from cecl.train.probe import fit_linear_probe
+    from cecl.eval.linear_probe import fit_logistic
 
-    n = batch * 20
+    n = PROBE_ROWS * 20
     features = torch.randn(n, feature_dim, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(n) % 10
+    fit_logistic(features, labels, n_classes=10, l2=1e-3, max_iter=5)  # warm-up (first-call allocations)
     started = time.perf_counter()
-    fit_linear_probe(features, labels, n_classes=10, epochs=2, lr=0.01, batch_size=batch, seed=0)
-    return (time.perf_counter() - started) / 40
+    fit = fit_logistic(features, labels, n_classes=10, l2=1e-3, max_iter=50, tolerance=1e-12)
+    return (time.perf_counter() - started) / (20 * max(1, fit.iterations))
 
 
 def calibrate_params(params: Params) -> tuple[dict[Workload, Throughput], float]:
@@ -46,8 +47,7 @@ def calibrate_params(params: Params) -> tuple[dict[Workload, Throughput], float]
             measured[work] = calibrate(params, entry, method, units)
     first = RunKey(params.pretrain.datasets[0], params.pretrain.methods[0], params.seeds[0])
     feature_dim = run_setup(params, first).make_encoder().feature_dim
-    probe = params.recipe(first.dataset).pretrain.online_probe
-    return measured, probe_step_seconds(feature_dim, probe.batch_size)
+    return measured, probe_step_seconds(feature_dim)
 
 
 def main(argv: list[str] | None = None) -> int:

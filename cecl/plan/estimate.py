@@ -2,11 +2,12 @@
 
 Compute is counted in encoder-forward units (one image through the encoder once; its MACs from
 ``footprint``): a trained image costs 1 + 2 (backward), +1 under gradient caching; a momentum target or key
-encoder pass costs 1 (``method_passes``, counted on the real methods); the online probe re-extracts
-features of its training subset and the validation split every epoch (1 each), the probe and transfer
-stages once per split. Seconds = units / (3 x trained images per second) from the throughput table,
-plus the linear-probe fits (steps x seconds per step). GPU-hours add up over the processes of a run, so
-they do not depend on how many GPUs share the work.
+encoder pass costs 1 (``method_passes``, counted on the real methods); the per-epoch monitor re-extracts
+features of its training subset and the validation split on each epoch it evaluates (1 each), the probe
+and transfer stages once per split. Seconds = units / (3 x trained images per second) from the throughput
+table, plus the linear-probe fits (probe units x seconds per unit: one linear forward + backward over
+PROBE_ROWS feature rows; the L-BFGS grid costs strengths x LBFGS_EVALS_PER_STRENGTH x rows / PROBE_ROWS).
+GPU-hours add up over the processes of a run, so they do not depend on how many GPUs share the work.
 
 Peak memory per process = saved activations per image x images in one forward x ACTIVATION_OVERHEAD
 + parameters, gradients and optimiser state (+ momentum copies) + the batch's float views + RESERVED_GIB
@@ -21,8 +22,9 @@ import math
 from dataclasses import dataclass, field
 
 from cecl import runs
-from cecl.config import Params
+from cecl.config import MonitorParams, Params, ProbeParams
 from cecl.datasets.store import MANIFEST
+from cecl.eval.monitor import MONITOR_PROBE, resolved_kind
 from cecl.plan.footprint import Footprint, footprint
 from cecl.plan.method_passes import MethodPasses, method_passes
 from cecl.plan.throughput import (
@@ -37,21 +39,38 @@ from cecl.plan.throughput import (
 GIB = 2**30
 ACTIVATION_OVERHEAD = 1.3  # transient backward buffers and allocator fragmentation over the saved tensors
 RESERVED_GIB = 1.5  # CUDA context and cuDNN workspace, outside the tensors
-GPU_PROBE_STEP_S = 0.0005  # ASSUMED seconds per linear-probe step on a GPU (tiny kernels: launch-bound)
+# ASSUMED until a GPU measures them (benchmarks/gpu_session.sh): a full-batch L-BFGS evaluation on a GPU is
+# launch-bound (about 40 small kernels and the line search's host reads) plus its rows' float64 products
+# (256 rows x 2048 features x 1000 classes x 6 FLOP at about 50 TFLOP/s: ImageNet's worst case).
+GPU_PROBE_EVAL_S = 0.003
+GPU_PROBE_UNIT_S = 0.00005
 
 
 @dataclass(frozen=True)
 class Costs:
-    """Compute of one part of the work, in encoder-forward units and probe-fit steps."""
+    """Compute of one part of the work: encoder-forward units, probe units (PROBE_ROWS rows through the
+    probe once) and probe function evaluations (full-batch L-BFGS steps)."""
 
     units: float = 0.0
     probe_steps: float = 0.0
+    probe_evals: float = 0.0
 
     def __add__(self, other: Costs) -> Costs:
-        return Costs(self.units + other.units, self.probe_steps + other.probe_steps)
+        return Costs(
+            self.units + other.units,
+            self.probe_steps + other.probe_steps,
+            self.probe_evals + other.probe_evals,
+        )
 
     def __mul__(self, k: float) -> Costs:
-        return Costs(self.units * k, self.probe_steps * k)
+        return Costs(self.units * k, self.probe_steps * k, self.probe_evals * k)
+
+    def probe_seconds(self, unit_s: float | None) -> float:
+        """Seconds of the probe fits: ``unit_s`` per unit where measured (a calibrated CPU, whose cost
+        grows with the rows), else the GPU's assumed per-evaluation and per-unit costs."""
+        if unit_s is not None:
+            return self.probe_steps * unit_s
+        return self.probe_evals * GPU_PROBE_EVAL_S + self.probe_steps * GPU_PROBE_UNIT_S
 
 
 @dataclass
@@ -174,8 +193,28 @@ def split_sizes(params: Params, entry: str) -> tuple[dict[str, int] | None, str]
     return sizes, "upper bound" if spec.sizes_are_upper_bounds() else "expected"
 
 
-def _probe_steps(n: int, epochs: int, batch: int) -> float:
-    return epochs * math.ceil(n / batch)
+# Probe cost unit: one forward + backward of a linear layer over PROBE_ROWS feature rows. An L-BFGS
+# function evaluation over n rows costs n / PROBE_ROWS units.
+PROBE_ROWS = 256
+# ASSUMED L-BFGS evaluations per L2 strength of the grid (warm-started from the previous strength). Measured
+# on 8 000 x 128 Gaussian-cluster features, 10 classes: 40 iterations on average over the default grid.
+LBFGS_EVALS_PER_STRENGTH = 50
+
+
+def _probe_fit(n: int, probe: ProbeParams) -> Costs:
+    """The converged linear probe's whole L2 grid on ``n`` training rows: its evaluations and units."""
+    evals = len(probe.grid()) * LBFGS_EVALS_PER_STRENGTH
+    return Costs(probe_steps=evals * n / PROBE_ROWS, probe_evals=evals)
+
+
+def _monitor_costs(monitor: MonitorParams, evaluator: str, train: int, val: int, epochs: int) -> Costs:
+    """The per-epoch monitor over a run of ``epochs``: features of its training subset and of validation
+    on each evaluated epoch (every ``every``, and the last), plus the probe's fit for kind probe (the kNN's
+    [val x subset] product is negligible next to the extraction)."""
+    evaluated = epochs // monitor.every + (1 if epochs % monitor.every else 0)
+    subset = min(train, monitor.train_size or train)
+    fit = _probe_fit(subset, MONITOR_PROBE) if resolved_kind(monitor, evaluator) == "probe" else Costs()
+    return (Costs(subset + val) + fit) * evaluated
 
 
 def workload(params: Params, entry: str) -> tuple[Workload, Footprint]:
@@ -244,7 +283,11 @@ def _fitting_micro_batch(params: Params, entry: str, fp: Footprint, memory: floa
 
 
 def plan_entry(
-    params: Params, entry: str, device: str, measured: dict[Workload, Throughput] | None, probe_step_s: float
+    params: Params,
+    entry: str,
+    device: str,
+    measured: dict[Workload, Throughput] | None,
+    probe_step_s: float | None,
 ) -> EntryPlan:
     recipe = params.recipe(entry)
     spec = params.spec(entry)
@@ -267,11 +310,10 @@ def plan_entry(
         if pre.protocol == "joint":
             per_run += Costs(units=pre.epochs * val)  # the joint classifier scored on validation
         else:
-            probe = pre.online_probe
-            subset = min(train, probe.train_size or train)
-            per_run += Costs(subset + val, _probe_steps(subset, probe.epochs, probe.batch_size)) * pre.epochs
-            final = params.recipe(entry).probe
-            per_run += Costs(train + val + test, _probe_steps(train, final.epochs, final.batch_size))
+            per_run += _monitor_costs(
+                pre.monitor, params.spec(entry).evaluator().name, train, val, pre.epochs
+            )
+            per_run += Costs(train + val + test) + _probe_fit(train, params.recipe(entry).probe)
         costs += per_run * len(params.seeds)
     throughput = lookup(device, work, measured)
     memory = device_memory_gib(device)
@@ -297,7 +339,7 @@ def plan_entry(
         ),
     )
     compute_s = costs.units / (3 * throughput.images_per_s)
-    plan.seconds = max(compute_s, steps * min_step_seconds(device)) + costs.probe_steps * probe_step_s
+    plan.seconds = max(compute_s, steps * min_step_seconds(device)) + costs.probe_seconds(probe_step_s)
     return plan
 
 
@@ -316,7 +358,7 @@ def trial_epochs(trials: int, epochs: int, scheduler: str, grace: int, factor: f
 
 
 def _sweep_seconds(
-    params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float
+    params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float | None
 ) -> float:
     sweep = params.sweep
     sizes = split_sizes(params, sweep.dataset)[0]
@@ -326,9 +368,7 @@ def _sweep_seconds(
     work, _ = workload(params, sweep.dataset)
     train = min(sizes["train"], sweep.train_size or sizes["train"])
     batch = max(1, min(recipe.pretrain.batch_size, train))
-    probe = recipe.pretrain.online_probe
-    subset = min(train, probe.train_size or train)
-    units = probe_steps = 0.0
+    units, probes = 0.0, Costs()
     for method, axes in sweep.grids.items():
         trials = math.prod(len(values) for values in axes.values())
         epochs = trial_epochs(
@@ -336,9 +376,11 @@ def _sweep_seconds(
         )
         passes = passes_of(params, sweep.dataset, method)
         units += epochs * (train // batch) * batch * passes.forward_units(False)
-        units += epochs * (subset + sizes["val"])
-        probe_steps += epochs * _probe_steps(subset, probe.epochs, probe.batch_size)
-    return units / (3 * lookup(device, work, measured).images_per_s) + probe_steps * step_s
+        evaluator = params.spec(sweep.dataset).evaluator().name
+        monitor = _monitor_costs(recipe.pretrain.monitor, evaluator, train, sizes["val"], 1) * epochs
+        units += monitor.units
+        probes += monitor
+    return units / (3 * lookup(device, work, measured).images_per_s) + probes.probe_seconds(step_s)
 
 
 def plan_params(
@@ -348,7 +390,7 @@ def plan_params(
     probe_step_s: float | None = None,
 ) -> Plan:
     """The plan of every pretraining entry, the sweep's upper bound (its full grid) and the transfers."""
-    step_s = GPU_PROBE_STEP_S if probe_step_s is None else probe_step_s
+    step_s = probe_step_s  # None: the GPU's assumed costs (Costs.probe_seconds)
     entries = [plan_entry(params, e, device, measured, step_s) for e in params.pretrain.datasets]
     plan = Plan(device=device, entries=entries)
     # Sweep: every trial of every grid, for the epochs its scheduler lets it train (trial_epochs).
@@ -360,11 +402,11 @@ def plan_params(
         if sizes is None:
             continue
         final = params.recipe(target).probe
-        part = Costs(sum(sizes.values()), _probe_steps(sizes["train"], final.epochs, final.batch_size))
+        part = Costs(sum(sizes.values())) + _probe_fit(sizes["train"], final)
         part = part * (len(params.pretrain.methods) * len(params.seeds))
         source_work, _ = workload(params, source)
         seconds += part.units / (3 * lookup(device, source_work, measured).images_per_s)
-        seconds += part.probe_steps * step_s
+        seconds += part.probe_seconds(step_s)
     plan.extra_seconds["transfer"] = seconds
     n_runs = len(params.runs())
     plan.stages = len(params.datasets) + 2 * n_runs + len(params.transfers()) + 2  # + sweep, aggregate

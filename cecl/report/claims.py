@@ -2,7 +2,7 @@
 
 1. BiasedMNIST: "22.9% improvement compared to original contrastive loss functions" — CECL minus
    SupCon / SimCLR / cross-entropy in unbiased test accuracy, per BiasedMNIST entry and protocol.
-2. Faster convergence — epochs to 90% / 95% of the run's own final online-probe accuracy, CECL vs
+2. Faster convergence — epochs to 90% / 95% of the run's own final monitor accuracy, CECL vs
    every other method measured on the same entry (fewer epochs = faster).
 3. Better accuracy — CECL minus SupCon / SimCLR top-1 test accuracy per classification entry.
 
@@ -239,9 +239,9 @@ def _claim_convergence(epochs: pd.DataFrame) -> list[str]:
         "### 2. Faster convergence",
         "",
         "Paper (abstract): faster convergence than the contrastive baselines. Measured as the first "
-        "pretraining epoch at which the online-probe validation accuracy reaches 90% / 95% of that run's "
-        "own final accuracy; CECL minus each other method measured on the same entry, in epochs "
-        "(negative = CECL faster).",
+        "pretraining epoch at which the per-epoch monitor's validation accuracy (pretrain.monitor: kNN "
+        "by default) reaches 90% / 95% of that run's own final accuracy; CECL minus each other method "
+        "measured on the same entry, in epochs (negative = CECL faster).",
         "",
     ]
     if epochs.empty:

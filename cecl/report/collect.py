@@ -30,7 +30,7 @@ REQUIRED_TEST_KEYS = {
     CLASSIFICATION: ("accuracy", "mean_per_class_accuracy"),
 }
 REQUIRED_KEYS = ("evaluator", "protocol", "selected_on", "test", "official_protocol")
-HISTORY_COLUMNS = ("epoch", "train_loss", "online_probe_val_accuracy")
+HISTORY_COLUMNS = ("epoch", "train_loss", "monitor_val_accuracy")
 
 # Columns of the result frames (flattened metrics.json; nested keys joined with ".").
 TOP1 = "test.accuracy"
@@ -40,7 +40,7 @@ ALIGNED = "test.aligned_accuracy"
 MEAN_PER_CLASS = "test.mean_per_class_accuracy"
 TOP5 = "test.top5_accuracy"
 OFFICIAL = "official.test_accuracy"
-OFFICIAL_EPOCH = "official.epoch"
+OFFICIAL_SELECTED = "official.l2"  # the test-selected L2 strength of the probe's grid
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Collected:
 
     probes: pd.DataFrame  # one row per RunKey: its probe metrics.json, flattened
     transfers: pd.DataFrame  # one row per TransferKey (same columns; ``source`` filled)
-    histories: pd.DataFrame  # long: dataset, method, seed, epoch, train_loss, online_probe_val_accuracy, lr
+    histories: pd.DataFrame  # long: dataset, method, seed, epoch, train_loss, monitor_val_accuracy, lr
     pretrain: pd.DataFrame  # one row per RunKey: stage, dataset, method, seed, outputs_sha256 (model folder)
 
 
@@ -153,7 +153,7 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
         "protocol": str(data["protocol"]),
         "selected_on": str(data["selected_on"]),
         "val_description": str(data.get("val_description") or ""),
-        "selected_epoch": data.get("selected_epoch"),
+        "selected": json.dumps(data.get("selected"), sort_keys=True),  # {"l2", ...} or joint's {"epoch"}
         "val_accuracy": data.get("val_accuracy"),
         "outputs_sha256": tree_digest(path.parent),
         "pretrain_stage": run.get("pretrain_stage"),
@@ -163,7 +163,7 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
             if official.get("test_accuracy") is not None
             else math.nan
         ),
-        OFFICIAL_EPOCH: official.get("epoch"),
+        OFFICIAL_SELECTED: official.get("l2"),
         "path": relative.as_posix(),
     }
     for name, value in test.items():

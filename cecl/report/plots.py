@@ -1,4 +1,4 @@
-"""Convergence figure and DVC plot data: online-probe validation accuracy per pretraining epoch.
+"""Convergence figure and DVC plot data: the per-epoch monitor's validation accuracy per pretraining epoch.
 
 convergence.png: one subplot per dataset entry, one line per method = the mean over seeds at each
 epoch, with a shaded min–max band over seeds (none for a single seed). tab20 colours plus markers keep
@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cecl.report.collect import ordered
 
-CONVERGENCE_COLUMNS = ("dataset", "method", "seed", "epoch", "online_probe_val_accuracy", "series")
+CONVERGENCE_COLUMNS = ("dataset", "method", "seed", "epoch", "monitor_val_accuracy", "series")
 MARKERS = "os^Dv<>pPX*h"
 MAX_COLUMNS = 3
 
@@ -62,7 +62,7 @@ def plot_convergence(
             run = rows[rows["method"] == method]
             if run.empty:
                 continue
-            by_epoch = run.groupby("epoch")["online_probe_val_accuracy"].agg(["mean", "min", "max", "count"])
+            by_epoch = run.groupby("epoch")["monitor_val_accuracy"].agg(["mean", "min", "max", "count"])
             style = _colour_and_marker(index)
             (line,) = ax.plot(by_epoch.index, 100 * by_epoch["mean"], label=method, ms=3, **style)
             if by_epoch["count"].max() > 1:
@@ -77,7 +77,7 @@ def plot_convergence(
         title = dataset if not notes.get(dataset) else f"{dataset}\n{notes[dataset]}"
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("pretraining epoch")
-        ax.set_ylabel("online-probe val. accuracy (%)")
+        ax.set_ylabel("monitor val. accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes[len(datasets) :]:
@@ -90,7 +90,7 @@ def plot_convergence(
         loc="outside right center",
         fontsize="small",
     )
-    fig.suptitle("Convergence: online-probe validation accuracy per pretraining epoch")
+    fig.suptitle("Convergence: the per-epoch monitor's validation accuracy (pretrain.monitor) per epoch")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
@@ -99,7 +99,7 @@ def plot_convergence(
 
 def convergence_long(histories: pd.DataFrame) -> pd.DataFrame:
     """DVC plot frame (CONVERGENCE_COLUMNS): one row per (dataset, method, seed, epoch)."""
-    long = histories.loc[:, ["dataset", "method", "seed", "epoch", "online_probe_val_accuracy"]].copy()
+    long = histories.loc[:, ["dataset", "method", "seed", "epoch", "monitor_val_accuracy"]].copy()
     long["series"] = [
         f"{method} ({dataset}, seed {seed})"
         for dataset, method, seed in zip(long["dataset"], long["method"], long["seed"], strict=True)

@@ -1,8 +1,8 @@
 """The sweep's tables and figure: results.csv frame, τ × w heatmap (PNG + long CSV), sensitivity table.
 
-Every number is a trial's best online linear-probe value on the **validation** split over the
-epochs it ran: the dataset evaluator's primary metric, named in best.json (``metric``; the column
-keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown
+Every number is a trial's best per-epoch monitor value (``pretrain.monitor``) on the **validation**
+split over the epochs it ran: the dataset evaluator's primary metric, named in best.json (``metric``;
+the column keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown
 table says which configuration each cell is, marks trials ASHA stopped early and trials that
 failed, and lists the configuration chosen per method (the one in best.json). The aggregate stage
 can include sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
@@ -115,7 +115,7 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
         "## Sensitivity to the temperature τ and the weight w (sweep)",
         "",
         _setting(best),
-        f"Each number is one configuration's best online linear-probe {metric_name(best)} (%) on the",
+        f"Each number is one configuration's best per-epoch monitor {metric_name(best)} (%) on the",
         "**validation** split over the epochs it ran; the test split is never used. **Bold**: the",
         "configuration selected for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after",
         "k epochs. `failed`: the trial crashed on every retry. Source: sweep/results.csv; MLflow: the",

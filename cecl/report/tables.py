@@ -7,7 +7,7 @@ Tables (rows = methods in the order the runs were given):
 - ``transfer``: per source → target, top-1 and mean per-class test accuracy;
 - ``official``: per entry (and transfer pair), validation-selected test accuracy next to the
   official protocol's test-selected (optimistic) one;
-- ``convergence``: per entry, the first pretraining epoch at which the online probe reaches 90% and
+- ``convergence``: per entry, the first pretraining epoch at which the per-epoch monitor reaches 90% and
   95% of the run's own final accuracy.
 
 Every cell is mean ± 95% Student-t half-width over seeds with n (stats.py), e.g. ``91.2 ± 0.4 (n=3)``.
@@ -177,7 +177,7 @@ def _protocol_columns(
 def _protocol_text(frame: pd.DataFrame, protocols: Sequence[str]) -> str:
     selected = ", ".join(f"`{s}`" for s in ordered(frame["selected_on"])) if len(frame) else "?"
     names = ", ".join(f"`{p}`" for p in protocols)
-    return f"Protocol {names}; probe epoch selected on the {selected} split (see report.md)."
+    return f"Protocol {names}; the probe's L2 strength selected on the {selected} split (see report.md)."
 
 
 def classification_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
@@ -236,7 +236,7 @@ def transfer_table(transfers: pd.DataFrame, methods: Sequence[str], notes: Mappi
 def official_table(
     probes: pd.DataFrame, transfers: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]
 ) -> Table:
-    """Test accuracy (%): validation-selected probe epoch vs the official protocol's best test epoch."""
+    """Test accuracy (%): validation-selected L2 strength vs the best test accuracy over the L2 grid."""
     metrics = {HONEST_LABEL: TOP1, OFFICIAL_LABEL: OFFICIAL}
     columns = []
     for dataset in ordered(probes["dataset"]) if len(probes) else []:
@@ -250,9 +250,9 @@ def official_table(
         ]
     frame = pd.concat([f for f in (probes, transfers) if len(f)], ignore_index=True)
     caption = (
-        f"Test accuracy (%): probe epoch selected on validation vs the {OFFICIAL_LABEL}, i.e. the best "
-        "test accuracy over probe epochs as in the released code (it selects on the test set)."
-        + _notes(ordered(c.dataset for c in columns), notes)
+        f"Test accuracy (%): the probe's L2 strength selected on validation vs the {OFFICIAL_LABEL}, i.e. "
+        "the best test accuracy over the L2 grid, the counterpart of the released code's best over probe "
+        "epochs (it selects on the test set)." + _notes(ordered(c.dataset for c in columns), notes)
     )
     return _build("official", "Evaluation protocol", caption, frame, methods, columns, formats=("md", "tex"))
 
@@ -275,10 +275,10 @@ def convergence_frame(histories: pd.DataFrame) -> pd.DataFrame:
     if histories.empty:
         return pd.DataFrame(columns=["dataset", "method", "seed", "final_epoch", "final_accuracy"])
     for (dataset, method, seed), run in histories.groupby(["dataset", "method", "seed"], sort=False):
-        run = run.dropna(subset=["online_probe_val_accuracy"]).sort_values("epoch")
+        run = run.dropna(subset=["monitor_val_accuracy"]).sort_values("epoch")
         if run.empty:
             continue
-        epochs, accuracy = run["epoch"].tolist(), run["online_probe_val_accuracy"].tolist()
+        epochs, accuracy = run["epoch"].tolist(), run["monitor_val_accuracy"].tolist()
         row = {
             "dataset": dataset,
             "method": method,
@@ -293,7 +293,7 @@ def convergence_frame(histories: pd.DataFrame) -> pd.DataFrame:
 
 
 def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
-    """Per dataset entry and method: epochs to 90% / 95% of the run's own final online-probe accuracy."""
+    """Per dataset entry and method: epochs to 90% / 95% of the run's own final monitor accuracy."""
     datasets = ordered(epochs["dataset"]) if len(epochs) else []
     columns = [
         Column(dataset, f"{round(100 * fraction)}% of final", convergence_metric(fraction), dataset)
@@ -301,9 +301,9 @@ def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mappi
         for fraction in CONVERGENCE_FRACTIONS
     ]
     caption = (
-        "Convergence: the first pretraining epoch at which the online-probe validation accuracy reaches "
-        "90% / 95% of that run's own final (last-epoch) accuracy; fewer epochs = faster."
-        + _notes(datasets, notes)
+        "Convergence: the first pretraining epoch at which the per-epoch monitor's validation accuracy "
+        "(pretrain.monitor: kNN by default) reaches 90% / 95% of that run's own final (last-epoch) "
+        "accuracy; fewer epochs = faster." + _notes(datasets, notes)
     )
     return _build(
         "convergence", "Convergence", caption, epochs, methods, columns, scale=1.0, formats=("md", "csv")

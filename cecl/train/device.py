@@ -35,6 +35,13 @@ DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")  # written by the NVID
 # notes' driver table gives 13.0 GA >= 580.65.06, the first driver of the 580 branch.
 MIN_DRIVER_MAJOR = {11: 450, 12: 525, 13: 580}
 
+# Inductor's on-disk cache (compiled kernels, FX graphs, AOTAutograd artefacts; Triton's kernels go in its
+# "triton" subfolder unless TRITON_CACHE_DIR is set). Its default is /tmp/torchinductor_<user>, lost with
+# the machine's /tmp or a container, so every stage would compile from scratch; the project keeps one.
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (cecl/train/device.py -> <repo>)
+INDUCTOR_CACHE = PROJECT_ROOT / ".cache" / "inductor"  # git-ignored
+
 CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the values torch accepts as deterministic; the first is set
 
@@ -207,3 +214,19 @@ def compute_mode(deterministic: bool) -> Iterator[None]:
             os.environ.pop(CUBLAS_WORKSPACE_ENV, None)
         else:
             os.environ[CUBLAS_WORKSPACE_ENV] = saved_env
+
+
+def persist_inductor_cache(folder: Path = INDUCTOR_CACHE) -> Path:
+    """Keep Inductor's cache in ``folder`` (default ``<repo>/.cache/inductor``) unless the user chose one.
+
+    Call before ``torch.compile`` first compiles (``compute.compile``): Inductor reads
+    ``TORCHINDUCTOR_CACHE_DIR`` from the environment when it first needs its cache, and so do the worker
+    processes it spawns and torchrun's other processes started after. A value already in the environment
+    is respected as it is (the user's choice, or an earlier call's); returns the folder in use.
+    """
+    chosen = os.environ.get(INDUCTOR_CACHE_ENV)
+    if chosen:
+        return Path(chosen)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[INDUCTOR_CACHE_ENV] = str(folder)
+    return folder

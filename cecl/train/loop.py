@@ -1,15 +1,15 @@
 """The one pretraining loop, for every method and dataset.
 
 Each epoch: shuffle, make the method's augmented views in batch, step the optimiser on the method's
-loss, then fit a fresh linear probe on frozen features of the training split and score it on the
-validation split (the convergence curve), and save a checkpoint. All randomness of epoch ``e``
-comes from generators seeded by (seed, e), so a run resumed from the checkpoint of epoch e-1 is
-identical to an uninterrupted one.
+loss, then score the encoder on the validation split with the run's monitor (cecl/eval/monitor.py:
+kNN by default, every ``pretrain.monitor.every`` epochs; the convergence curve), and save a checkpoint.
+All randomness of epoch ``e`` comes from generators seeded by (seed, e), so a run resumed from the
+checkpoint of epoch e-1 is identical to an uninterrupted one.
 
 Under ``pretrain.protocol: joint`` (BiasCon) the method is wrapped in :class:`JointMethod` (CE on a
-linear head + ``joint_weight`` x the method's loss) and, instead of an online probe, each epoch scores
-the jointly trained classifier on the validation split with the evaluator (its primary metric fills the
-same ``online_probe_val_accuracy`` column). The encoder and classifier state of the best validation
+linear head + ``joint_weight`` x the method's loss) and the monitor scores the jointly trained
+classifier on the validation split with the evaluator (its primary metric fills the same
+``monitor_val_accuracy`` column). The encoder and classifier state of the best validation
 epoch (the first among ties) is kept, in the checkpoint too, and returned on the method as
 ``best_state`` / ``best_epoch``; :func:`model_payload` turns it into the stage's encoder.pt.
 
@@ -18,7 +18,8 @@ the same global batch and the same augmentations, keeps its contiguous shard, an
 ``DistributedDataParallel``. Every method computes its loss on the global batch (features or
 per-sample losses are gathered with gradient), so P processes train exactly like one process on the
 global batch, BatchNorm aside: BatchNorm layers become SyncBatchNorm on CUDA; on CPU (gloo) their
-statistics stay per process. Only rank 0 runs the online probe, logs and writes checkpoints.
+statistics stay per process. Every process runs the monitor (each extracts its shard of the features);
+only rank 0 logs and writes checkpoints.
 
 One optimiser step is :func:`train_step` (learning rate, views, loss, finiteness, backward, step,
 ``after_step``) on the objects :func:`build_training` makes once per run; benchmarks/throughput.py times
@@ -47,16 +48,16 @@ from tqdm import tqdm
 from cecl import distributed
 from cecl.config import ComputeParams, OptimizerParams
 from cecl.data.augment import BatchAugment
-from cecl.data.streaming import BatchSource, TensorBatchSource, features_of
+from cecl.data.streaming import BatchSource, TensorBatchSource
 from cecl.datasets import TensorSplit
+from cecl.eval.monitor import Monitor, score
 from cecl.methods import Method, build_method
 from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
-from cecl.pipeline import RunSetup, classifier_metrics
+from cecl.pipeline import RunSetup
 from cecl.train import grad_cache
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
-from cecl.train.device import compute_mode
-from cecl.train.probe import fit_linear_probe, logits_of
+from cecl.train.device import compute_mode, persist_inductor_cache
 from cecl.train.schedule import learning_rate
 
 
@@ -64,53 +65,32 @@ from cecl.train.schedule import learning_rate
 class EpochRecord:
     epoch: int  # 1-based
     train_loss: float
-    online_probe_val_accuracy: float  # the evaluator's primary metric on the validation split
+    monitor_val_accuracy: float  # the monitor's evaluator primary metric on validation (NaN: not evaluated)
     lr: float
     seconds: float  # wall clock of the whole epoch: logged to MLflow, never written to a DVC-cached file
-    probe_seconds: float = 0.0  # of which the online probe (or the joint classifier's scoring)
+    monitor_seconds: float = 0.0  # of which the monitor (kNN, probe, or the joint classifier's scoring)
 
     def history_row(self) -> dict[str, float]:
         """The deterministic part, as history.csv stores it (so equal runs give equal bytes)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("seconds", "probe_seconds")}
+        return {k: v for k, v in asdict(self).items() if k not in ("seconds", "monitor_seconds")}
 
 
 EpochCallback = Callable[[EpochRecord], None]
 
 
-def online_probe_accuracy(
-    method: Method,
-    setup: RunSetup,
-    train: TensorSplit | BatchSource,
-    val: TensorSplit | BatchSource,
-    seed: int,
-) -> float:
-    """The evaluator's primary metric on validation of a linear probe fitted on frozen training features.
-
-    ``online_probe.train_size`` fits it on a fixed seeded subset of the training split (the same in
-    every epoch), which bounds the per-epoch cost on large datasets.
-    """
-    opts = setup.recipe.pretrain.online_probe
-    evaluator = setup.spec.evaluator()
-    if opts.train_size is not None and opts.train_size < len(train):
-        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(setup.key.seed))
-        train = train.subset(keep[: opts.train_size].sort().values.to(train.targets.device))
-    probe = fit_linear_probe(
-        features_of(method.encoder, train),
-        train.targets,
-        n_classes=setup.spec.n_classes,
-        epochs=opts.epochs,
-        lr=opts.lr,
-        batch_size=opts.batch_size,
-        seed=seed,
+def build_monitor(
+    setup: RunSetup, train: TensorSplit | BatchSource, val: TensorSplit | BatchSource
+) -> Monitor:
+    """The run's per-epoch monitor (``pretrain.monitor``, cecl/eval/monitor.py) in the training autocast."""
+    compute = setup.compute
+    return Monitor(
+        setup.recipe.pretrain.monitor,
+        train,
+        val,
+        setup.spec.evaluator(),
+        setup.key.seed,
+        autocast=AUTOCAST_DTYPES[compute.autocast] if compute.autocast else None,
     )
-    metrics = evaluator(logits_of(probe, features_of(method.encoder, val)), val.targets, val.bias)
-    return metrics[evaluator.primary]
-
-
-def joint_val_accuracy(method: JointMethod, setup: RunSetup, val: TensorSplit) -> float:
-    """Protocol joint: the evaluator's primary metric of the jointly trained classifier on validation."""
-    evaluator = setup.spec.evaluator()
-    return classifier_metrics(method.encoder, method.classifier, val, evaluator)[evaluator.primary]
 
 
 def build_training_method(setup: RunSetup) -> Method:
@@ -289,6 +269,7 @@ def build_training(setup: RunSetup, device: torch.device) -> Training:
     trainer = _training_module(method, device)
     compute = setup.compute
     if compute.compile:
+        persist_inductor_cache()  # compiled kernels reused across stages (cecl/train/device.py)
         trainer.compile()
     optimizer = make_optimizer(method.parameters(), setup.recipe.pretrain.optimizer, compute.fused_optimizer)
     return Training(
@@ -435,8 +416,8 @@ def run_pretraining(
 
     ``on_epoch`` is called for every epoch in order, including epochs restored from a checkpoint,
     so a resumed run logs the complete curve. ``epochs`` overrides the recipe's (the sweep).
-    Under torchrun only rank 0 probes, checkpoints, prints and calls ``on_epoch``; the other ranks'
-    records carry NaN as online-probe accuracy. ``compute.threads`` holds for the whole call.
+    Under torchrun every process runs the monitor; only rank 0 checkpoints, prints and calls
+    ``on_epoch``. ``compute.threads`` holds for the whole call.
 
     Under protocol joint the returned method is the :class:`JointMethod` after the last epoch; its
     ``best_epoch`` / ``best_state`` hold the validation-selected epoch (rank 0; None on the others).
@@ -459,9 +440,9 @@ def _pretrain(
     """The body of :func:`run_pretraining`."""
     cfg = setup.recipe.pretrain
     total_epochs = epochs or cfg.epochs
-    seed = setup.key.seed
     method_name = setup.key.method
     training = build_training(setup, device)
+    monitor = build_monitor(setup, train, val)
     method, optimizer = training.method, training.optimizer
     joint = isinstance(method, JointMethod)
     main_process = distributed.is_main_process()
@@ -498,26 +479,24 @@ def _pretrain(
             train_step(training, current, step)
         train_loss = finish_epoch(current)
         accuracy = float("nan")
-        probe_started = time.perf_counter()
-        if main_process and joint:
-            accuracy = joint_val_accuracy(method, setup, val)
-            if method.best_epoch is None or _score(accuracy) > _score(
-                history[method.best_epoch - 1].online_probe_val_accuracy
-            ):  # strictly better: the first epoch among ties is kept
-                method.best_epoch = epoch + 1
-                method.best_state = {
-                    "encoder": _cpu_state(method.encoder),
-                    "classifier": _cpu_state(method.classifier),
-                }
-        elif main_process:
-            accuracy = online_probe_accuracy(method, setup, train, val, seed + epoch)
+        monitor_started = time.perf_counter()
+        if monitor.due(epoch + 1, total_epochs):  # every process: extraction is sharded across them
+            accuracy = monitor(method.encoder, method.classifier if joint else None)
+        if (
+            main_process and joint and accuracy > _best_so_far(method, history)
+        ):  # the first among ties is kept
+            method.best_epoch = epoch + 1
+            method.best_state = {
+                "encoder": _cpu_state(method.encoder),
+                "classifier": _cpu_state(method.classifier),
+            }
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=train_loss,
-            online_probe_val_accuracy=accuracy,
+            monitor_val_accuracy=accuracy,
             lr=current.lr,
             seconds=time.perf_counter() - started,
-            probe_seconds=time.perf_counter() - probe_started,
+            monitor_seconds=time.perf_counter() - monitor_started,
         )
         history.append(record)
         if checkpoint_path is not None and main_process:
@@ -536,11 +515,11 @@ def _pretrain(
                 },
             )
         if progress:
-            scored = "joint classifier" if joint else "online probe"
+            scored = "joint classifier" if joint else monitor.name
             print(
                 f"{method_name} epoch {record.epoch}/{total_epochs}: loss {record.train_loss:.4f}, "
-                f"{scored} val acc {record.online_probe_val_accuracy:.4f} "
-                f"({record.seconds:.1f}s, of which {scored} {record.probe_seconds:.1f}s)",
+                f"{scored} val acc {record.monitor_val_accuracy:.4f} "
+                f"({record.seconds:.1f}s, of which {scored} {record.monitor_seconds:.1f}s)",
                 flush=True,
             )
         if on_epoch is not None and main_process:
@@ -548,6 +527,8 @@ def _pretrain(
     return method, history
 
 
-def _score(value: float) -> float:
-    """Validation value for selecting the best epoch: NaN (an undefined metric) is never better."""
-    return -math.inf if math.isnan(value) else value
+def _best_so_far(method: JointMethod, history: list[EpochRecord]) -> float:
+    """The monitor value of the joint method's best epoch so far (-inf before any)."""
+    return (
+        -math.inf if method.best_epoch is None else score(history[method.best_epoch - 1].monitor_val_accuracy)
+    )

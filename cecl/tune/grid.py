@@ -17,7 +17,7 @@ from ray import tune
 from cecl.config import Params
 
 CRASH_ENV = "CECL_SWEEP_CRASH"
-# The name Tune optimises: the online probe's value on the validation split, i.e. the dataset
+# The name Tune optimises: the per-epoch monitor's value on the validation split, i.e. the dataset
 # evaluator's primary metric (BiasedMNIST: unbiased accuracy; Fashion-MNIST: accuracy).
 OBJECTIVE = "val_accuracy"
 AXES = ("temperature", "weight")

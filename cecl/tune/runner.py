@@ -409,7 +409,7 @@ def best_per_method(
     spec = params.spec(sweep.dataset)
     metric = spec.evaluator().primary
     return {
-        "objective": f"online linear-probe {metric} on the validation split (best over epochs)",
+        "objective": f"per-epoch monitor {metric} on the validation split (best over epochs)",
         "metric": metric,
         "dataset": sweep.dataset,
         "description": spec.describe(),

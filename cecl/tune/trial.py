@@ -3,9 +3,9 @@
 Each trial runs ``run_pretraining`` (cecl/train/loop.py) on the sweep's dataset entry
 (``sweep.dataset``) with the training seed ``sweep.seed`` and the grid point as method-option
 overrides, on the entry's training split optionally subsampled to ``sweep.train_size``. Every epoch it
-reports the online linear probe's value on the **validation** split (the dataset evaluator's primary
-metric; the test split is never loaded) with a Ray checkpoint, so that a retried or resumed trial
-continues from its last epoch.
+reports the per-epoch monitor's value (``pretrain.monitor``, kNN by default) on the **validation**
+split (the dataset evaluator's primary metric; the test split is never loaded) with a Ray
+checkpoint, so that a retried or resumed trial continues from its last epoch.
 
 Fingerprints: a trial's checkpoint carries :func:`trial_fingerprint` (the pipeline's run fingerprint
 plus the sweep's epochs and subset), and a method's Tune experiment is named after
@@ -258,7 +258,7 @@ def sweep_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             if crash is not None and crash.always:
                 raise RuntimeError(f"{CRASH_ENV} test hook: {trial_label(config)} crashes on every attempt")
             metrics = {
-                OBJECTIVE: record.online_probe_val_accuracy,
+                OBJECTIVE: record.monitor_val_accuracy,
                 "epoch": record.epoch,
                 "train_loss": record.train_loss,
                 "epoch_seconds": record.seconds,

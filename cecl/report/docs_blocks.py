@@ -1,0 +1,361 @@
+"""The generated blocks of README.md and docs/: numbers that come from the run's files, never typed by hand.
+
+A block is the text between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
+README.md or a page under docs/. Each NAME has one renderer here, reading only committed files the
+pipeline wrote:
+
+- ``results-tables``: the bias and classification tables (cecl/report/tables.py, as ``aggregate`` renders
+  them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``) in the checkout, in
+  dvc.lock's stage order;
+- ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
+- ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
+  reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
+- ``convergence-table``: reports/tables/table_convergence.md;
+- ``sweep``: the tables of sweep/sensitivity.md (the ``sweep`` stage);
+- ``stage-times``: the per-stage-kind wall times of a recorded ``make repro``
+  (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log).
+
+    python -m cecl.report.docs_blocks                 # rewrite every block (make docs-results)
+    python -m cecl.report.docs_blocks --check         # exit 1 naming every stale block, change nothing
+    make repro 2>&1 | tee repro.log && python -m cecl.report.docs_blocks --record-times repro.log \\
+        --machine "AMD EPYC, AVX-512, 2 cores"        # then make docs-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cecl.report.collect import read_metrics
+from cecl.report.tables import Table, bias_table, classification_table, markdown, official_table
+from cecl.runs import METRICS_FILE, RunKey, TransferKey
+
+BLOCK = re.compile(
+    r"(?P<begin><!-- BEGIN generated:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)"
+    r"(?P<end><!-- END generated:(?P=name) -->)",
+    re.DOTALL,
+)
+DOC_FILES = ("README.md", "docs")  # README.md and every docs/**/*.md
+TIMES_FILE = Path("docs/measurements/repro-times.json")
+CLAIMS_FILE = Path("reports/claims.md")
+CONVERGENCE_FILE = Path("reports/tables/table_convergence.md")
+SENSITIVITY_FILE = Path("sweep/sensitivity.md")
+STAGE_KINDS = ("prepare", "pretrain", "probe", "transfer", "sweep", "aggregate")
+
+
+def _read(root: Path, relative: Path) -> str:
+    path = root / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{relative} not found under {root}: run the pipeline first (make repro)")
+    return path.read_text(encoding="utf-8")
+
+
+# -- result tables, from probe/**/metrics.json --------------------------------------------------------
+
+
+def run_keys(root: Path) -> tuple[list[RunKey], list[TransferKey]]:
+    """The probe and transfer runs whose metrics.json git holds, in dvc.lock's stage order (the order
+    of dvc.yaml's matrix, so methods come in params.yaml's order, as in aggregate's tables)."""
+    lock = _read(root, Path("dvc.lock"))
+    found = []
+    for kind in ("probe", "transfer"):
+        for path in sorted((root / kind).rglob(METRICS_FILE)):
+            run = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
+            if not {"stage", "dataset", "method", "seed"} <= run.keys():
+                raise ValueError(f"{path.relative_to(root)}: no run block with stage, dataset, method, seed")
+            key = (
+                TransferKey(run["source"], run["dataset"], run["method"], int(run["seed"]))
+                if run.get("source")
+                else RunKey(run["dataset"], run["method"], int(run["seed"]))
+            )
+            position = lock.find(f"\n  {run['stage']}:\n")
+            found.append((position if position >= 0 else len(lock), str(path), key))
+    keys = [key for _, _, key in sorted(found, key=lambda item: item[:2])]
+    return [k for k in keys if isinstance(k, RunKey)], [k for k in keys if isinstance(k, TransferKey)]
+
+
+def _probe_tables(root: Path) -> tuple[list[Table], Table]:
+    runs, transfers = run_keys(root)
+    probes = pd.DataFrame([read_metrics(root, key) for key in runs])
+    moved = pd.DataFrame([read_metrics(root, key) for key in transfers])
+    methods = list(dict.fromkeys([k.method for k in runs] + [k.method for k in transfers]))
+    main = [bias_table(probes, methods, {}), classification_table(probes, methods, {})]
+    return [t for t in main if t.columns], official_table(probes, moved, methods, {})
+
+
+def _table_markdown(table: Table) -> str:
+    """aggregate's Markdown of ``table`` without its link to provenance.md (not in git, not in the site)."""
+    _, _, body = markdown(table).partition("\n\n")
+    return f"{table.caption}\n\n{body.strip()}"
+
+
+def results_tables(root: Path) -> str:
+    tables, _ = _probe_tables(root)
+    if not tables:
+        return "No probe results."
+    return "\n\n".join(_table_markdown(t) for t in tables)
+
+
+def results_official(root: Path) -> str:
+    _, table = _probe_tables(root)
+    return _table_markdown(table) if table.columns else "No probe results."
+
+
+# -- claims, convergence and sweep, from what aggregate and the sweep wrote ---------------------------
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def markdown_tables(text: str) -> Iterable[tuple[str, str, list[dict[str, str]], list[str]]]:
+    """(heading, label, rows, raw lines) of every pipe table in ``text``: the last '### ' heading and
+    the last 'text:' line above it; rows as header -> cell."""
+    heading = label = ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            heading, label = line.lstrip("#").strip(), ""
+        elif line.rstrip().endswith(":") and not line.startswith(("|", "-")):
+            label = line.rstrip()[:-1]
+        elif line.startswith("|"):
+            raw = []
+            while i < len(lines) and lines[i].startswith("|"):
+                raw.append(lines[i])
+                i += 1
+            header = _cells(raw[0])
+            rows = [dict(zip(header, _cells(r), strict=False)) for r in raw[2:]]
+            yield heading, label, rows, raw
+            continue
+        i += 1
+
+
+def claims_summary(root: Path) -> str:
+    """One line per (claim, entry): CECL minus each baseline, its 95% CI, Welch p and the direction."""
+    lines = []
+    for heading, label, rows, _ in markdown_tables(_read(root, CLAIMS_FILE)):
+        needed = {"where", "baseline", "CECL − baseline", "95% CI", "direction"}
+        if not rows or not needed <= rows[0].keys():
+            raise ValueError(f"{CLAIMS_FILE}: a table under {heading!r} lacks the columns {sorted(needed)}")
+        title = heading + (f", {label[0].lower()}{label[1:]}" if label else "")
+        for where in dict.fromkeys(row["where"] for row in rows):
+            parts = []
+            for row in (r for r in rows if r["where"] == where):
+                p = row.get("Welch p", "n/a")
+                ci = row["95% CI"] + (f", Welch p {p}" if p not in ("", "n/a") else "")
+                parts.append(f"vs {row['baseline']} {row['CECL − baseline']} ({ci}): {row['direction']}")
+            lines.append(f"- **{title}**, {where}: " + "; ".join(parts) + ".")
+    if not lines:
+        raise ValueError(f"{CLAIMS_FILE}: no claim tables")
+    return "\n".join(lines)
+
+
+def claims_tables(root: Path) -> str:
+    """The claims' tables, each under its claim, and the caveats paragraph, as reports/claims.md has them."""
+    text = _read(root, CLAIMS_FILE)
+    parts = []
+    for heading, label, _, raw in markdown_tables(text):
+        title = heading + (f": {label[0].lower()}{label[1:]}" if label else "")
+        parts.append(f"**{title}**\n\n" + "\n".join(raw))
+    caveats = text.partition("### Caveats")[2].strip()
+    if caveats:
+        parts.append(f"**Caveats.** {caveats}")
+    return "\n\n".join(parts)
+
+
+def convergence_table(root: Path) -> str:
+    text = _read(root, CONVERGENCE_FILE)
+    caption, _, body = text.partition("\n\n")
+    caption = re.sub(r"\s*Run ids and output hashes: \[[^\]]*\]\([^)]*\)\.", "", caption)
+    return f"{caption.strip()}\n\n{body.strip()}"
+
+
+def sweep_tables(root: Path) -> str:
+    parts = [
+        f"**{heading}**\n\n" + "\n".join(raw)
+        for heading, _, _, raw in markdown_tables(_read(root, SENSITIVITY_FILE))
+    ]
+    return "\n\n".join(parts) or "No sweep table."
+
+
+# -- stage times of a recorded make repro --------------------------------------------------------------
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):6.1f}-{max(values):6.1f}"
+
+
+def stage_times(root: Path) -> str:
+    data = json.loads(_read(root, TIMES_FILE))
+    lines = [f"{data['command']} ({data['context']}, commit {data['commit']}; {data['machine']})"]
+    lines += [line for line in (data.get("plan"), data["summary"]) if line]
+    for kind in data["kinds"]:
+        lines.append(
+            f"{kind['kind']:<9} n={kind['n']:>3} wall {_span(kind['wall'])} s (sum {kind['wall_sum']:7.1f}), "
+            f"in-stage {_span(kind['in_stage'])} s, overhead mean {kind['overhead_mean']:.1f} s"
+        )
+    if data.get("second_run"):
+        lines.append(f"a second `python -m cecl.repro` right after: {data['second_run']}")
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+RAN_LINE = re.compile(r"^\s*ran\s+(\S+) \(([\d.]+) s\)")
+RUNNING = re.compile(r"Running stage '([^']+)'")
+DONE = re.compile(r"\] done in ([\d.]+)s")
+SUMMARY = re.compile(r"\[repro\] \d+ stage\(s\) ran, .*")
+SECOND = re.compile(r"\[repro\] (\d+) stage\(s\) ran, (\d+) reused.* in (\d+) s")
+
+
+def parse_repro_log(text: str) -> dict:
+    """Per stage kind: n, wall min/max/sum (the summary's ``ran STAGE (X s)``), in-stage min/max (the
+    stage's own ``done in``), mean overhead (wall - in-stage); and the plan and summary lines."""
+    own, current = {}, None
+    plan = summary = None
+    walls = {}
+    for line in text.splitlines():
+        if found := RUNNING.search(line):
+            current = found.group(1)
+        elif (found := DONE.search(line)) and current and current not in own:
+            own[current] = float(found.group(1))
+        elif found := RAN_LINE.match(line):
+            walls[found.group(1)] = float(found.group(2))
+        elif "] plan: " in line and plan is None:
+            plan = line.strip()
+        elif found := SUMMARY.search(line):
+            summary = found.group(0).strip()
+    if summary is None or not walls:
+        raise ValueError("no `[repro] N stage(s) ran` summary with stage times in the log (run make repro)")
+    kinds = []
+    names = list(dict.fromkeys([*STAGE_KINDS, *(s.split("@")[0] for s in walls)]))
+    for kind in names:
+        stages = [s for s in walls if s.split("@")[0] == kind]
+        if not stages:
+            continue
+        wall = [walls[s] for s in stages]
+        inside = [own.get(s, walls[s]) for s in stages]
+        kinds.append(
+            {
+                "kind": kind,
+                "n": len(stages),
+                "wall": [round(min(wall), 1), round(max(wall), 1)],
+                "wall_sum": round(sum(wall), 1),
+                "in_stage": [round(min(inside), 1), round(max(inside), 1)],
+                "overhead_mean": round(statistics.fmean(w - i for w, i in zip(wall, inside, strict=True)), 1),
+            }
+        )
+    return {"plan": plan, "summary": summary, "kinds": kinds}
+
+
+def record_times(root: Path, log: Path, machine: str, context: str, second: Path | None) -> Path:
+    data = {"command": "make repro", "context": context, "machine": machine}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    data["commit"] = commit.stdout.strip() or "unknown"
+    data.update(parse_repro_log(log.read_text(encoding="utf-8", errors="replace")))
+    if second is not None:
+        found = SECOND.search(second.read_text(encoding="utf-8", errors="replace"))
+        if found is None:
+            raise ValueError(f"{second}: no `[repro] N stage(s) ran, M reused ... in T s` line")
+        data["second_run"] = f"{found.group(1)} stage(s) ran, {found.group(2)} reused, in {found.group(3)} s"
+    path = root / TIMES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# -- blocks in files ------------------------------------------------------------------------------------
+
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    "results-tables": results_tables,
+    "results-official": results_official,
+    "claims-summary": claims_summary,
+    "claims-tables": claims_tables,
+    "convergence-table": convergence_table,
+    "sweep": sweep_tables,
+    "stage-times": stage_times,
+}
+
+
+def doc_files(root: Path) -> list[Path]:
+    files = [root / "README.md"] if (root / "README.md").is_file() else []
+    return files + sorted((root / "docs").rglob("*.md"))
+
+
+def render_file(text: str, root: Path, cache: dict[str, str] | None = None) -> str:
+    """``text`` with every generated block replaced by its renderer's output (unknown names: ValueError)."""
+    cache = {} if cache is None else cache
+
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in RENDERERS:
+            raise ValueError(f"unknown generated block {name!r} (known: {', '.join(RENDERERS)})")
+        if name not in cache:
+            cache[name] = RENDERERS[name](root).strip("\n")
+        return f"{match.group('begin')}{cache[name]}\n{match.group('end')}"
+
+    return BLOCK.sub(replace, text)
+
+
+def blocks(text: str) -> dict[str, str]:
+    """name -> body of every generated block in ``text``."""
+    return {m.group("name"): m.group("body") for m in BLOCK.finditer(text)}
+
+
+def update(root: Path, check: bool = False) -> list[Path]:
+    """Rewrite (or with ``check`` only find) the files whose blocks differ from what the files generate."""
+    stale, cache = [], {}
+    for path in doc_files(root):
+        text = path.read_text(encoding="utf-8")
+        if "<!-- BEGIN generated:" not in text:
+            continue
+        new = render_file(text, root, cache)
+        if new != text:
+            stale.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cecl.report.docs_blocks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--root", type=Path, default=Path.cwd())
+    parser.add_argument("--check", action="store_true", help="exit 1 naming every stale file; change nothing")
+    parser.add_argument("--record-times", type=Path, metavar="LOG", help="a `make repro` console log")
+    parser.add_argument(
+        "--second", type=Path, metavar="LOG", help="the log of a second make repro right after"
+    )
+    parser.add_argument("--machine", default="", help="e.g. 'AMD EPYC, AVX-512, 2 cores'")
+    parser.add_argument("--context", default="fresh clone, .venv present")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    try:
+        if args.record_times:
+            if not args.machine:
+                parser.error("--record-times needs --machine (the CPU model, vector ISA and cores)")
+            print(f"wrote {record_times(root, args.record_times, args.machine, args.context, args.second)}")
+            return 0
+        stale = update(root, check=args.check)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: docs_blocks: {error}", file=sys.stderr)
+        return 2
+    for path in stale:
+        print(f"{'stale' if args.check else 'updated'}: {path.relative_to(root)}")
+    if args.check and stale:
+        print("run `make docs-results` (after make repro) and commit the result", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""README.md and docs/: the generated blocks match the committed results; the site builds strictly.
+
+The result tables, claims, sweep table and stage-time summary of README.md and docs/*.md sit between
+``<!-- BEGIN generated:NAME -->`` markers and are written by ``make docs-results``
+(cecl/report/docs_blocks.py) from files git holds. These tests fail when a committed block differs from
+what those files generate, check the renderer on doctored inputs, and build the site with
+``mkdocs build --strict``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cecl.report import docs_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+README_LIMIT = 210  # "at most about 200 lines"
+NEEDED = ("results-tables", "claims-summary", "stage-times")
+
+
+def _results_files_present() -> bool:
+    return (ROOT / "reports" / "claims.md").is_file() and any((ROOT / "probe").rglob("metrics.json"))
+
+
+needs_results = pytest.mark.skipif(not _results_files_present(), reason="the run's result files are not here")
+
+
+def _copy_results(tmp_path: Path) -> Path:
+    """The files the blocks are generated from, and the README and docs, into tmp_path."""
+    root = tmp_path / "repo"
+    for relative in ("probe", "reports", "sweep", "docs"):
+        if (ROOT / relative).is_dir():
+            shutil.copytree(ROOT / relative, root / relative)
+    for relative in ("dvc.lock", "README.md"):
+        shutil.copy2(ROOT / relative, root / relative)
+    if (ROOT / "transfer").is_dir():
+        shutil.copytree(ROOT / "transfer", root / "transfer", ignore=shutil.ignore_patterns("*.csv"))
+    return root
+
+
+def test_the_readme_is_short_and_has_every_generated_block() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_LIMIT
+    assert set(NEEDED) <= set(docs_blocks.blocks(text)), "README.md lacks a generated block"
+    for name, body in docs_blocks.blocks(text).items():
+        assert body.strip(), f"README.md's generated block {name} is empty (make docs-results)"
+
+
+@needs_results
+def test_the_committed_blocks_are_what_the_committed_results_generate() -> None:
+    stale = []
+    for path in docs_blocks.doc_files(ROOT):
+        text = path.read_text(encoding="utf-8")
+        if docs_blocks.blocks(text) and docs_blocks.render_file(text, ROOT) != text:
+            stale.append(str(path.relative_to(ROOT)))
+    assert not stale, f"generated blocks differ from the committed results in {stale}: run make docs-results"
+
+
+@needs_results
+def test_a_doctored_metrics_file_changes_the_table_and_check_names_the_stale_files(tmp_path: Path) -> None:
+    root = _copy_results(tmp_path)
+    assert docs_blocks.update(root, check=True) == [], "the copy should start up to date"
+    metrics = next(p for p in sorted((root / "probe").rglob("metrics.json")) if "cecl" in p.parts)
+    data = json.loads(metrics.read_text())
+    key = "unbiased_accuracy" if "unbiased_accuracy" in data["test"] else "top1_accuracy"
+    before = docs_blocks.results_tables(root)
+    data["test"][key] = 0.0 if data["test"][key] > 0.5 else 1.0
+    metrics.write_text(json.dumps(data))
+    after = docs_blocks.results_tables(root)
+    assert after != before
+    changed = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert changed and all(line.startswith("| cecl") for line in changed), changed
+    result = subprocess.run(
+        [sys.executable, "-m", "cecl.report.docs_blocks", "--root", str(root), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1 and "stale: README.md" in result.stdout, result.stdout + result.stderr
+    assert docs_blocks.update(root) and docs_blocks.update(root, check=True) == []
+    assert docs_blocks.blocks((root / "README.md").read_text())["results-tables"].strip() == after.strip()
+
+
+@needs_results
+def test_a_doctored_claims_file_changes_the_plain_statement(tmp_path: Path) -> None:
+    root = _copy_results(tmp_path)
+    claims = root / "reports" / "claims.md"
+    claims.write_text(claims.read_text().replace("| reproduces ", "| contradicts the paper ", 1))
+    summary = docs_blocks.claims_summary(root)
+    assert "contradicts the paper" in summary and summary != docs_blocks.claims_summary(ROOT)
+    claims.write_text("## Claims\n\nNo tables.\n")
+    with pytest.raises(ValueError, match="no claim tables"):
+        docs_blocks.claims_summary(root)
+
+
+def test_an_unknown_block_name_is_an_error(tmp_path: Path) -> None:
+    text = "<!-- BEGIN generated:nope -->\n<!-- END generated:nope -->\n"
+    with pytest.raises(ValueError, match="unknown generated block 'nope'"):
+        docs_blocks.render_file(text, tmp_path)
+
+
+def test_stage_times_are_recorded_from_a_repro_log_and_rendered(tmp_path: Path) -> None:
+    log = "\n".join(
+        [
+            "[repro] plan: 3 stages, about 0.001 H100-hours",
+            "Running stage 'prepare@bm':",
+            "> python -m cecl.stage prepare --dataset bm",
+            "[prepare] done in 1.5s",
+            "Running stage 'pretrain@bm-cecl-0':",
+            "[pretrain] done in 10.0s",
+            "Running stage 'pretrain@bm-ce-0':",
+            "[pretrain] done in 6.0s",
+            "[repro] 3 stage(s) ran, 0 reused (up to date), 0 restored from the run-cache in 21 s",
+            "  ran      prepare@bm (2.5 s): changed outs (data/bm: not in cache)",
+            "  ran      pretrain@bm-cecl-0 (11.0 s): an upstream stage changed its outputs",
+            "  ran      pretrain@bm-ce-0 (7.0 s): an upstream stage changed its outputs",
+        ]
+    )
+    (tmp_path / "repro.log").write_text(log)
+    (tmp_path / "second.log").write_text("[repro] 0 stage(s) ran, 3 reused (up to date), 0 restored in 4 s\n")
+    path = docs_blocks.record_times(
+        tmp_path, tmp_path / "repro.log", "test CPU, 2 cores", "fresh clone", tmp_path / "second.log"
+    )
+    data = json.loads(path.read_text())
+    assert [k["kind"] for k in data["kinds"]] == ["prepare", "pretrain"]
+    pretrain = data["kinds"][1]
+    assert pretrain == {
+        "kind": "pretrain",
+        "n": 2,
+        "wall": [7.0, 11.0],
+        "wall_sum": 18.0,
+        "in_stage": [6.0, 10.0],
+        "overhead_mean": 1.0,
+    }
+    block = docs_blocks.stage_times(tmp_path)
+    assert "test CPU, 2 cores" in block and "[repro] 3 stage(s) ran" in block
+    assert (
+        "pretrain  n=  2 wall    7.0-  11.0 s (sum    18.0), in-stage    6.0-  10.0 s, overhead mean 1.0 s"
+        in block
+    )
+    assert block.rstrip().endswith("0 stage(s) ran, 3 reused, in 4 s\n```")
+
+
+def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.is_file():
+        pytest.skip("mkdocs is not installed (make install)")
+    env_cmd = [str(mkdocs), "build", "--strict", "--site-dir"]
+    built = subprocess.run([*env_cmd, str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "evaluation.html").is_file()
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy2(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    shutil.copy2(ROOT / "CHANGELOG.md", copy / "CHANGELOG.md")
+    index = copy / "docs" / "index.md"
+    index.write_text(index.read_text() + "\n[gone](no-such-page.md)\n")
+    broken = subprocess.run([*env_cmd, str(tmp_path / "broken")], cwd=copy, capture_output=True, text=True)
+    assert broken.returncode != 0 and "no-such-page.md" in broken.stdout + broken.stderr
