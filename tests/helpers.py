@@ -59,7 +59,7 @@ def tiny_params(**sections: dict) -> Params:
             "batch_size": 32,
             "monitor": {"kind": "knn", "k": 20},
         },
-        "probe": {"l2_per_decade": 1},
+        "probe": {"l2_per_decade": 1, "patience": None},  # the whole grid (tests count its rows)
         "sweep": {"dataset": DATASET},
     }
     merged = _merge(raw, sections)

@@ -404,7 +404,7 @@ def test_a_frozen_encoder_of_another_dataset_probes_the_store(prepared101) -> No
     torch.manual_seed(0)
     encoder = build_backbone("small_cnn", 3, (0.5,) * 3, (0.5,) * 3, {"width": 4})  # a "BiasedMNIST" encoder
     splits = load_splits(spec, torch.device("cpu"), data_dir=out)
-    params = ProbeParams(l2_min=1e-3, l2_max=0.1, l2_per_decade=1)
+    params = ProbeParams(l2_min=1e-3, l2_max=0.1, l2_per_decade=1, patience=None)
     result = probe_encoder(encoder, splits, spec.evaluator(), params)
     assert set(result.test) >= {"accuracy", "top5_accuracy", "mean_per_class_accuracy"}
     assert 0.0 <= result.test["accuracy"] <= 1.0 and len(result.curve) == len(params.grid()) == 3

@@ -29,7 +29,9 @@ from tests.helpers import tiny_params
 N_TRAIN, N_EVAL, DIM, CLASSES = 2000, 1000, 32, 5
 # Strengths whose validation accuracies (on the data below) peak inside the grid, 8 samples clear of the
 # runner-up: the selection is not decided by round-off.
-GRID = ProbeParams(l2_min=1e-5, l2_max=10.0, l2_per_decade=2)
+GRID = ProbeParams(
+    l2_min=1e-5, l2_max=10.0, l2_per_decade=2, patience=None
+)  # the whole grid, as the references fit it
 TIGHT = 1e-8  # gradient tolerance when two solutions are compared to 1e-8
 
 
@@ -287,3 +289,14 @@ def test_scoring_validation_only_reports_no_test_numbers(data: dict) -> None:
     assert val_only.test == {} and val_only.official is None
     assert (val_only.selected, val_only.val) == (both.selected, both.val)
     assert not any(k.startswith("test_") for row in val_only.curve for k in row)
+
+
+def test_patience_stops_the_walk_and_keeps_the_whole_grids_choice(data: dict) -> None:
+    """probe.patience: the walk stops after that many weaker strengths without a better validation value;
+    on this interior peak it selects what the whole grid selects, having fitted fewer strengths."""
+    whole = _probe(data)
+    patient = _probe(data, GRID.model_copy(update={"patience": 2}))
+    assert patient.selected["l2"] == whole.selected["l2"] and patient.test == whole.test
+    assert patient.curve == whole.curve[: len(patient.curve)]  # the same fits, in the same order
+    best = [row["l2"] for row in patient.curve].index(patient.selected["l2"])
+    assert len(patient.curve) == best + 1 + 2 < len(whole.curve)  # exactly 2 fits after the best, then stop

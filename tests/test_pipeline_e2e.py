@@ -60,7 +60,14 @@ TINY = {
         "optimizer": {"name": "adam", "lr": 0.001},
         "monitor": {"kind": "auto", "every": 1, "train_size": None, "k": 200, "temperature": 0.1},
     },
-    "probe": {"l2_min": 1e-5, "l2_max": 0.1, "l2_per_decade": 1, "max_iter": 1000, "tolerance": 1e-5},
+    "probe": {
+        "l2_min": 1e-5,
+        "l2_max": 0.1,
+        "l2_per_decade": 1,
+        "patience": None,
+        "max_iter": 1000,
+        "tolerance": 1e-5,
+    },
     "transfer": {"sources": ["bm"], "targets": ["toy"]},
     "sweep": {
         "dataset": "bm",

@@ -239,9 +239,9 @@ def _claim_convergence(epochs: pd.DataFrame) -> list[str]:
         "### 2. Faster convergence",
         "",
         "Paper (abstract): faster convergence than the contrastive baselines. Measured as the first "
-        "pretraining epoch at which the per-epoch monitor's validation accuracy (pretrain.monitor: kNN "
-        "by default) reaches 90% / 95% of that run's own final accuracy; CECL minus each other method "
-        "measured on the same entry, in epochs (negative = CECL faster).",
+        "pretraining epoch at which the per-epoch monitor's validation accuracy (pretrain.monitor: kNN, "
+        "or a linear probe on bias benchmarks) reaches 90% / 95% of that run's own final accuracy; CECL "
+        "minus each other method measured on the same entry, in epochs (negative = CECL faster).",
         "",
     ]
     if epochs.empty:

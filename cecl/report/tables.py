@@ -302,8 +302,8 @@ def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mappi
     ]
     caption = (
         "Convergence: the first pretraining epoch at which the per-epoch monitor's validation accuracy "
-        "(pretrain.monitor: kNN by default) reaches 90% / 95% of that run's own final (last-epoch) "
-        "accuracy; fewer epochs = faster." + _notes(datasets, notes)
+        "(pretrain.monitor: kNN, or a linear probe on bias benchmarks) reaches 90% / 95% of that run's own "
+        "final (last-epoch) accuracy; fewer epochs = faster." + _notes(datasets, notes)
     )
     return _build(
         "convergence", "Convergence", caption, epochs, methods, columns, scale=1.0, formats=("md", "csv")

@@ -2,7 +2,8 @@
 
 Each epoch: shuffle, make the method's augmented views in batch, step the optimiser on the method's
 loss, then score the encoder on the validation split with the run's monitor (cecl/eval/monitor.py:
-kNN by default, every ``pretrain.monitor.every`` epochs; the convergence curve), and save a checkpoint.
+kNN, or a linear probe on bias benchmarks, every ``pretrain.monitor.every`` epochs; the convergence
+curve), and save a checkpoint.
 All randomness of epoch ``e`` comes from generators seeded by (seed, e), so a run resumed from the
 checkpoint of epoch e-1 is identical to an uninterrupted one.
 

@@ -1,8 +1,8 @@
 """Ray Tune sweeps over the loss temperature (and CECL's weight w), objective = the validation monitor.
 
 The sweep trains on one dataset entry (``sweep.dataset``) with one training seed (``sweep.seed``)
-and selects, per method, the grid point whose per-epoch monitor (kNN by default) scores best on the validation
-split (the entry's evaluator's primary metric: unbiased accuracy for BiasedMNIST, whose validation
+and selects, per method, the grid point whose per-epoch monitor (pretrain.monitor) scores best on the
+validation split (the entry's evaluator's primary metric: unbiased accuracy for BiasedMNIST, whose validation
 split is unbiased, accuracy otherwise). The test split is never loaded.
 
 One concern per module:

@@ -3,8 +3,8 @@
 Each trial runs ``run_pretraining`` (cecl/train/loop.py) on the sweep's dataset entry
 (``sweep.dataset``) with the training seed ``sweep.seed`` and the grid point as method-option
 overrides, on the entry's training split optionally subsampled to ``sweep.train_size``. Every epoch it
-reports the per-epoch monitor's value (``pretrain.monitor``, kNN by default) on the **validation**
-split (the dataset evaluator's primary metric; the test split is never loaded) with a Ray
+reports the per-epoch monitor's value (``pretrain.monitor``: kNN, or a probe on bias entries) on the
+**validation** split (the dataset evaluator's primary metric; the test split is never loaded) with a Ray
 checkpoint, so that a retried or resumed trial continues from its last epoch.
 
 Fingerprints: a trial's checkpoint carries :func:`trial_fingerprint` (the pipeline's run fingerprint
