@@ -24,15 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARGS = [
-    "--workloads",
-    "params",
-    "cifar",
-    "--methods",
-    "cecl",
-    "--windows",
-    "3",
-    "--window-seconds",
-    "2",
+    *("--workloads", "params", "cifar", "--methods", "cecl", "--windows", "2", "--window-seconds", "1"),
+    *("--warmup", "2", "--cifar-batches", "64", "--cifar-train-size", "1024", "--probe-repeats", "1"),
 ]
 
 
