@@ -7,7 +7,13 @@ For each L2 strength ``l2`` of a log-spaced grid (``probe.l2``), the convex prob
 (``mu``, ``sigma``: the training features' mean and standard deviation; the bias ``b`` is not penalised)
 is solved with full-batch L-BFGS (strong-Wolfe line search) on the features' device, in float64 (in
 float32 the line search stalls above the tolerance at strong L2), until the largest gradient entry is
-below ``tolerance`` or ``max_iter`` iterations. This is scikit-learn's
+below ``tolerance`` or ``max_iter`` iterations. The gradient is the closed form
+
+    dL/dW = R^T Z + l2 W,    dL/db = sum_i R_i,    R = (softmax(Z W^T + b) - onehot(y)) / N
+
+written out rather than taken by autograd: on the CPU default's [8000, 64] features autograd's graph
+made each evaluation 1.5x slower (4.7 against 3.0 ms, one thread), and a fit takes hundreds of them
+(tests/test_linear_probe.py recomputes the gradient at the solution with autograd). This is scikit-learn's
 ``LogisticRegression(C = 1 / (l2 N))`` objective, and CLIP's linear-probe protocol: the strength is
 selected on the validation split (the evaluator's primary metric; the strongest among ties) and that
 model is scored on test. It is a deterministic function of the features: no epochs, learning rate or
@@ -35,7 +41,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cecl.config import ProbeParams
@@ -87,6 +92,8 @@ def fit_logistic(
             )
             probe.load_state_dict(start.state_dict())
         z = (features - probe.mean) / probe.std
+        rows, labels = torch.arange(len(z), device=z.device), labels.to(z.device)
+        probe.requires_grad_(False)  # the gradient is written by hand (module docstring)
         weight, bias = probe.linear.weight, probe.linear.bias
         optimizer = torch.optim.LBFGS(
             [weight, bias],
@@ -100,9 +107,14 @@ def fit_logistic(
         )
 
         def objective() -> Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(F.linear(z, weight, bias), labels) + 0.5 * l2 * weight.pow(2).sum()
-            loss.backward()
+            logits = torch.addmm(bias, z, weight.t())
+            log_norm = torch.logsumexp(logits, dim=1)
+            loss = (log_norm - logits[rows, labels]).mean() + 0.5 * l2 * weight.pow(2).sum()
+            residual = torch.exp(logits - log_norm[:, None])
+            residual[rows, labels] -= 1.0
+            residual /= len(z)
+            weight.grad = torch.addmm(weight, residual.t(), z, beta=l2)
+            bias.grad = residual.sum(0)
             return loss
 
         optimizer.step(objective)
@@ -110,8 +122,7 @@ def fit_logistic(
         gradient = max(float(weight.grad.abs().max()), float(bias.grad.abs().max()))
         iterations = int(optimizer.state[weight].get("n_iter", 0))
         weight.grad = bias.grad = None
-        probe.requires_grad_(False)
-        return Fit(probe, l2, iterations, float(loss.detach()), gradient <= tolerance)
+        return Fit(probe, l2, iterations, float(loss), gradient <= tolerance)
 
 
 @dataclass(frozen=True)
