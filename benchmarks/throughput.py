@@ -839,6 +839,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": cpu,
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # what torch's kernels use (ATEN_CPU_CAPABILITY)
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": mem_gib,
@@ -891,7 +892,7 @@ def format_report(results: dict[str, Any]) -> str:
     rows, summary = results["rows"], results["summary"]
     by = {(r["workload"], r["method"], r["row"]): r for r in rows}
     lines = [
-        f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
+        f"machine: {m['cpu']} ({m.get('cpu_isa', '?')}), {m['cores']} cores ({m['cores_usable']} usable), "
         f"{_fmt(m['memory_gib'], '.0f')} GiB; "
         f"python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
         f"torch threads {m['torch_threads']} (interop {m['torch_interop_threads']})"

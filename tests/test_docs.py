@@ -124,8 +124,14 @@ def test_stage_times_are_recorded_from_a_repro_log_and_rendered(tmp_path: Path) 
     )
     (tmp_path / "repro.log").write_text(log)
     (tmp_path / "second.log").write_text("[repro] 0 stage(s) ran, 3 reused (up to date), 0 restored in 4 s\n")
+    (tmp_path / "capped.log").write_text(log.replace("in 21 s", "in 30 s").replace("(11.0 s)", "(20.0 s)"))
     path = docs_blocks.record_times(
-        tmp_path, tmp_path / "repro.log", "test CPU, 2 cores", "fresh clone", tmp_path / "second.log"
+        tmp_path,
+        tmp_path / "repro.log",
+        "test CPU, 2 cores",
+        "fresh clone",
+        tmp_path / "second.log",
+        also=[("AVX2 kernels forced", tmp_path / "capped.log")],
     )
     data = json.loads(path.read_text())
     assert [k["kind"] for k in data["kinds"]] == ["prepare", "pretrain"]
@@ -144,7 +150,11 @@ def test_stage_times_are_recorded_from_a_repro_log_and_rendered(tmp_path: Path) 
         "pretrain  n=  2 wall    7.0-  11.0 s (sum    18.0), in-stage    6.0-  10.0 s, overhead mean 1.0 s"
         in block
     )
-    assert block.rstrip().endswith("0 stage(s) ran, 3 reused, in 4 s\n```")
+    assert "a second `python -m cecl.repro` right after: 0 stage(s) ran, 3 reused, in 4 s\n" in block
+    assert block.rstrip().endswith(
+        "AVX2 kernels forced: 3 stage(s) ran, 0 reused (up to date), 0 restored from the run-cache in 30 s"
+        " (sums: prepare 2.5, pretrain 27.0)\n```"
+    )
 
 
 def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ pipeline wrote:
 - ``convergence-table``: reports/tables/table_convergence.md;
 - ``sweep``: the tables of sweep/sensitivity.md (the ``sweep`` stage);
 - ``stage-times``: the per-stage-kind wall times of a recorded ``make repro``
-  (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log).
+  (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log;
+  ``--also "LABEL=LOG"`` adds one line per other run of the same commit, e.g. with the ISA capped).
 
     python -m cecl.report.docs_blocks                 # rewrite every block (make docs-results)
     python -m cecl.report.docs_blocks --check         # exit 1 naming every stale block, change nothing
@@ -206,6 +207,9 @@ def stage_times(root: Path) -> str:
         )
     if data.get("second_run"):
         lines.append(f"a second `python -m cecl.repro` right after: {data['second_run']}")
+    for other in data.get("also", []):
+        sums = ", ".join(f"{kind['kind']} {kind['wall_sum']:.1f}" for kind in other["kinds"])
+        lines.append(f"{other['label']}: {other['summary'].removeprefix('[repro] ')} (sums: {sums})")
     return "```\n" + "\n".join(lines) + "\n```"
 
 
@@ -256,8 +260,17 @@ def parse_repro_log(text: str) -> dict:
     return {"plan": plan, "summary": summary, "kinds": kinds}
 
 
-def record_times(root: Path, log: Path, machine: str, context: str, second: Path | None) -> Path:
-    data = {"command": "make repro", "context": context, "machine": machine}
+def record_times(
+    root: Path,
+    log: Path,
+    machine: str,
+    context: str,
+    second: Path | None,
+    also: Sequence[tuple[str, Path]] = (),
+) -> Path:
+    """Write TIMES_FILE from ``log``; ``second``: a rerun right after; ``also``: (label, log) of other
+    runs of the same commit (their summary and per-kind sums)."""
+    data: dict = {"command": "make repro", "context": context, "machine": machine}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     data["commit"] = commit.stdout.strip() or "unknown"
     data.update(parse_repro_log(log.read_text(encoding="utf-8", errors="replace")))
@@ -266,6 +279,10 @@ def record_times(root: Path, log: Path, machine: str, context: str, second: Path
         if found is None:
             raise ValueError(f"{second}: no `[repro] N stage(s) ran, M reused ... in T s` line")
         data["second_run"] = f"{found.group(1)} stage(s) ran, {found.group(2)} reused, in {found.group(3)} s"
+    data["also"] = []
+    for label, other in also:
+        parsed = parse_repro_log(other.read_text(encoding="utf-8", errors="replace"))
+        data["also"].append({"label": label, "summary": parsed["summary"], "kinds": parsed["kinds"]})
     path = root / TIMES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -335,6 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--second", type=Path, metavar="LOG", help="the log of a second make repro right after"
     )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="LABEL=LOG",
+        help="another make repro of the same commit, e.g. 'AVX2 kernels forced=avx2.log' (repeatable)",
+    )
     parser.add_argument("--machine", default="", help="e.g. 'AMD EPYC, AVX-512, 2 cores'")
     parser.add_argument("--context", default="fresh clone, .venv present")
     args = parser.parse_args(argv)
@@ -343,7 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record_times:
             if not args.machine:
                 parser.error("--record-times needs --machine (the CPU model, vector ISA and cores)")
-            print(f"wrote {record_times(root, args.record_times, args.machine, args.context, args.second)}")
+            also = []
+            for item in args.also:
+                label, sep, log = item.rpartition("=")
+                if not sep or not label or not log:
+                    parser.error(f"--also {item!r}: expected LABEL=LOG")
+                also.append((label, Path(log)))
+            written = record_times(root, args.record_times, args.machine, args.context, args.second, also)
+            print(f"wrote {written}")
             return 0
         stale = update(root, check=args.check)
     except (OSError, ValueError, KeyError) as error:
