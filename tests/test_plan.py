@@ -13,7 +13,8 @@ from cecl.plan import OverBudget, OverMemory, format_plan, gate, plan_params
 from cecl.plan.estimate import (
     ACTIVATION_OVERHEAD,
     GIB,
-    LBFGS_EVALS_PER_STRENGTH,
+    LBFGS_ITERATIONS_PER_STRENGTH,
+    MONITOR_LBFGS_ITERATIONS,
     PROBE_ROWS,
     RESERVED_GIB,
 )
@@ -102,9 +103,9 @@ def test_one_entrys_arithmetic_equals_a_hand_count(monitor: dict, evaluated: int
     online = evaluated * (128 + 64)  # each evaluated epoch: features of train (no subset) and validation
     final = 128 + 64 + 64  # the probe stage's features of every split
     assert entry.costs.units == trained_units + online + final
-    per_fit = LBFGS_EVALS_PER_STRENGTH * 128 / PROBE_ROWS  # one strength's evaluations over 128 rows
-    online_steps = evaluated * monitor_fits * per_fit
-    final_steps = 7 * per_fit
+    # one strength's iterations over 128 rows: the monitor's fit and a strength of the final grid
+    online_steps = evaluated * monitor_fits * MONITOR_LBFGS_ITERATIONS * 128 / PROBE_ROWS
+    final_steps = 7 * LBFGS_ITERATIONS_PER_STRENGTH * 128 / PROBE_ROWS
     assert entry.costs.probe_steps == pytest.approx(online_steps + final_steps)
     assert entry.flops == 2 * entry.costs.units * fp.macs
     assert entry.images_trained == 3 * 128

@@ -6,7 +6,8 @@ encoder pass costs 1 (``method_passes``, counted on the real methods); the per-e
 features of its training subset and the validation split on each epoch it evaluates (1 each), the probe
 and transfer stages once per split. Seconds = units / (3 x trained images per second) from the throughput
 table, plus the linear-probe fits (probe units x seconds per unit: one linear forward + backward over
-PROBE_ROWS feature rows; the L-BFGS grid costs strengths x LBFGS_EVALS_PER_STRENGTH x rows / PROBE_ROWS).
+PROBE_ROWS feature rows; the final probe's L-BFGS grid costs strengths x LBFGS_ITERATIONS_PER_STRENGTH x
+rows / PROBE_ROWS, the monitor's one-strength fit MONITOR_LBFGS_ITERATIONS x rows / PROBE_ROWS).
 GPU-hours add up over the processes of a run, so they do not depend on how many GPUs share the work.
 
 Peak memory per process = saved activations per image x images in one forward x ACTIVATION_OVERHEAD
@@ -196,14 +197,21 @@ def split_sizes(params: Params, entry: str) -> tuple[dict[str, int] | None, str]
 # Probe cost unit: one forward + backward of a linear layer over PROBE_ROWS feature rows. An L-BFGS
 # function evaluation over n rows costs n / PROBE_ROWS units.
 PROBE_ROWS = 256
-# ASSUMED L-BFGS evaluations per L2 strength of the grid (warm-started from the previous strength). Measured
-# on 8 000 x 128 Gaussian-cluster features, 10 classes: 40 iterations on average over the default grid.
-LBFGS_EVALS_PER_STRENGTH = 50
+# L-BFGS iterations per strength of the final probe's grid, the strengths that patience skips included:
+# measured on the CPU default's 24 probes (commit 23f0ae7: 2 001 iterations per probe on average over its
+# 13 strengths; 10.4 strengths fitted, 192 iterations each). ASSUMED for other features: the count grows as
+# the problem gets harder to separate (Fashion-MNIST's ce took 3 587).
+LBFGS_ITERATIONS_PER_STRENGTH = 154
+# The per-epoch monitor's one fit (MONITOR_PROBE: l2 1e-4, tolerance 1e-4, from zero): 83 iterations on
+# average on the CPU default's 12 BiasedMNIST encoders (same commit, the 3 000-image subset).
+MONITOR_LBFGS_ITERATIONS = 85
 
 
-def _probe_fit(n: int, probe: ProbeParams) -> Costs:
+def _probe_fit(
+    n: int, probe: ProbeParams, iterations_per_strength: int = LBFGS_ITERATIONS_PER_STRENGTH
+) -> Costs:
     """The converged linear probe's whole L2 grid on ``n`` training rows: its evaluations and units."""
-    evals = len(probe.grid()) * LBFGS_EVALS_PER_STRENGTH
+    evals = len(probe.grid()) * iterations_per_strength
     return Costs(probe_steps=evals * n / PROBE_ROWS, probe_evals=evals)
 
 
@@ -213,7 +221,11 @@ def _monitor_costs(monitor: MonitorParams, evaluator: str, train: int, val: int,
     [val x subset] product is negligible next to the extraction)."""
     evaluated = epochs // monitor.every + (1 if epochs % monitor.every else 0)
     subset = min(train, monitor.train_size or train)
-    fit = _probe_fit(subset, MONITOR_PROBE) if resolved_kind(monitor, evaluator) == "probe" else Costs()
+    fit = (
+        _probe_fit(subset, MONITOR_PROBE, MONITOR_LBFGS_ITERATIONS)
+        if resolved_kind(monitor, evaluator) == "probe"
+        else Costs()
+    )
     return (Costs(subset + val) + fit) * evaluated
 
 

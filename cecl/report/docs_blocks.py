@@ -12,6 +12,8 @@ pipeline wrote:
   reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
 - ``convergence-table``: reports/tables/table_convergence.md;
 - ``sweep``: the tables of sweep/sensitivity.md (the ``sweep`` stage);
+- ``profile-costs``: every profile's cost plan on one H100 (cecl/plan on profiles/*.yaml as written, i.e.
+  with the plug-ins' expected split sizes, whatever this checkout has prepared);
 - ``stage-times``: the per-stage-kind wall times of a recorded ``make repro``
   (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log;
   ``--also "LABEL=LOG"`` adds one line per other run of the same commit, e.g. with the ISA capped).
@@ -189,6 +191,31 @@ def sweep_tables(root: Path) -> str:
     return "\n\n".join(parts) or "No sweep table."
 
 
+# -- the profiles' cost plans -------------------------------------------------------------------------
+
+
+def profile_costs(root: Path) -> str:
+    """One row per profiles/*.yaml: stages, H100-hours (days on 8 GPUs), the largest estimated peak."""
+    import contextlib
+    import tempfile
+
+    from cecl.config import load_params
+    from cecl.plan import GATE_DEVICE, plan_params
+
+    rows = ["| profile | stages | plan on one H100 | largest peak / GPU |", "|---|---:|---:|---:|"]
+    paths = sorted((root / "profiles").glob("*.yaml"))
+    # The plan reads data/<entry>/manifest.json relative to the working directory when an entry is prepared;
+    # an empty one makes every count the plug-in's expected size, the same in any checkout.
+    with tempfile.TemporaryDirectory() as empty, contextlib.chdir(empty):
+        plans = [(path, plan_params(load_params(path), GATE_DEVICE)) for path in paths]
+        for path, plan in sorted(plans, key=lambda item: item[1].gpu_hours):  # cheapest first
+            hours = plan.gpu_hours
+            shown = f"{hours:,.0f} h ({hours / 8 / 24:.1f} days on 8)" if hours >= 1000 else f"{hours:.3g} h"
+            peak = max(entry.peak_gib for entry in plan.entries)
+            rows.append(f"| `{path.stem}` | {plan.stages} | {shown.replace(',', ' ')} | {peak:.1f} GiB |")
+    return "\n".join(rows)
+
+
 # -- stage times of a recorded make repro --------------------------------------------------------------
 
 
@@ -299,6 +326,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "convergence-table": convergence_table,
     "sweep": sweep_tables,
     "stage-times": stage_times,
+    "profile-costs": profile_costs,
 }
 
 
