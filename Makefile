@@ -84,7 +84,7 @@ lint: install
 # This workspace's per-seed test metrics against a reference (REF: a git ref or a results folder; default
 # HEAD, the committed results), cell by cell within the seeds' spread; exits 1 when a cell moved.
 compare: install
-	$(PY) -m cecl.report.compare $(if $(REF),--reference $(REF))
+	$(PY) -m cecl.compare $(if $(REF),--reference $(REF))
 
 bench: install
 	$(PY) benchmarks/loss.py
@@ -107,9 +107,9 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The generated blocks of README.md and docs/ (result tables, claims, sweep, stage times) from the run's files
-# (cecl/report/docs_blocks.py); after make repro. tests/test_docs.py fails while they are stale.
+# (cecl/docs_blocks.py); after make repro. tests/test_docs.py fails while they are stale.
 docs-results: install
-	$(PY) -m cecl.report.docs_blocks
+	$(PY) -m cecl.docs_blocks
 
 # The packages a lent GPU machine's image lacks (it has torch, numpy, PyYAML, Pillow, pytest, no registry),
 # as CPython 3.12 wheels of the versions dev.lock pins, into .whl/ (git-ignored) for benchmarks/gpu_session.sh:

@@ -1,4 +1,4 @@
-"""make compare (cecl/report/compare.py): reruns held against a reference, cell by cell."""
+"""make compare (cecl/compare.py): reruns held against a reference, cell by cell."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cecl.report import compare
+from cecl import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_the_committed_results_against_head_from_a_copy_agree_and_a_doctored_cel
     args = ["--root", str(tmp_path), "--reference", "HEAD"]
     # the reference is read from ROOT's git: run from ROOT
     result = subprocess.run(
-        [sys.executable, "-m", "cecl.report.compare", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "cecl.compare", *args], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
     doctored = tmp_path / files[0]
@@ -118,7 +118,7 @@ def test_the_committed_results_against_head_from_a_copy_agree_and_a_doctored_cel
             other["test"][metric] = max(0.0, other["test"][metric] - 0.30)
             path.write_text(json.dumps(other))
     result = subprocess.run(
-        [sys.executable, "-m", "cecl.report.compare", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "cecl.compare", *args], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 1 and "MOVED" in result.stdout
     shutil.rmtree(tmp_path / "probe")

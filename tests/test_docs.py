@@ -2,7 +2,7 @@
 
 The result tables, claims, sweep table and stage-time summary of README.md and docs/*.md sit between
 ``<!-- BEGIN generated:NAME -->`` markers and are written by ``make docs-results``
-(cecl/report/docs_blocks.py) from files git holds. These tests fail when a committed block differs from
+(cecl/docs_blocks.py) from files git holds. These tests fail when a committed block differs from
 what those files generate, check the renderer on doctored inputs, and build the site with
 ``mkdocs build --strict``.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cecl.report import docs_blocks
+from cecl import docs_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 README_LIMIT = 210  # "at most about 200 lines"
@@ -34,7 +34,7 @@ needs_results = pytest.mark.skipif(not _results_files_present(), reason="the run
 def _copy_results(tmp_path: Path) -> Path:
     """The files the blocks are generated from, and the README and docs, into tmp_path."""
     root = tmp_path / "repo"
-    for relative in ("probe", "reports", "sweep", "docs"):
+    for relative in ("probe", "reports", "sweep", "docs", "profiles"):
         if (ROOT / relative).is_dir():
             shutil.copytree(ROOT / relative, root / relative)
     for relative in ("dvc.lock", "README.md"):
@@ -77,7 +77,7 @@ def test_a_doctored_metrics_file_changes_the_table_and_check_names_the_stale_fil
     changed = [line for line in after.splitlines() if line not in before.splitlines()]
     assert changed and all(line.startswith("| cecl") for line in changed), changed
     result = subprocess.run(
-        [sys.executable, "-m", "cecl.report.docs_blocks", "--root", str(root), "--check"],
+        [sys.executable, "-m", "cecl.docs_blocks", "--root", str(root), "--check"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -85,6 +85,27 @@ def test_a_doctored_metrics_file_changes_the_table_and_check_names_the_stale_fil
     assert result.returncode == 1 and "stale: README.md" in result.stdout, result.stdout + result.stderr
     assert docs_blocks.update(root) and docs_blocks.update(root, check=True) == []
     assert docs_blocks.blocks((root / "README.md").read_text())["results-tables"].strip() == after.strip()
+
+
+@needs_results
+def test_a_changed_profile_changes_the_cost_table_and_check_names_profiles_md(tmp_path: Path) -> None:
+    root = _copy_results(tmp_path)
+    assert docs_blocks.update(root, check=True) == [], "the copy should start up to date"
+    before = docs_blocks.profile_costs(root)
+    cpu = next(line for line in before.splitlines() if line.startswith("| `cpu` |"))
+    assert len(before.splitlines()) == 2 + len(list((root / "profiles").glob("*.yaml")))
+    profile = root / "profiles" / "cpu.yaml"
+    profile.write_text(profile.read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3, 4, 5]", 1))
+    after = docs_blocks.profile_costs(root)
+    changed = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert len(changed) == 1 and changed[0].startswith("| `cpu` |") and changed[0] != cpu
+    assert "| `cpu` | 100 |" in changed[0]  # 52 stages: 2 prepare + 2 x 4 x 6 pretrain and probe + 2
+    assert [p.name for p in docs_blocks.update(root, check=True)] == ["profiles.md"]
+    (root / "profiles" / "cpu.yaml").unlink()
+    for other in (root / "profiles").glob("*.yaml"):
+        other.unlink()
+    with pytest.raises(ValueError, match="no profiles"):
+        docs_blocks.profile_costs(root)
 
 
 @needs_results

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cecl.config import load_params
-from cecl.plan import OverBudget, OverMemory, format_plan, gate, plan_params
+from cecl.plan import OverBudget, OverMemory, format_plan, gate, plan_params, trains_on_cpu
 from cecl.plan.estimate import (
     ACTIVATION_OVERHEAD,
     GIB,
@@ -192,6 +192,18 @@ def test_a_launch_over_budget_stops_with_one_line_and_changes_nothing(
 def test_a_budget_that_holds_passes_the_gate() -> None:
     line = gate(tiny_params(), max_gpu_hours=24)
     assert line.startswith("plan: ") and "H100-hours" in line
+    # tiny_params trains on the CPU here (device auto, no CUDA) or says cpu: the line points at the estimate
+    assert ("make plan DEVICE=cpu CALIBRATE=1" in line) == trains_on_cpu(tiny_params())
+
+
+def test_a_cpu_run_is_pointed_at_the_calibrated_estimate_and_a_gpu_run_is_not() -> None:
+    raw = tiny_params().model_dump()
+    raw["datasets"] = {k: v.model_dump() for k, v in tiny_params().datasets.items()}
+    from cecl.config import parse_params
+
+    cpu, cuda = parse_params({**raw, "device": "cpu"}), parse_params({**raw, "device": "cuda"})
+    assert trains_on_cpu(cpu) and not trains_on_cpu(cuda)
+    assert "CALIBRATE=1" in gate(cpu) and "CALIBRATE=1" not in gate(cuda)
     with pytest.raises(OverBudget, match="over the 0 GPU-hour limit"):
         gate(tiny_params(), max_gpu_hours=0)
     assert DATASET in tiny_params().pretrain.datasets

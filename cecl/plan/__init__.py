@@ -41,12 +41,21 @@ def gate(
         f"plan: {plan.stages} stages, {si(plan.flops)}FLOPs of pretraining, about "
         f"{plan.gpu_hours:.3g} {device.upper()}-hours (python -m cecl.plan for the breakdown)"
     )
+    if trains_on_cpu(params):  # H100-hours say nothing about a CPU run: point at the calibrated estimate
+        line += "; it trains on this CPU: `make plan DEVICE=cpu CALIBRATE=1` estimates its time here (8 s)"
     if max_gpu_hours is not None and plan.gpu_hours > max_gpu_hours:
         raise OverBudget(
             f"{line}: over the {max_gpu_hours:g} GPU-hour limit; pass --max-gpu-hours "
             f"{math.ceil(plan.gpu_hours)} (make: MAX_GPU_HOURS={math.ceil(plan.gpu_hours)}) to run it anyway"
         )
     return line
+
+
+def trains_on_cpu(params: Params) -> bool:
+    """Whether ``params.device`` resolves to the CPU here (``cpu``, or ``auto`` without a CUDA device)."""
+    import torch
+
+    return params.device == "cpu" or (params.device == "auto" and not torch.cuda.is_available())
 
 
 def parse_max_gpu_hours(text: str) -> float | None:
@@ -78,4 +87,5 @@ __all__ = [
     "gate_file",
     "parse_max_gpu_hours",
     "plan_params",
+    "trains_on_cpu",
 ]

@@ -1,8 +1,9 @@
 """The generated blocks of README.md and docs/: numbers that come from the run's files, never typed by hand.
 
 A block is the text between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
-README.md or a page under docs/. Each NAME has one renderer here, reading only committed files the
-pipeline wrote:
+README.md or a page under docs/. Each NAME has one renderer here, reading only committed files (what the
+pipeline wrote, and profiles/). It lives outside cecl/report, which the aggregate stage depends on as a
+whole, so that changing the documentation's tooling never makes DVC re-run a stage.
 
 - ``results-tables``: the bias and classification tables (cecl/report/tables.py, as ``aggregate`` renders
   them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``) in the checkout, in
@@ -18,9 +19,9 @@ pipeline wrote:
   (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log;
   ``--also "LABEL=LOG"`` adds one line per other run of the same commit, e.g. with the ISA capped).
 
-    python -m cecl.report.docs_blocks                 # rewrite every block (make docs-results)
-    python -m cecl.report.docs_blocks --check         # exit 1 naming every stale block, change nothing
-    make repro 2>&1 | tee repro.log && python -m cecl.report.docs_blocks --record-times repro.log \\
+    python -m cecl.docs_blocks                 # rewrite every block (make docs-results)
+    python -m cecl.docs_blocks --check         # exit 1 naming every stale block, change nothing
+    make repro 2>&1 | tee repro.log && python -m cecl.docs_blocks --record-times repro.log \\
         --machine "AMD EPYC, AVX-512, 2 cores"        # then make docs-results
 """
 
@@ -204,6 +205,8 @@ def profile_costs(root: Path) -> str:
 
     rows = ["| profile | stages | plan on one H100 | largest peak / GPU |", "|---|---:|---:|---:|"]
     paths = sorted((root / "profiles").glob("*.yaml"))
+    if not paths:
+        raise ValueError(f"no profiles/*.yaml under {root}")
     # The plan reads data/<entry>/manifest.json relative to the working directory when an entry is prepared;
     # an empty one makes every count the plug-in's expected size, the same in any checkout.
     with tempfile.TemporaryDirectory() as empty, contextlib.chdir(empty):
@@ -371,9 +374,7 @@ def update(root: Path, check: bool = False) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cecl.report.docs_blocks", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m cecl.docs_blocks", description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path.cwd())
     parser.add_argument("--check", action="store_true", help="exit 1 naming every stale file; change nothing")
     parser.add_argument("--record-times", type=Path, metavar="LOG", help="a `make repro` console log")

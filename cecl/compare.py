@@ -1,9 +1,10 @@
 """``make compare``: this workspace's per-seed test metrics held against a reference, cell by cell.
 
-    python -m cecl.report.compare [--reference REF] [--tolerance 0.01] [--root .]
+    python -m cecl.compare [--reference REF] [--tolerance 0.01] [--root .]
 
 REF is a git ref of the repository in the current directory (default HEAD: the committed results) or a
-folder holding probe/ (and transfer/); ``--root`` is the workspace compared (default: here).
+folder holding probe/ (and transfer/); ``--root`` is the workspace compared (default: here). No stage runs
+it, so it lives outside cecl/report (a DVC dependency of aggregate).
 A cell is (kind, entry, method) with its evaluator's primary test metric (unbiased accuracy for the
 bias benchmarks, accuracy otherwise) over the seeds found on each side. It agrees when
 
@@ -173,9 +174,7 @@ def render(rows: list[Row], only: list[str], here: Side, ref: Side) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cecl.report.compare", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m cecl.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--reference", default="HEAD", help="git ref or results folder (default HEAD)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="allowed |difference| at n = 1")
     parser.add_argument("--root", type=Path, default=Path("."), help="the workspace (default .)")
