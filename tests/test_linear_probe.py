@@ -300,3 +300,19 @@ def test_patience_stops_the_walk_and_keeps_the_whole_grids_choice(data: dict) ->
     assert patient.curve == whole.curve[: len(patient.curve)]  # the same fits, in the same order
     best = [row["l2"] for row in patient.curve].index(patient.selected["l2"])
     assert len(patient.curve) == best + 1 + 2 < len(whole.curve)  # exactly 2 fits after the best, then stop
+
+
+def test_logits_of_scores_in_eval_mode_and_restores_the_training_flag() -> None:
+    """A head with dropout in training mode: logits_of gives its eval-mode output (dropout off, the same
+    twice) and leaves it training, as the monitor and the probe stage's ce head need."""
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    features = torch.randn(20, 8)
+    head.train()
+    first, second = logits_of(head, features, batch_size=7), logits_of(head, features, batch_size=7)
+    assert head.training
+    expected = head[1](features).detach()  # dropout is the identity in eval mode
+    assert torch.equal(first, second) and torch.allclose(first, expected)
+    head.eval()
+    logits_of(head, features)
+    assert not head.training

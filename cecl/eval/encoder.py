@@ -52,13 +52,7 @@ def classifier_metrics(
     encoder: nn.Module, classifier: nn.Module, split: TensorSplit | BatchSource, evaluator: Evaluator
 ) -> dict[str, float]:
     """The evaluator's metrics of ``classifier(encoder(images))`` on ``split`` (eval mode, unaugmented)."""
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        logits = logits_of(classifier, features_of(encoder, split))
-    finally:
-        classifier.train(was_training)
-    return evaluator(logits, split.targets, split.bias)
+    return evaluator(logits_of(classifier, features_of(encoder, split)), split.targets, split.bias)
 
 
 def score_classifier(

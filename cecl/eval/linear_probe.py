@@ -11,9 +11,10 @@ below ``tolerance`` or ``max_iter`` iterations. The gradient is the closed form
 
     dL/dW = R^T Z + l2 W,    dL/db = sum_i R_i,    R = (softmax(Z W^T + b) - onehot(y)) / N
 
-written out rather than taken by autograd: on the CPU default's [8000, 64] features autograd's graph
-made each evaluation 1.5x slower (4.7 against 3.0 ms, one thread), and a fit takes hundreds of them
-(tests/test_linear_probe.py recomputes the gradient at the solution with autograd). This is scikit-learn's
+written out rather than taken by autograd: a fit takes hundreds of evaluations, and autograd's graph made
+the whole probe of the CPU default's seed-0 encoders 1.42x slower (benchmarks/probe_gradient.py, which
+keeps the autograd version as its reference). tests/test_linear_probe.py recomputes the gradient at the
+solution with autograd. This is scikit-learn's
 ``LogisticRegression(C = 1 / (l2 N))`` objective, and CLIP's linear-probe protocol: the strength is
 selected on the validation split (the evaluator's primary metric; the strongest among ties) and that
 model is scored on test. It is a deterministic function of the features: no epochs, learning rate or
@@ -223,5 +224,11 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def logits_of(probe: nn.Module, features: Tensor, batch_size: int = 8192) -> Tensor:
-    """The probe's logits on fixed features, in batches (bounded memory on large splits)."""
-    return torch.cat([probe(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
+    """The logits of a probe or a classifier head on fixed features: in eval mode (the module's training
+    flag is restored after), in batches (bounded memory on large splits)."""
+    was_training = probe.training
+    probe.eval()
+    try:
+        return torch.cat([probe(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
+    finally:
+        probe.train(was_training)

@@ -105,7 +105,7 @@ class Monitor:
         """The evaluator's primary metric on validation; ``classifier``: score the joint classifier."""
         val_features = self._features(encoder, self.val)
         if classifier is not None:
-            scores = _scored_by(classifier, val_features)
+            scores = logits_of(classifier, val_features)
         elif self.kind == "knn":
             bank = self._features(encoder, self.train)
             p = self.params
@@ -126,15 +126,6 @@ class Monitor:
 
     def _features(self, encoder: nn.Module, split: Split) -> Tensor:
         return features_of(encoder, split, autocast=self.autocast, sharded=True)
-
-
-def _scored_by(classifier: nn.Module, features: Tensor) -> Tensor:
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        return logits_of(classifier, features)
-    finally:
-        classifier.train(was_training)
 
 
 def score(value: float) -> float:
