@@ -21,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -68,12 +69,31 @@ def machine() -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def encoder_arguments(description: str) -> argparse.Namespace:
+    """--entries, --methods (default: params.yaml's) and --seeds (default 0): which trained encoders."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--entries", nargs="*")
     parser.add_argument("--methods", nargs="*")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def trained_encoders(
+    entry: str, methods: Iterable[str], seeds: Iterable[int]
+) -> Iterator[tuple[str, int, torch.nn.Module]]:
+    """(method, seed, encoder) of every encoder of ``entry`` that `make repro` wrote, on the CPU; a missing
+    one is a printed line, not an error."""
+    for method in methods:
+        for seed in seeds:
+            path = runs.RunKey(entry, method, seed).model_dir / runs.ENCODER_FILE
+            if not path.exists():
+                print(f"{entry:14} {method:8} {seed:>4} (no {path}: run make repro first)")
+                continue
+            yield method, seed, load_saved_model(path, torch.device("cpu")).encoder
+
+
+def main() -> None:
+    args = encoder_arguments(__doc__.splitlines()[0])
     params = load_params()
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
@@ -91,44 +111,40 @@ def main() -> None:
             keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
             train = train.subset(keep[: monitor.train_size].sort().values)
         evaluator = spec.evaluator()
-        for method in args.methods or params.pretrain.methods:
-            for seed in args.seeds:
-                path = runs.RunKey(entry, method, seed).model_dir / runs.ENCODER_FILE
-                if not path.exists():
-                    print(f"{entry:14} {method:8} {seed:>4} (no {path}: run make repro first)")
-                    continue
-                encoder = load_saved_model(path, torch.device("cpu")).encoder
-                started = time.perf_counter()
-                train_x, val_x = features_of(encoder, train), features_of(encoder, val)
-                extract = time.perf_counter() - started
-                results = {}
-                started = time.perf_counter()
-                probe = adam_probe(train_x, train.targets, evaluator.n_classes, seed)
-                logits = logits_of(probe, val_x)
-                results["adam (old)"] = (
-                    evaluator(logits, val.targets, val.bias),
-                    time.perf_counter() - started,
-                )
-                started = time.perf_counter()
-                scores = knn_scores(
-                    train_x, train.targets, val_x, evaluator.n_classes, monitor.k, monitor.temperature
-                )
-                results["knn"] = (evaluator(scores, val.targets, val.bias), time.perf_counter() - started)
-                started = time.perf_counter()
-                fitted = linear_probe(
-                    {"train": train_x, "val": val_x},
-                    {"train": train.targets, "val": val.targets},
-                    {"train": None, "val": val.bias},
-                    evaluator,
-                    MONITOR_PROBE,
-                    scored=("val",),
-                )
-                results["probe"] = (fitted.val, time.perf_counter() - started)
-                cells = []
-                for name, (metrics, secs) in results.items():
-                    seconds[name].append(secs)
-                    cells.append(f"{metrics[evaluator.primary]:>10.4f} {secs:>8.2f}")
-                print(f"{entry:14} {method:8} {seed:>4} {extract:>9.2f}  " + "  ".join(cells), flush=True)
+        for method, seed, encoder in trained_encoders(
+            entry, args.methods or params.pretrain.methods, args.seeds
+        ):
+            started = time.perf_counter()
+            train_x, val_x = features_of(encoder, train), features_of(encoder, val)
+            extract = time.perf_counter() - started
+            results = {}
+            started = time.perf_counter()
+            probe = adam_probe(train_x, train.targets, evaluator.n_classes, seed)
+            logits = logits_of(probe, val_x)
+            results["adam (old)"] = (
+                evaluator(logits, val.targets, val.bias),
+                time.perf_counter() - started,
+            )
+            started = time.perf_counter()
+            scores = knn_scores(
+                train_x, train.targets, val_x, evaluator.n_classes, monitor.k, monitor.temperature
+            )
+            results["knn"] = (evaluator(scores, val.targets, val.bias), time.perf_counter() - started)
+            started = time.perf_counter()
+            fitted = linear_probe(
+                {"train": train_x, "val": val_x},
+                {"train": train.targets, "val": val.targets},
+                {"train": None, "val": val.bias},
+                evaluator,
+                MONITOR_PROBE,
+                scored=("val",),
+            )
+            results["probe"] = (fitted.val, time.perf_counter() - started)
+            cells = []
+            for name, (metrics, secs) in results.items():
+                seconds[name].append(secs)
+                cells.append(f"{metrics[evaluator.primary]:>10.4f} {secs:>8.2f}")
+            print(f"{entry:14} {method:8} {seed:>4} {extract:>9.2f}  " + "  ".join(cells), flush=True)
     print(
         "median seconds per evaluation (features excluded): "
         + ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in seconds.items() if v)
