@@ -19,6 +19,11 @@ TRANSFER_DIR = Path("transfer")
 REPORTS_DIR = Path("reports")
 SWEEP_DIR = Path("sweep")
 CHECKPOINT_DIR = Path("checkpoints")
+FLOORS_DIR = Path("floors")
+
+# The floors every method must beat, probed with the final probe's protocol: the raw pixels (one per
+# dataset entry) and the untrained encoder each seed starts from (its own initial weights).
+FLOOR_KINDS = ("pixels", "init")
 
 # Files inside the run folders (the contract between the stages and the report).
 ENCODER_FILE = "encoder.pt"
@@ -34,6 +39,35 @@ def data_dir(dataset: str) -> Path:
 
 def prepare_stage(dataset: str) -> str:
     return f"prepare@{dataset}"
+
+
+@dataclass(frozen=True, order=True)
+class FloorKey:
+    """A floor of one dataset entry: ``pixels`` (seed None: no training, no seed) or ``init`` (a seed)."""
+
+    dataset: str
+    kind: str
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FLOOR_KINDS:
+            raise ValueError(f"floor kind must be one of {list(FLOOR_KINDS)}, got {self.kind!r}")
+        if (self.seed is None) != (self.kind == "pixels"):
+            raise ValueError(f"a {self.kind} floor takes {'no seed' if self.kind == 'pixels' else 'a seed'}")
+
+    @property
+    def slug(self) -> str:
+        """``bmnist_rho99-pixels`` / ``bmnist_rho99-init-0``: the matrix part of the DVC stage name."""
+        return f"{self.dataset}-{self.kind}" + ("" if self.seed is None else f"-{self.seed}")
+
+    def stage(self, kind: str = "floor") -> str:
+        return f"{kind}@{self.slug}"
+
+    @property
+    def out_dir(self) -> Path:
+        """floors/{dataset}/pixels or floors/{dataset}/init/seed_{seed}: metrics.json and curve.csv."""
+        base = FLOORS_DIR / self.dataset / self.kind
+        return base if self.seed is None else base / f"seed_{self.seed}"
 
 
 @dataclass(frozen=True, order=True)
