@@ -1,6 +1,6 @@
 """The per-epoch monitors side by side on trained encoders: validation accuracy and seconds per evaluation.
 
-    python benchmarks/monitor.py [--entries bmnist_rho90 fmnist] [--methods ce simclr supcon cecl] [--seeds 0]
+    python benchmarks/monitor.py [--entries bmnist_rho99] [--methods ce simclr supcon cecl] [--seeds 0]
 
 For each encoder models/<entry>/<method>/seed_<s>/encoder.pt that `make repro` wrote (params.yaml's
 entries), on the entry's validation split and the monitor's fixed training subset (pretrain.monitor

@@ -1,6 +1,6 @@
 """The final probe's gradient, closed form against autograd, side by side on trained encoders.
 
-    python benchmarks/probe_gradient.py [--entries bmnist_rho90 fmnist] [--methods ...] [--seeds 0]
+    python benchmarks/probe_gradient.py [--entries bmnist_rho99] [--methods ...] [--seeds 0]
 
 For each encoder models/<entry>/<method>/seed_<s>/encoder.pt that `make repro` wrote, the features of
 the entry's train, validation and test splits are extracted once, then the whole probe of the probe

@@ -142,7 +142,7 @@ def test_flags_override_the_compute_section_of_params(tmp_path: Path) -> None:
     assert compute == ComputeParams(autocast="bf16", fused_optimizer=True)  # the file's section
     compute, workloads = effective("--autocast", "none", "--compile", "--no-fused", "--threads", "3")
     assert compute == ComputeParams(autocast=None, compile=True, fused_optimizer=False, threads=3)
-    assert {w.name for w in workloads} == {"bmnist_rho90", "cifar32-resnet18-b4"}
+    assert {w.name for w in workloads} == {"bmnist_rho99", "cifar32-resnet18-b4"}
     for workload in workloads:  # every setup trains with exactly these options
         assert all(setup.compute == compute for setup in workload.setups.values()), workload.name
     flipped = throughput.with_recipe(workloads[0].setups["cecl"], channels_last=False)

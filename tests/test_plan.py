@@ -246,8 +246,8 @@ def test_a_pretrain_stage_on_a_gpu_too_small_stops_before_loading_data(
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=GIB)
     )
-    with pytest.raises(ValueError, match=r"^bmnist_rho90: estimated peak 1\.\d GiB per GPU exceeds 1\.0 GiB"):
-        pretrain.main(RunKey("bmnist_rho90", "cecl", 0))
+    with pytest.raises(ValueError, match=r"^bmnist_rho99: estimated peak 1\.\d GiB per GPU exceeds 1\.0 GiB"):
+        pretrain.main(RunKey("bmnist_rho99", "cecl", 0))
     assert not (tmp_path / "data").exists()
     assert not [p for p in (tmp_path / "models").rglob("*") if p.is_file()]  # no encoder, no checkpoint
 

@@ -55,11 +55,14 @@ def test_the_committed_dvc_lock_records_only_stages_dvc_yaml_defines(tmp_path: P
     assert sorted(set(locked) - set(listed)) == [] and len(locked) == len(listed)
 
 
-def test_cpu_profile_covers_both_offline_datasets_with_three_seeds() -> None:
+def test_cpu_profile_tests_debiasing_where_the_field_does_with_five_paired_seeds() -> None:
+    """The CPU default's bias entry is in the field's rho range (0.99-0.999, ReBias / BiasCon) with the
+    paper's colour augmentation (docs/bias-pilot.md), 5 seeds, and the paper's main comparison."""
     params = load_params(PROFILES / "cpu.yaml")
-    families = {params.spec(name).family for name in params.pretrain.datasets}
-    assert families == {"biased_mnist", "fashion_mnist"}
-    assert len(params.seeds) >= 3
+    bias = [name for name in params.pretrain.datasets if params.spec(name).family == "biased_mnist"]
+    assert bias and all(0.99 <= params.datasets[name].rho <= 0.999 for name in bias)
+    assert all(params.spec(name).augment.needs_colour() for name in bias)
+    assert len(params.seeds) >= 5
     assert {"ce", "simclr", "supcon", "cecl"} <= set(params.pretrain.methods)
 
 
