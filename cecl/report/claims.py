@@ -13,12 +13,12 @@ Floors: every method (and cross-entropy's own head) minus the raw-pixel floor (o
 one-sample comparison) and minus the untrained-encoder floor (paired by seed).
 
 Statistics (stats.py): differences paired by seed with Student-t 95% intervals and a paired t-test;
-Holm's adjustment within each claim (and within the floors); "reproduces" / "contradicts the paper"
-when the Holm-adjusted p < 0.05, by the sign of the mean difference; otherwise "equivalent within
-±margin" when the Holm-adjusted TOST p < 0.05 (EQUIVALENCE_MARGIN: 1 point, 1 epoch); otherwise "not
-resolved at this n". A difference equal in every seed has no interval and is printed as such, never as
-a zero-width interval. Every number comes from the collected data; only the paper's wording and
-published constants below are fixed.
+Holm's adjustment within each claim (and within the floors); "equivalent within ±margin" when the
+Holm-adjusted TOST p < 0.05 (EQUIVALENCE_MARGIN: 1 point, 1 epoch: a difference too small to matter,
+even where it differs from 0); otherwise "reproduces" / "contradicts the paper" when the Holm-adjusted
+paired p < 0.05, by the sign of the mean difference; otherwise "not resolved at this n". A difference
+equal in every seed has no interval and is printed as such, never as a zero-width interval. Every
+number comes from the collected data; only the paper's wording and published constants are fixed.
 """
 
 from __future__ import annotations
@@ -393,21 +393,19 @@ def floor_comparisons(probes: pd.DataFrame, floors: pd.DataFrame) -> list[Compar
         subjects = [(m, metric) for m in ordered(rows["method"])]
         subjects += [(m + OWN_HEAD_SUFFIX, OWN_HEAD + metric) for m in ordered(rows["method"])]
         entry_floors = floors[floors["dataset"] == dataset]
+        references: list[tuple[str, dict[int, float] | float]] = []
         for kind, label in FLOOR_LABELS.items():
             floor_rows = entry_floors[entry_floors["method"] == kind]
             if floor_rows.empty or metric not in floor_rows.columns:
                 continue
-            if kind == "pixels":
-                floor: dict[int, float] | float = float(floor_rows[metric].iloc[0])
+            if kind == "pixels":  # one deterministic fit: a constant
+                references.append((label, float(floor_rows[metric].iloc[0])))
             else:
-                floor = {
-                    int(s): float(v) for s, v in zip(floor_rows["seed"], floor_rows[metric], strict=True)
-                }
-            for subject, column in subjects:
-                method = subject.removesuffix(OWN_HEAD_SUFFIX)
-                values = _per_seed(rows, column, method)
-                if not values:
-                    continue
+                seeds = zip(floor_rows["seed"], floor_rows[metric], strict=True)
+                references.append((label, {int(s): float(v) for s, v in seeds}))
+        for subject, column in subjects:
+            values = _per_seed(rows, column, subject.removesuffix(OWN_HEAD_SUFFIX))
+            for label, floor in references if values else ():
                 result = paired(values, floor, EQUIVALENCE_MARGIN["points"] / SCALE["points"])
                 where = _where(dataset, protocol)
                 comparisons.append(Comparison(where, dataset, subject, label, result, True, "points"))
@@ -558,12 +556,12 @@ def claims_markdown(
         "",
         "Every comparison is a difference paired by seed (at each seed all methods start from the same "
         "initial weights and see the same batch order) with its Student-t 95% interval (unadjusted) and a "
-        f"paired t-test, Holm-adjusted within each claim. Directions: '{REPRODUCES}' / '{CONTRADICTS}' = "
-        "Holm-adjusted p < 0.05 with the mean difference on CECL's better / worse side; 'equivalent "
-        f"within ±{margin['points']:g} point' (±{margin['epochs']:g} epoch for epoch counts) = the "
-        f"Holm-adjusted two one-sided tests (TOST) at that margin give p < 0.05; '{UNRESOLVED}' = "
-        "neither; 'not testable' = fewer than 2 paired seeds, or the same difference in every seed (no "
-        "interval).",
+        "paired t-test, Holm-adjusted within each claim. Directions: 'equivalent within "
+        f"±{margin['points']:g} point' (±{margin['epochs']:g} epoch for epoch counts) = the Holm-adjusted "
+        "two one-sided tests (TOST) at that margin give p < 0.05, so the difference is too small to "
+        f"matter; otherwise '{REPRODUCES}' / '{CONTRADICTS}' = Holm-adjusted paired p < 0.05 with the "
+        f"mean difference on CECL's better / worse side; '{UNRESOLVED}' = neither; 'not testable' = "
+        "fewer than 2 paired seeds, or the same difference in every seed (no interval).",
         "",
     ]
     floors = floor_comparisons(collected.probes, collected.floors)

@@ -276,18 +276,19 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def verdict(
     comparison: Paired, p_adjusted: float, p_equivalence_adjusted: float, higher_is_better: bool = True
 ) -> str:
-    """REPRODUCES / CONTRADICTS when the Holm-adjusted paired p < ALPHA (by the sign of the mean
-    difference), EQUIVALENT when the Holm-adjusted TOST p < ALPHA, DEGENERATE when the difference is the
-    same in every seed, else UNRESOLVED."""
+    """EQUIVALENT when the Holm-adjusted TOST p < ALPHA (the whole difference lies within the margin,
+    even if it is also different from 0: too small to matter); else REPRODUCES / CONTRADICTS when the
+    Holm-adjusted paired p < ALPHA (by the sign of the mean difference); DEGENERATE when the difference
+    is the same in every seed; else UNRESOLVED."""
     if comparison.degenerate:
         return DEGENERATE
     if not comparison.testable:
         return UNRESOLVED
+    if p_equivalence_adjusted < ALPHA:
+        return EQUIVALENT
     if p_adjusted < ALPHA:
         better = comparison.diff > 0 if higher_is_better else comparison.diff < 0
         return REPRODUCES if better else CONTRADICTS
-    if p_equivalence_adjusted < ALPHA:
-        return EQUIVALENT
     return UNRESOLVED
 
 
