@@ -140,6 +140,8 @@ def test_an_interval_never_prints_with_equal_ends() -> None:
     assert format_interval(0.090, 0.308) == "+9.0 to +30.8"
     assert format_interval(0.20101, 0.20149) == "+20.10 to +20.15"  # one decimal would print equal ends
     assert format_interval(-0.2, 0.3, scale=1.0) == "-0.2 to +0.3"
+    assert format_interval(-0.0053, -0.0004) == "-0.53 to -0.04"  # not '-0.5 to -0.0'
+    assert format_interval(-0.01, 0.0) == "-1.0 to +0.0"  # a true 0 end stays as it is
     assert format_interval(math.nan, 0.1) == "n/a"
     with pytest.raises(ValueError, match="degenerate interval"):
         format_interval(0.2, 0.2)
@@ -216,7 +218,8 @@ def test_equivalence_is_stated_with_its_margin(edge_cases) -> None:
     below = scipy_stats.ttest_1samp(differences, 0.01, alternative="less").pvalue
     tost = max(above, below)
     interval = scipy_stats.ttest_1samp(differences, 0.0).confidence_interval()
-    assert f"95% CI {100 * interval.low:+.1f} to {100 * interval.high:+.1f}" in line
+    # 1 decimal would print '+0.0 to +0.1', hiding that the low end is above 0: 2 decimals
+    assert f"95% CI {100 * interval.low:+.2f} to {100 * interval.high:+.2f}" in line
     # different from 0 (paired p < 0.05) but entirely within ±1 point: equivalence wins
     assert scipy_stats.ttest_1samp(differences, 0.0).pvalue < 0.05
     assert "Direction: equivalent within ±1 point." in line, line

@@ -335,7 +335,8 @@ def _claim_convergence(epochs: pd.DataFrame, entries: Mapping[str, ConvergenceEn
         "on the per-epoch monitor's validation accuracy (pretrain.monitor): the area under the curve over "
         "the monitored epochs divided by their span (points; higher = earlier) and the first epoch at "
         f"which a run reaches the entry's common threshold ({THRESHOLD_FRACTION:g} x the lowest final "
-        "accuracy among its runs; negative = CECL faster); CECL minus every other contrastive method, "
+        "accuracy among its contrastive runs; negative = CECL faster); CECL minus every other contrastive "
+        "method, "
         f"paired by seed, Holm within this claim. Entries monitored at fewer than {MIN_MONITORED_EPOCHS} "
         "epochs are not compared.",
         "",

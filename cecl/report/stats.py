@@ -309,14 +309,20 @@ def rank_test_note(n: int) -> str:
 
 
 def format_interval(low: float, high: float, scale: float = 100.0, decimals: int = 1, most: int = 4) -> str:
-    """``+9.0 to +30.8``; more decimals (up to ``most``) until the printed ends differ; 'n/a' for NaN.
+    """``+9.0 to +30.8``; more decimals (up to ``most``) until the printed ends differ and no non-zero
+    end prints as zero ('-0.0'); 'n/a' for NaN.
 
     A real interval never prints as a zero-width one ('+0.0 to +0.0'): its ends differ at some precision.
     """
     if math.isnan(low) or math.isnan(high):
         return MISSING
+    text_low = text_high = ""
     for places in range(decimals, most + 1):
         text_low, text_high = signed(scale * low, places), signed(scale * high, places)
-        if text_low != text_high:
+        zero = f"{0:.{places}f}"
+        hides_sign = any(v != 0 and t[1:] == zero for v, t in ((low, text_low), (high, text_high)))
+        if text_low != text_high and not hides_sign:
             return f"{text_low} to {text_high}"
+    if text_low != text_high:
+        return f"{text_low} to {text_high}"
     raise ValueError(f"interval {low} to {high} is narrower than {most} decimals: a degenerate interval")
