@@ -771,4 +771,11 @@ def test_summary_json_holds_the_seed_means_of_the_headline_metrics(full) -> None
         assert summary[FMNIST][method] == {"top1": round(top1, 4), "seeds": 3}
         transfer = sum(headline(TRANSFER, method, s) for s in SEEDS) / len(SEEDS)
         assert summary[f"{BMNIST}->{FMNIST}"][method] == {"top1": round(transfer, 4), "seeds": 3}
+    assert summary[FMNIST]["floor_pixels"] == {"top1": PIXELS[FMNIST], "seeds": 0}
+    init = sum(INIT[BMNIST]) / len(SEEDS)
+    assert summary[BMNIST]["floor_init"] == {
+        "unbiased": round(init, 4),
+        "conflicting": round(init - 0.05, 4),
+        "seeds": 3,
+    }
     assert sum(len(values) for entry in summary.values() for values in entry.values()) < 40

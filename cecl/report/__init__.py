@@ -54,6 +54,12 @@ def _summary_paragraph(collected: Collected, notes: Mapping[str, str]) -> str:
     methods = ", ".join(f"`{m}`" for m in ordered(results["method"])) if len(results) else "none"
     seeds = ", ".join(str(s) for s in sorted(set(results["seed"]))) if len(results) else "none"
     text = f"Pretraining datasets: {described or 'none'}. Methods: {methods}. Seeds: {seeds}."
+    if len(collected.floors):
+        floored = ", ".join(f"`{d}`" for d in ordered(collected.floors["dataset"]))
+        text += (
+            f" Floors, probed with the same protocol, on {floored}: the raw pixels and the untrained "
+            "encoder each seed starts from."
+        )
     if len(collected.transfers):
         pairs = ordered(zip(collected.transfers["source"], collected.transfers["dataset"], strict=True))
         text += " Transfer (source → target): " + ", ".join(f"`{s}` → `{t}`" for s, t in pairs) + "."
