@@ -145,6 +145,27 @@ def test_an_interval_never_prints_with_equal_ends() -> None:
     assert format_interval(math.nan, 0.1) == "n/a"
     with pytest.raises(ValueError, match="degenerate interval"):
         format_interval(0.2, 0.2)
+    with pytest.raises(ValueError, match="degenerate interval"):
+        format_interval(0.2, 0.2 + 1e-12)
+
+
+def test_a_spread_below_print_precision_prints_no_interval(tmp_path: Path) -> None:
+    """CECL = SupCon + 2 points + a spread of 1e-10: a real interval, too narrow to print."""
+
+    def tiny(dataset: str, method: str, seed: int) -> float:
+        if method == "cecl":
+            return headline(dataset, "supcon", seed) + 0.02 + 1e-10 * seed
+        return headline(dataset, method, seed)
+
+    runs, _ = make_tree(tmp_path, datasets=(FMNIST,), transfer=False, value=tiny)
+    claims = build_report(runs, [], tmp_path, tmp_path / "reports")["claims"].read_text()
+    line = next(
+        line
+        for line in claims.splitlines()
+        if line.startswith(f"- `{FMNIST}` (linear_probe), CECL vs SupCon")
+    )
+    assert "95% CI +2.0000 (spread below 0.0001 points)" in line
+    assert zero_width_lines(claims) == []
 
 
 # -- claims on run folders ---------------------------------------------------------------------------
@@ -305,14 +326,34 @@ def test_a_missing_or_mismatched_floor_is_named(tmp_path: Path) -> None:
     keys = [FloorKey(FMNIST, "pixels"), FloorKey(FMNIST, "init", 0)]
     paths = build_report(runs, [], tmp_path, tmp_path / "reports", floors=keys)
     assert "floor: untrained encoder" in paths["table_classification_md"].read_text()
+    missing = FloorKey(FMNIST, "init", 5)
     with pytest.raises(
         FileNotFoundError,
-        match=re.escape("floors/fmnist/init/seed_5/metrics.json not found: run floor@fmnist-init-5"),
+        match=re.escape(f"floors/fmnist/init/seed_5/metrics.json not found: run {missing.stage()} first"),
     ):
-        build_report(runs, [], tmp_path, tmp_path / "other", floors=[FloorKey(FMNIST, "init", 5)])
+        build_report(runs, [], tmp_path, tmp_path / "other", floors=[missing])
     path = tmp_path / "floors" / FMNIST / "init" / "seed_0" / "metrics.json"
     data = json.loads(path.read_text())
     data["run"]["method"] = "pixels"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="method='pixels' \\(expected 'init'\\)"):
         build_report(runs, [], tmp_path, tmp_path / "third", floors=keys)
+
+
+def test_the_readme_summary_reads_the_new_claims_file(edge_cases, tmp_path: Path) -> None:
+    """cecl/docs_blocks.py's claims-summary parses this claims.md: Holm p per claim, and the floors."""
+    from cecl import docs_blocks
+
+    _, paths = edge_cases
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "claims.md").write_text(paths["claims"].read_text())
+    summary = docs_blocks.claims_summary(tmp_path)
+    first = next(line for line in summary.splitlines() if line.startswith("- **3. Accuracy"))
+    assert f"`{FMNIST}` (linear_probe): vs SupCon" in first and "Holm p" in first
+    assert "equivalent within ±1 point" in first
+    floors = next(
+        line for line in summary.splitlines() if line.startswith("- **Floors: where each method stands**")
+    )
+    assert "SimCLR vs raw pixels" in floors and "above the floor" in floors
+    assert "Welch" not in summary
+    assert zero_width_lines(summary) == []

@@ -146,7 +146,12 @@ def _interval(comparison: Comparison) -> str:
     r = comparison.result
     if r.degenerate:
         return "n/a (no spread)"
-    return format_interval(r.ci_low, r.ci_high, comparison.scale) if r.testable else "n/a"
+    if not r.testable:
+        return "n/a"
+    try:
+        return format_interval(r.ci_low, r.ci_high, comparison.scale)
+    except ValueError:  # a spread below 4 decimals: print no interval rather than a zero-width one
+        return f"{signed(comparison.scale * r.diff, 4)} (spread below 0.0001 {comparison.unit})"
 
 
 def _cell(values: Sequence[float], scale: float) -> str:
