@@ -357,3 +357,12 @@ def test_the_readme_summary_reads_the_new_claims_file(edge_cases, tmp_path: Path
     assert "SimCLR vs raw pixels" in floors and "above the floor" in floors
     assert "Welch" not in summary
     assert zero_width_lines(summary) == []
+
+
+def test_no_entry_monitored_long_enough_still_writes_the_convergence_file(tmp_path: Path) -> None:
+    runs, _ = make_tree(tmp_path, datasets=(FMNIST,), transfer=False)  # 2 monitored epochs
+    paths = build_report(runs, [], tmp_path, tmp_path / "reports")
+    text = paths["table_convergence_md"].read_text()
+    assert f"`{FMNIST}`: 2 epoch(s) monitored, fewer than 5: no convergence comparison" in text
+    assert "No columns: nothing to tabulate." in text
+    assert "Area under the monitor curve" not in paths["claims"].read_text()

@@ -139,7 +139,9 @@ def build_report(
     }
     paths: dict[str, Path] = {}
     for table in tables.values():
-        if table.columns:
+        # the convergence table is written whenever there are histories: its caption says which entries
+        # were monitored too briefly to compare (docs_blocks reads it)
+        if table.columns or (table.name == "convergence" and entries):
             paths.update(write_table(table, out_dir / TABLES_DIR))
 
     sections = [TITLE, _summary_paragraph(collected, notes)]
@@ -156,9 +158,7 @@ def build_report(
             "min–max over seeds (per-seed curves: convergence.csv).",
             "![Online-probe validation accuracy per pretraining epoch](convergence.png)",
         ]
-        if tables["convergence"].columns:
-            convergence.append(markdown(tables["convergence"]))
-        convergence += [entry.short_note() for entry in entries.values() if not entry.enough]
+        convergence.append(markdown(tables["convergence"]))
     else:
         convergence.append("No pretraining runs: no convergence plot.")
     sections.append("\n\n".join(convergence))

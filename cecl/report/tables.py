@@ -500,7 +500,9 @@ def convergence_table(
         f"({THRESHOLD_FRACTION:g} x the lowest final accuracy among its runs other than "
         f"{', '.join(THRESHOLD_EXCLUDES)}, so each of those reaches it; fewer = faster; a run that never "
         "reaches it is left out of its cell, n/a when none does). Only entries monitored at "
-        f"{MIN_MONITORED_EPOCHS} or more epochs." + _notes(datasets, notes)
+        f"{MIN_MONITORED_EPOCHS} or more epochs."
+        + "".join(f" {entry.short_note()}" for entry in entries.values() if not entry.enough)
+        + _notes(datasets, notes)
     )
     return _build("convergence", "Convergence", caption, epochs, methods, columns, formats=("md", "csv"))
 
@@ -531,6 +533,8 @@ def provenance_pointer(href: str = PROVENANCE_FILE) -> str:
 def markdown(table: Table, provenance_href: str = PROVENANCE_FILE) -> str:
     """Caption paragraph (pointing to provenance.md at ``provenance_href``), then a pipe table with
     columns '<group> <label>'."""
+    if not table.columns:  # e.g. convergence when no entry was monitored long enough
+        return f"{table.caption}{provenance_pointer(provenance_href)}\n\nNo columns: nothing to tabulate.\n"
     headers = [f"{c.group} {c.label}" for c in table.columns]
     flat = pd.DataFrame(_strings(table, "±"), index=pd.Index(table.methods, name="method"), columns=headers)
     # disable_numparse: tabulate would otherwise re-format our "91.0" strings as numbers ("91").
