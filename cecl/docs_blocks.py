@@ -6,8 +6,8 @@ pipeline wrote, and profiles/). It lives outside cecl/report, which the aggregat
 whole, so that changing the documentation's tooling never makes DVC re-run a stage.
 
 - ``results-tables``: the bias and classification tables (cecl/report/tables.py, as ``aggregate`` renders
-  them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``) in the checkout, in
-  dvc.lock's stage order;
+  them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``, and the floors'
+  ``floors/**/metrics.json``) in the checkout, in dvc.lock's stage order;
 - ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
 - ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
   reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
@@ -40,7 +40,7 @@ import pandas as pd
 
 from cecl.report.collect import read_metrics
 from cecl.report.tables import Table, bias_table, classification_table, markdown, official_table
-from cecl.runs import METRICS_FILE, RunKey, TransferKey
+from cecl.runs import FLOORS_DIR, METRICS_FILE, FloorKey, RunKey, TransferKey
 
 BLOCK = re.compile(
     r"(?P<begin><!-- BEGIN generated:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)"
@@ -86,12 +86,25 @@ def run_keys(root: Path) -> tuple[list[RunKey], list[TransferKey]]:
     return [k for k in keys if isinstance(k, RunKey)], [k for k in keys if isinstance(k, TransferKey)]
 
 
+def floor_keys(root: Path) -> list[FloorKey]:
+    """The floors whose metrics.json git holds (floors/{dataset}/pixels, floors/{dataset}/init/seed_N)."""
+    keys = []
+    for path in sorted((root / FLOORS_DIR).rglob(METRICS_FILE)):
+        run = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
+        seed = run.get("seed")
+        keys.append(
+            FloorKey(run.get("dataset", ""), run.get("method", ""), None if seed is None else int(seed))
+        )
+    return keys
+
+
 def _probe_tables(root: Path) -> tuple[list[Table], Table]:
     runs, transfers = run_keys(root)
     probes = pd.DataFrame([read_metrics(root, key) for key in runs])
     moved = pd.DataFrame([read_metrics(root, key) for key in transfers])
+    floors = pd.DataFrame([read_metrics(root, key) for key in floor_keys(root)])
     methods = list(dict.fromkeys([k.method for k in runs] + [k.method for k in transfers]))
-    main = [bias_table(probes, methods, {}), classification_table(probes, methods, {})]
+    main = [bias_table(probes, methods, {}, floors), classification_table(probes, methods, {}, floors)]
     return [t for t in main if t.columns], official_table(probes, moved, methods, {})
 
 
@@ -145,9 +158,20 @@ def markdown_tables(text: str) -> Iterable[tuple[str, str, list[dict[str, str]],
 
 
 def claims_summary(root: Path) -> str:
-    """One line per (claim, entry): CECL minus each baseline, its 95% CI, Welch p and the direction."""
+    """One line per (claim, entry): CECL minus each baseline, its 95% CI, Holm (or Welch) p and the
+    direction; for the floors block, each method minus each floor and its standing."""
     lines = []
     for heading, label, rows, _ in markdown_tables(_read(root, CLAIMS_FILE)):
+        if rows and {"where", "method", "floor", "method − floor", "95% CI", "standing"} <= rows[0].keys():
+            for where in dict.fromkeys(row["where"] for row in rows):  # the floors block
+                parts = [
+                    f"{row['method']} vs {row['floor'].removeprefix('floor: ')} {row['method − floor']} "
+                    f"({row['95% CI']}): {row['standing']}"
+                    for row in rows
+                    if row["where"] == where
+                ]
+                lines.append(f"- **{heading}**, {where}: " + "; ".join(parts) + ".")
+            continue
         needed = {"where", "baseline", "CECL − baseline", "95% CI", "direction"}
         if not rows or not needed <= rows[0].keys():
             raise ValueError(f"{CLAIMS_FILE}: a table under {heading!r} lacks the columns {sorted(needed)}")
@@ -155,8 +179,9 @@ def claims_summary(root: Path) -> str:
         for where in dict.fromkeys(row["where"] for row in rows):
             parts = []
             for row in (r for r in rows if r["where"] == where):
-                p = row.get("Welch p", "n/a")
-                ci = row["95% CI"] + (f", Welch p {p}" if p not in ("", "n/a") else "")
+                test = "Holm p" if "Holm p" in row else "Welch p"
+                p = row.get(test, "n/a")
+                ci = row["95% CI"] + (f", {test} {p}" if p not in ("", "n/a") else "")
                 parts.append(f"vs {row['baseline']} {row['CECL − baseline']} ({ci}): {row['direction']}")
             lines.append(f"- **{title}**, {where}: " + "; ".join(parts) + ".")
     if not lines:

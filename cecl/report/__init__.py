@@ -1,8 +1,8 @@
 """Aggregate report over many datasets, methods and seeds: tables, convergence, claims, provenance.
 
-build_report() is the one entry point the aggregate stage calls; it reads every run's stage outputs
-(collect.py), writes the tables (tables.py), the convergence figure and DVC plot data (plots.py), the
-claims (claims.py), provenance.md (provenance.py) and report.md into out_dir.
+build_report() is the one entry point the aggregate stage calls; it reads every run's stage outputs and
+the floors (collect.py), writes the tables (tables.py), the convergence figure and DVC plot data
+(plots.py), the claims (claims.py, sanity.py), provenance.md (provenance.py) and report.md into out_dir.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from cecl.report.claims import claims_markdown
 from cecl.report.collect import Collected, collect, ordered
 from cecl.report.plots import plot_convergence, write_convergence_csv
 from cecl.report.provenance import provenance_markdown
+from cecl.report.sanity import EntryScale
 from cecl.report.summary import write_summary
 from cecl.report.tables import (
     PROVENANCE_FILE,
@@ -24,6 +25,7 @@ from cecl.report.tables import (
     bias_table,
     classification_table,
     configuration_markdown,
+    convergence_entries,
     convergence_frame,
     convergence_table,
     markdown,
@@ -31,10 +33,10 @@ from cecl.report.tables import (
     transfer_table,
     write_table,
 )
-from cecl.runs import RunKey, TransferKey
+from cecl.runs import FloorKey, RunKey, TransferKey
 from cecl.tracking import TrackedRun
 
-__all__ = ["build_report", "collect"]
+__all__ = ["EntryScale", "build_report", "collect"]
 
 TITLE = "# CECL reproduction report"
 EMPTY_KIND = {
@@ -52,6 +54,12 @@ def _summary_paragraph(collected: Collected, notes: Mapping[str, str]) -> str:
     methods = ", ".join(f"`{m}`" for m in ordered(results["method"])) if len(results) else "none"
     seeds = ", ".join(str(s) for s in sorted(set(results["seed"]))) if len(results) else "none"
     text = f"Pretraining datasets: {described or 'none'}. Methods: {methods}. Seeds: {seeds}."
+    if len(collected.floors):
+        floored = ", ".join(f"`{d}`" for d in ordered(collected.floors["dataset"]))
+        text += (
+            f" Floors, probed with the same protocol, on {floored}: the raw pixels and the untrained "
+            "encoder each seed starts from."
+        )
     if len(collected.transfers):
         pairs = ordered(zip(collected.transfers["source"], collected.transfers["dataset"], strict=True))
         text += " Transfer (source → target): " + ", ".join(f"`{s}` → `{t}`" for s, t in pairs) + "."
@@ -93,6 +101,8 @@ def build_report(
     mlflow_ui: str = "http://127.0.0.1:5000",
     dataset_notes: Mapping[str, str] | None = None,
     tracked: Mapping[str, Sequence[TrackedRun]] | None = None,
+    floors: Sequence[FloorKey] = (),
+    entry_scales: Mapping[str, EntryScale] | None = None,
 ) -> dict[str, Path]:
     """Read every run under ``root`` and write the report into ``out_dir``; returns kind -> path.
 
@@ -104,28 +114,34 @@ def build_report(
     Kinds are the file names with '.' as '_' ('table_bias_tex', 'convergence_png', ...), i.e.
     'table_<name>_<ext>', 'convergence_png', 'convergence_csv', 'summary', 'claims',
     'provenance', 'report'. ``dataset_notes`` (entry -> one-line description) go into captions,
-    report.md and the claims' caveats. Raises FileNotFoundError / ValueError from collect().
+    report.md and the claims' caveats. ``floors`` (cecl/runs.py FloorKey: raw pixels per entry, the
+    untrained encoder per seed) add the floor rows to the bias and classification tables and the floors
+    block to the claims; ``entry_scales`` (entry -> EntryScale(rho, training images)) enables the claims'
+    paper-scale sanity rows. Raises FileNotFoundError / ValueError from collect().
     """
     runs, transfers = list(runs), list(transfers)
     if not runs and not transfers:
         raise ValueError("build_report needs at least one run")
     notes = dict(dataset_notes or {})
     root, out_dir = Path(root), Path(out_dir)
-    collected = collect(runs, transfers, root)
+    collected = collect(runs, transfers, root, floors)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = ordered([k.method for k in runs] + [k.method for k in transfers])
     epochs = convergence_frame(collected.histories)
+    entries = convergence_entries(collected.histories)
 
     tables = {
-        "classification": classification_table(collected.probes, methods, notes),
-        "bias": bias_table(collected.probes, methods, notes),
+        "classification": classification_table(collected.probes, methods, notes, collected.floors),
+        "bias": bias_table(collected.probes, methods, notes, collected.floors),
         "transfer": transfer_table(collected.transfers, methods, notes),
         "official": official_table(collected.probes, collected.transfers, methods, notes),
-        "convergence": convergence_table(epochs, methods, notes),
+        "convergence": convergence_table(epochs, methods, notes, entries),
     }
     paths: dict[str, Path] = {}
     for table in tables.values():
-        if table.columns:
+        # the convergence table is written whenever there are histories: its caption says which entries
+        # were monitored too briefly to compare (docs_blocks reads it)
+        if table.columns or (table.name == "convergence" and entries):
             paths.update(write_table(table, out_dir / TABLES_DIR))
 
     sections = [TITLE, _summary_paragraph(collected, notes)]
@@ -141,14 +157,14 @@ def build_report(
             "Online-probe validation accuracy after each pretraining epoch: mean over seeds, band = "
             "min–max over seeds (per-seed curves: convergence.csv).",
             "![Online-probe validation accuracy per pretraining epoch](convergence.png)",
-            markdown(tables["convergence"]),
         ]
+        convergence.append(markdown(tables["convergence"]))
     else:
         convergence.append("No pretraining runs: no convergence plot.")
     sections.append("\n\n".join(convergence))
 
     paths["summary"] = write_summary(collected, out_dir / "summary.json")
-    claims = claims_markdown(collected, epochs, notes)
+    claims = claims_markdown(collected, epochs, notes, entries, entry_scales)
     paths["claims"] = out_dir / "claims.md"
     paths["claims"].write_text(claims)
     sections.append(claims)

@@ -2,9 +2,10 @@
 
 Per RunKey: ``<model_dir>/history.csv`` (pretrain stage; the folder's digest, cecl.io.tree_digest, links
 it to its MLflow run) and ``<probe_dir>/metrics.json`` (probe stage); per TransferKey:
-``<out_dir>/metrics.json`` (transfer stage). A missing file fails here, naming the file and the stage
-that writes it; a metrics.json whose ``run`` block names another run (a stale or mis-copied file) fails
-naming the file.
+``<out_dir>/metrics.json`` (transfer stage); per FloorKey: ``<out_dir>/metrics.json`` (floor stage: the
+probe's schema, ``run.kind`` "floor", ``run.method`` the floor kind, ``run.seed`` null for pixels).
+A missing file fails here, naming the file and the stage that writes it; a metrics.json whose ``run``
+block names another run (a stale or mis-copied file) fails naming the file.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cecl.io import tree_digest
-from cecl.runs import HISTORY_FILE, METRICS_FILE, RunKey, TransferKey
+from cecl.runs import HISTORY_FILE, METRICS_FILE, FloorKey, RunKey, TransferKey
 
 # Evaluators (metrics.json "evaluator") and the test keys each must provide.
 GROUP_BIAS = "group_bias"
@@ -41,6 +42,9 @@ MEAN_PER_CLASS = "test.mean_per_class_accuracy"
 TOP5 = "test.top5_accuracy"
 OFFICIAL = "official.test_accuracy"
 OFFICIAL_SELECTED = "official.l2"  # the test-selected L2 strength of the probe's grid
+OWN_HEAD = "own_head."  # prefix of cross-entropy's own-head test metrics ("own_head.test.accuracy", ...)
+EDGE = "selected_at_edge"  # "weak" / "strong" / "" (metrics.json's top-level key; "" when absent or null)
+EDGE_KINDS = ("weak", "strong")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Collected:
     transfers: pd.DataFrame  # one row per TransferKey (same columns; ``source`` filled)
     histories: pd.DataFrame  # long: dataset, method, seed, epoch, train_loss, monitor_val_accuracy, lr
     pretrain: pd.DataFrame  # one row per RunKey: stage, dataset, method, seed, outputs_sha256 (model folder)
+    floors: pd.DataFrame = field(default_factory=lambda: _frame([]))  # one row per FloorKey (method = kind)
 
 
 def require(root: Path, relative: Path, stage: str) -> Path:
@@ -73,8 +78,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _expected_run(key: RunKey | TransferKey) -> dict[str, Any]:
+def _expected_run(key: RunKey | TransferKey | FloorKey) -> dict[str, Any]:
     """The run block a metrics.json written for ``key`` must carry."""
+    if isinstance(key, FloorKey):
+        return {
+            "stage": key.stage(),
+            "kind": "floor",
+            "dataset": key.dataset,
+            "method": key.kind,
+            "seed": key.seed,
+        }
     if isinstance(key, TransferKey):
         return {
             "stage": key.stage(),
@@ -108,9 +121,18 @@ def _check_accuracy(path: Path, name: str, value: Any) -> float:
     return value
 
 
-def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
-    """One flattened row from a probe/transfer metrics.json, after checking it belongs to ``key``."""
-    if isinstance(key, TransferKey):
+def _edge(path: Path, value: Any) -> str:
+    """metrics.json's ``selected_at_edge``: "weak", "strong", or "" (null or absent)."""
+    if value is None:
+        return ""
+    if value not in EDGE_KINDS:
+        raise ValueError(f"{path}: selected_at_edge = {value!r} is not one of {list(EDGE_KINDS)} or null")
+    return str(value)
+
+
+def read_metrics(root: Path, key: RunKey | TransferKey | FloorKey) -> dict[str, Any]:
+    """One flattened row from a probe/transfer/floor metrics.json, after checking it belongs to ``key``."""
+    if isinstance(key, TransferKey | FloorKey):
         relative, stage = key.out_dir / METRICS_FILE, key.stage()
     else:
         relative, stage = key.probe_dir / METRICS_FILE, key.stage("probe")
@@ -147,8 +169,8 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
         "dataset": expected["dataset"],
         "source": key.source if isinstance(key, TransferKey) else "",
         "family": str(run.get("family") or ""),
-        "method": key.method,
-        "seed": int(key.seed),
+        "method": key.kind if isinstance(key, FloorKey) else key.method,
+        "seed": None if key.seed is None else int(key.seed),
         "evaluator": evaluator,
         "protocol": str(data["protocol"]),
         "selected_on": str(data["selected_on"]),
@@ -157,6 +179,7 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
         "val_accuracy": data.get("val_accuracy"),
         "outputs_sha256": tree_digest(path.parent),
         "pretrain_stage": run.get("pretrain_stage"),
+        EDGE: _edge(path, data.get(EDGE)),
         "pretrain_outputs_sha256": run.get("pretrain_outputs_sha256"),
         OFFICIAL: (
             _check_accuracy(path, "official_protocol.test_accuracy", official["test_accuracy"])
@@ -171,6 +194,10 @@ def read_metrics(root: Path, key: RunKey | TransferKey) -> dict[str, Any]:
             row[f"test.{name}"] = _check_accuracy(path, f"test.{name}", value)
         else:
             row[f"test.{name}"] = value
+    own_head = data.get("own_head") or {}
+    for name, value in (own_head.get("test") or {}).items():
+        if name.endswith("accuracy"):
+            row[f"{OWN_HEAD}test.{name}"] = _check_accuracy(path, f"own_head.test.{name}", value)
     config = data.get("config") or {}
     row["config"] = json.dumps(config, sort_keys=True)  # exactly as written (no NaN-widened ints)
     for name, value in config.items():
@@ -214,9 +241,14 @@ def _frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows)) if rows else pd.DataFrame(columns=["dataset", "method", "seed"])
 
 
-def collect(runs: Sequence[RunKey], transfers: Sequence[TransferKey], root: Path) -> Collected:
+def collect(
+    runs: Sequence[RunKey],
+    transfers: Sequence[TransferKey],
+    root: Path,
+    floors: Sequence[FloorKey] = (),
+) -> Collected:
     """Read and check every file the report needs (see the module docstring); duplicates are an error."""
-    for name, keys in (("runs", runs), ("transfers", transfers)):
+    for name, keys in (("runs", runs), ("transfers", transfers), ("floors", floors)):
         duplicated = sorted(key for key, count in Counter(keys).items() if count > 1)
         if duplicated:
             raise ValueError(f"{name} lists {duplicated} more than once")
@@ -229,7 +261,10 @@ def collect(runs: Sequence[RunKey], transfers: Sequence[TransferKey], root: Path
         if runs
         else pd.DataFrame(columns=["dataset", "method", "seed", *HISTORY_COLUMNS])
     )
-    return Collected(probes=probes, transfers=transfer_rows, histories=histories, pretrain=pretrain)
+    floor_rows = _frame([read_metrics(root, key) for key in floors])
+    return Collected(
+        probes=probes, transfers=transfer_rows, histories=histories, pretrain=pretrain, floors=floor_rows
+    )
 
 
 def ordered(values: Sequence[Any] | pd.Series) -> list[Any]:

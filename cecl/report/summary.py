@@ -4,7 +4,8 @@ The per-run metrics.json files (24 in the CPU default, over 1 700 in the paper p
 metric of every seed; as DVC metrics they made `dvc exp show` about 850 columns wide. This file is the
 one DVC metrics file instead: per dataset entry and method, the mean over seeds of the headline test
 metrics (bias benchmarks: unbiased and conflicting accuracy; classification: top-1; transfers: top-1),
-rounded to 4 decimals, plus the number of seeds.
+rounded to 4 decimals, plus the number of seeds; the floors under ``floor_pixels`` / ``floor_init``
+(``seeds`` 0 for the raw pixels: one fit without a seed).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _means(frame: pd.DataFrame, label: str) -> dict[str, dict[str, Any]]:
             name: round(float(rows[column].mean()), 4)
             for name, column in HEADLINES.get(evaluator, DEFAULT_HEADLINES).items()
         }
-        values["seeds"] = int(rows["seed"].nunique())
+        values["seeds"] = int(rows["seed"].nunique())  # nunique skips the raw-pixel floor's null seed
         out[method] = values
     return out
 
@@ -38,9 +39,13 @@ def _means(frame: pd.DataFrame, label: str) -> dict[str, dict[str, Any]]:
 def summary_metrics(collected: Collected) -> dict[str, Any]:
     """{entry: {method: {metric: mean, seeds: n}}}, transfers under ``"source->target"`` keys."""
     summary: dict[str, Any] = {}
-    probes = collected.probes
+    probes, floors = collected.probes, collected.floors
     for dataset in ordered(probes.get("dataset", [])):
         summary[dataset] = _means(probes[probes["dataset"] == dataset], dataset)
+        entry_floors = floors[floors["dataset"] == dataset] if len(floors) else floors
+        if len(entry_floors):
+            named = entry_floors.assign(method=["floor_" + kind for kind in entry_floors["method"]])
+            summary[dataset].update(_means(named, dataset))
     transfers = collected.transfers
     if len(transfers):
         for source, target in ordered(zip(transfers["source"], transfers["dataset"], strict=True)):

@@ -7,8 +7,15 @@ Tables (rows = methods in the order the runs were given):
 - ``transfer``: per source → target, top-1 and mean per-class test accuracy;
 - ``official``: per entry (and transfer pair), validation-selected test accuracy next to the
   official protocol's test-selected (optimistic) one;
-- ``convergence``: per entry, the first pretraining epoch at which the per-epoch monitor reaches 90% and
-  95% of the run's own final accuracy.
+- ``convergence``: per entry monitored for at least MIN_MONITORED_EPOCHS epochs, in absolute terms: the
+  area under the per-epoch monitor curve (a time-averaged accuracy), the accuracy at fixed epochs, and
+  the epochs to one threshold common to every run of the entry.
+
+The bias and classification tables end with reference rows: cross-entropy scored by its own head
+(``ce (own head)``, the field's "vanilla" number) when its metrics.json has ``own_head``, and the two
+floors, ``floor: raw pixels`` and ``floor: untrained encoder``, probed with the same protocol
+(cecl/runs.py FloorKey). A cell whose probe selected its L2 strength at an edge of the grid in at least
+one seed (metrics.json ``selected_at_edge``) carries a footnote mark (EDGE_MARKS) explained in the caption.
 
 Every cell is mean ± 95% Student-t half-width over seeds with n (stats.py), e.g. ``91.2 ± 0.4 (n=3)``.
 The tidy CSV has one row per (table, dataset, source, protocol, method, metric) with mean, ci95, std,
@@ -24,14 +31,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cecl.report.collect import (
     CLASSIFICATION,
     CONFLICTING,
+    EDGE,
     GROUP_BIAS,
     MEAN_PER_CLASS,
     OFFICIAL,
+    OWN_HEAD,
     TOP1,
     UNBIASED,
     ordered,
@@ -42,9 +52,22 @@ OFFICIAL_LABEL = "official protocol (test-selected, optimistic)"
 HONEST_LABEL = "validation-selected"
 PROVENANCE_FILE = "provenance.md"
 TABLES_DIR = "tables"  # build_report writes the table files into out_dir/TABLES_DIR
-CONVERGENCE_FRACTIONS = (0.90, 0.95)
-# A curve "reaches" fraction·final when acc >= fraction·final - TOLERANCE (0.9 * 0.8 != 0.72 in floats).
+# Convergence (absolute terms): no convergence row for an entry monitored at fewer epochs than this.
+MIN_MONITORED_EPOCHS = 5
+# The common threshold of an entry: this fraction of the lowest final monitor accuracy among its
+# contrastive runs, so one absolute number that every one of them reaches by its last epoch. Cross-entropy
+# is left out of it: it is a reference the convergence claim does not compare, and its low colour-bound
+# curve would set a threshold every contrastive run passes at its first epoch (measured on bmnist_rho90).
+THRESHOLD_FRACTION = 0.9
+THRESHOLD_EXCLUDES = ("ce",)
+AREA = "monitor_area"  # area under the monitor curve / its length in epochs: a time-averaged accuracy
+TO_THRESHOLD = "epochs_to_threshold"
+# A curve "reaches" the threshold when acc >= threshold - TOLERANCE (0.9 * 0.8 != 0.72 in floats).
 TOLERANCE = 1e-9
+# Reference rows (no verdict against them in the tables) and their labels.
+OWN_HEAD_SUFFIX = " (own head)"
+FLOOR_LABELS = {"pixels": "floor: raw pixels", "init": "floor: untrained encoder"}
+EDGE_MARKS = {"weak": "†", "strong": "‡"}
 TIDY_COLUMNS = (
     "table",
     "dataset",
@@ -71,6 +94,7 @@ class Column:
     dataset: str
     source: str = ""
     protocol: str = ""
+    scale: float | None = None  # None: the table's scale
 
 
 @dataclass
@@ -87,22 +111,35 @@ class Table:
     decimals: int = 1
     formats: tuple[str, ...] = ("md", "csv", "tex")
     tidy: pd.DataFrame = field(default_factory=pd.DataFrame)
+    marks: dict[tuple[str, int], str] = field(default_factory=dict)  # footnote marks (EDGE_MARKS)
 
     @property
     def has_single_seed_cells(self) -> bool:
-        return any(summary.n == 1 for summary in self.cells.values())
+        """A cell of one seed (the raw-pixel floor is one fit by design, and says so)."""
+        pixels = FLOOR_LABELS["pixels"]
+        return any(summary.n == 1 for (row, _), summary in self.cells.items() if row != pixels)
 
 
-def _values(frame: pd.DataFrame, column: Column, method: str) -> tuple[list[int], list[float]]:
+def _rows(frame: pd.DataFrame, column: Column, method: str) -> pd.DataFrame:
     rows = frame[(frame["method"] == method) & (frame["dataset"] == column.dataset)]
     if "source" in rows.columns:  # probe rows have source "", so a probe column never takes a transfer
         rows = rows[rows["source"] == column.source]
     if column.protocol:
         rows = rows[rows["protocol"] == column.protocol]
     if column.metric not in rows.columns:
-        return [], []
-    rows = rows[rows[column.metric].notna()].sort_values("seed", kind="stable")
-    return [int(s) for s in rows["seed"]], [float(v) for v in rows[column.metric]]
+        return rows.iloc[:0]
+    return rows[rows[column.metric].notna()].sort_values("seed", kind="stable")
+
+
+def _seed(value: object) -> str:
+    """A seed for the tidy CSV; '' for a floor without one (raw pixels)."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(int(value))
+
+
+def _mark(rows: pd.DataFrame) -> str:
+    """EDGE_MARKS of the grid edges any of these rows' probes selected at ('†‡' for both)."""
+    edges = set(rows[EDGE]) if EDGE in rows.columns else set()
+    return "".join(mark for edge, mark in EDGE_MARKS.items() if edge in edges)
 
 
 def _build(
@@ -112,15 +149,23 @@ def _build(
     frame: pd.DataFrame,
     methods: Sequence[str],
     columns: Sequence[Column],
+    *,
+    mark_edges: bool = True,
     **options,
 ) -> Table:
-    """Summaries of every (method, column) cell and the tidy rows; the caption gets the cell legend."""
-    cells, tidy = {}, []
+    """Summaries of every (method, column) cell and the tidy rows; the caption gets the cell legend.
+
+    ``mark_edges``: footnote-mark the cells of probes selected at a grid edge (EDGE_MARKS)."""
+    cells, tidy, marks = {}, [], {}
     for index, column in enumerate(columns):
         for method in methods:
-            seeds, values = _values(frame, column, method)
+            rows = _rows(frame, column, method)
+            seeds = [_seed(s) for s in rows["seed"]]
+            values = [float(v) for v in rows[column.metric]] if len(rows) else []
             summary = summarize(values)
             cells[(method, index)] = summary
+            if mark_edges and _mark(rows):
+                marks[(method, index)] = _mark(rows)
             if summary.n:
                 tidy.append(
                     {
@@ -134,11 +179,11 @@ def _build(
                         "ci95": summary.ci95,
                         "std": summary.std,
                         "n": summary.n,
-                        "seeds": ";".join(str(s) for s in seeds),
+                        "seeds": ";".join(seeds),
                         "values": ";".join(format_value(v) for v in values),
                     }
                 )
-    table = Table(name, title, caption, list(methods), list(columns), cells, **options)
+    table = Table(name, title, caption, list(methods), list(columns), cells, marks=marks, **options)
     table.tidy = pd.DataFrame(tidy, columns=list(TIDY_COLUMNS))
     table.caption = caption + " " + cell_legend(table)
     return table
@@ -152,6 +197,22 @@ def cell_legend(table: Table) -> str:
     )
     if table.has_single_seed_cells:
         text += " n=1 cells have no interval (one seed gives no spread)."
+    if any(method in FLOOR_LABELS.values() for method in table.methods):
+        text += (
+            " Floors, probed with the same protocol: the raw pixels (one fit per entry, no seed) and the "
+            "untrained encoder each seed's pretraining starts from."
+        )
+    if any(method.endswith(OWN_HEAD_SUFFIX) for method in table.methods):
+        text += (
+            " 'ce (own head)': cross-entropy scored by its own classifier head, the field's vanilla number."
+        )
+    for edge, mark in EDGE_MARKS.items():
+        if any(mark in marks for marks in table.marks.values()):
+            strength = "smallest" if edge == "weak" else "largest"
+            text += (
+                f" {mark} in at least one seed the probe selected its L2 strength at the {edge} edge of "
+                f"its grid (the {strength} L2): the grid may not reach the best strength."
+            )
     return text
 
 
@@ -180,8 +241,48 @@ def _protocol_text(frame: pd.DataFrame, protocols: Sequence[str]) -> str:
     return f"Protocol {names}; the probe's L2 strength selected on the {selected} split (see report.md)."
 
 
-def classification_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
-    """Top-1 test accuracy (%) per classification dataset entry (probe runs)."""
+def with_references(
+    probes: pd.DataFrame, methods: Sequence[str], floors: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The probe rows plus the reference rows (module doc), and the row labels in table order.
+
+    Own-head rows copy a probe row with its ``own_head.test.*`` values as ``test.*``; floor rows take
+    the label of their kind and are repeated for every protocol their entry was measured with (a floor
+    is always a linear probe: it is the same reference whichever protocol trained the encoders).
+    """
+    frames, rows = [probes], list(methods)
+    own = [c for c in probes.columns if c.startswith(OWN_HEAD + "test.")] if len(probes) else []
+    if own:
+        heads = probes[probes[own].notna().any(axis=1)]
+        for method in ordered(heads["method"]):
+            copy = heads[heads["method"] == method].copy()
+            for name in [c for c in copy.columns if c.startswith("test.")]:
+                copy[name] = copy.get(OWN_HEAD + name, np.nan)
+            copy["method"] = method + OWN_HEAD_SUFFIX
+            copy[EDGE] = ""  # the head is not a probe: no grid
+            frames.append(copy)
+            rows.append(method + OWN_HEAD_SUFFIX)
+    if floors is not None and len(floors) and len(probes):
+        for kind, label in FLOOR_LABELS.items():
+            kind_rows = floors[floors["method"] == kind]
+            for dataset in ordered(kind_rows["dataset"]):
+                for protocol in ordered(probes.loc[probes["dataset"] == dataset, "protocol"]):
+                    copy = kind_rows[kind_rows["dataset"] == dataset].copy()
+                    copy["method"], copy["protocol"], copy["source"] = label, protocol, ""
+                    frames.append(copy)
+            if len(kind_rows):
+                rows.append(label)
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if len(frames) > 1 else probes
+    return frame, rows
+
+
+def classification_table(
+    probes: pd.DataFrame,
+    methods: Sequence[str],
+    notes: Mapping[str, str],
+    floors: pd.DataFrame | None = None,
+) -> Table:
+    """Top-1 test accuracy (%) per classification dataset entry (probe runs), then the reference rows."""
     columns, protocols = _protocol_columns(probes, CLASSIFICATION, {"top-1": TOP1})
     datasets = ordered(c.dataset for c in columns)
     caption = (
@@ -189,11 +290,17 @@ def classification_table(probes: pd.DataFrame, methods: Sequence[str], notes: Ma
         + _protocol_text(probes, protocols)
         + _notes(datasets, notes)
     )
-    return _build("classification", "Classification", caption, probes, methods, columns)
+    frame, rows = with_references(probes, methods, floors)
+    return _build("classification", "Classification", caption, frame, rows, columns)
 
 
-def bias_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
-    """Unbiased and bias-conflicting test accuracy (%) per group_bias dataset entry (probe runs)."""
+def bias_table(
+    probes: pd.DataFrame,
+    methods: Sequence[str],
+    notes: Mapping[str, str],
+    floors: pd.DataFrame | None = None,
+) -> Table:
+    """Unbiased and bias-conflicting test accuracy (%) per group_bias entry (probe runs), then references."""
     metrics = {"unbiased": UNBIASED, "conflicting": CONFLICTING}
     columns, protocols = _protocol_columns(probes, GROUP_BIAS, metrics)
     datasets = ordered(c.dataset for c in columns)
@@ -202,7 +309,8 @@ def bias_table(probes: pd.DataFrame, methods: Sequence[str], notes: Mapping[str,
         "(target, bias) groups of the group accuracy; conflicting = the same over the groups whose bias "
         "attribute disagrees with the target). " + _protocol_text(probes, protocols) + _notes(datasets, notes)
     )
-    return _build("bias", "Bias benchmarks", caption, probes, methods, columns)
+    frame, rows = with_references(probes, methods, floors)
+    return _build("bias", "Bias benchmarks", caption, frame, rows, columns)
 
 
 def _pairs(transfers: pd.DataFrame) -> list[tuple[str, str]]:
@@ -254,60 +362,149 @@ def official_table(
         "the best test accuracy over the L2 grid, the counterpart of the released code's best over probe "
         "epochs (it selects on the test set)." + _notes(ordered(c.dataset for c in columns), notes)
     )
-    return _build("official", "Evaluation protocol", caption, frame, methods, columns, formats=("md", "tex"))
+    return _build(
+        "official",
+        "Evaluation protocol",
+        caption,
+        frame,
+        methods,
+        columns,
+        formats=("md", "tex"),
+        mark_edges=False,
+    )
 
 
-def epochs_to_fraction(epochs: Sequence[int], accuracy: Sequence[float], fraction: float) -> int:
-    """First epoch whose accuracy reaches ``fraction`` of the last epoch's (the run's final) accuracy."""
+def monitor_area(epochs: Sequence[int], accuracy: Sequence[float]) -> float:
+    """Area under the monitor curve (trapezoids over the monitored epochs) divided by its length in
+    epochs: a time-averaged accuracy, higher for a curve that rises earlier. One epoch: its value."""
     pairs = sorted(zip(epochs, accuracy, strict=True))
-    final = pairs[-1][1]
-    target = fraction * final - TOLERANCE
-    return int(next(epoch for epoch, value in pairs if value >= target))
+    x = np.asarray([e for e, _ in pairs], dtype=float)
+    y = np.asarray([a for _, a in pairs], dtype=float)
+    if len(x) == 1:
+        return float(y[0])
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
 
 
-def convergence_metric(fraction: float) -> str:
-    return f"epochs_to_{round(100 * fraction)}pct_final"
+def epochs_to_threshold(epochs: Sequence[int], accuracy: Sequence[float], threshold: float) -> float:
+    """First epoch whose accuracy reaches ``threshold`` (an absolute accuracy); NaN when none does."""
+    for epoch, value in sorted(zip(epochs, accuracy, strict=True)):
+        if value >= threshold - TOLERANCE:
+            return float(epoch)
+    return float("nan")
+
+
+def accuracy_metric(epoch: int) -> str:
+    return f"accuracy_at_epoch_{epoch}"
+
+
+@dataclass(frozen=True)
+class ConvergenceEntry:
+    """One entry's convergence settings, common to all its runs."""
+
+    dataset: str
+    monitored: int  # the fewest monitored epochs of any of its runs
+    last_epoch: int
+    fixed_epochs: tuple[int, ...]  # epochs every run monitored, reported as accuracy at that epoch
+    threshold: float  # THRESHOLD_FRACTION x the lowest final accuracy among its contrastive runs
+
+    @property
+    def enough(self) -> bool:
+        return self.monitored >= MIN_MONITORED_EPOCHS
+
+    def short_note(self) -> str:
+        """The one line printed instead of a convergence row for an entry monitored too briefly."""
+        return (
+            f"`{self.dataset}`: {self.monitored} epoch(s) monitored, fewer than {MIN_MONITORED_EPOCHS}: "
+            "no convergence comparison (a curve this short shows where it ends, not how fast it gets there)."
+        )
+
+
+def _curves(histories: pd.DataFrame) -> dict[tuple[str, str, int], tuple[list[int], list[float]]]:
+    curves = {}
+    for (dataset, method, seed), run in histories.groupby(["dataset", "method", "seed"], sort=False):
+        run = run.dropna(subset=["monitor_val_accuracy"]).sort_values("epoch")
+        if len(run):
+            curves[(dataset, method, int(seed))] = (
+                [int(e) for e in run["epoch"]],
+                [float(a) for a in run["monitor_val_accuracy"]],
+            )
+    return curves
+
+
+def convergence_entries(histories: pd.DataFrame) -> dict[str, ConvergenceEntry]:
+    """Per dataset entry: how many epochs were monitored, the fixed epochs and the common threshold."""
+    curves = _curves(histories) if len(histories) else {}
+    entries = {}
+    for dataset in ordered(d for d, _, _ in curves):
+        runs = [curve for (d, _, _), curve in curves.items() if d == dataset]
+        common = sorted(set.intersection(*(set(epochs) for epochs, _ in runs)))
+        last = max(epochs[-1] for epochs, _ in runs)
+        middle = min(common, key=lambda e: (abs(e - last / 2), e)) if common else None
+        fixed = tuple(dict.fromkeys(e for e in ([*common[:1], middle]) if e is not None))
+        counted = [c for (d, m, _), c in curves.items() if d == dataset and m not in THRESHOLD_EXCLUDES]
+        lowest_final = min(accuracy[-1] for _, accuracy in counted or runs)
+        entries[dataset] = ConvergenceEntry(
+            dataset, min(len(epochs) for epochs, _ in runs), last, fixed, THRESHOLD_FRACTION * lowest_final
+        )
+    return entries
 
 
 def convergence_frame(histories: pd.DataFrame) -> pd.DataFrame:
-    """One row per pretraining run: dataset, method, seed, final_epoch, final_accuracy, epochs_to_*."""
+    """One row per pretraining run of an entry monitored at >= MIN_MONITORED_EPOCHS epochs: dataset,
+    method, seed, final_epoch, final_accuracy, AREA, accuracy_at_epoch_<k> and TO_THRESHOLD."""
+    entries = convergence_entries(histories)
     rows = []
-    if histories.empty:
-        return pd.DataFrame(columns=["dataset", "method", "seed", "final_epoch", "final_accuracy"])
-    for (dataset, method, seed), run in histories.groupby(["dataset", "method", "seed"], sort=False):
-        run = run.dropna(subset=["monitor_val_accuracy"]).sort_values("epoch")
-        if run.empty:
+    for (dataset, method, seed), (epochs, accuracy) in _curves(histories).items() if len(histories) else ():
+        entry = entries[dataset]
+        if not entry.enough:
             continue
-        epochs, accuracy = run["epoch"].tolist(), run["monitor_val_accuracy"].tolist()
         row = {
             "dataset": dataset,
             "method": method,
-            "seed": int(seed),
-            "final_epoch": int(epochs[-1]),
-            "final_accuracy": float(accuracy[-1]),
+            "seed": seed,
+            "final_epoch": epochs[-1],
+            "final_accuracy": accuracy[-1],
+            AREA: monitor_area(epochs, accuracy),
         }
-        for fraction in CONVERGENCE_FRACTIONS:
-            row[convergence_metric(fraction)] = epochs_to_fraction(epochs, accuracy, fraction)
+        for epoch in entry.fixed_epochs:
+            row[accuracy_metric(epoch)] = accuracy[epochs.index(epoch)]
+        row[TO_THRESHOLD] = epochs_to_threshold(epochs, accuracy, entry.threshold)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["dataset", "method", "seed", "final_epoch"])
 
 
-def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mapping[str, str]) -> Table:
-    """Per dataset entry and method: epochs to 90% / 95% of the run's own final monitor accuracy."""
+def convergence_table(
+    epochs: pd.DataFrame,
+    methods: Sequence[str],
+    notes: Mapping[str, str],
+    entries: Mapping[str, ConvergenceEntry] | None = None,
+) -> Table:
+    """Per entry (monitored >= MIN_MONITORED_EPOCHS epochs) and method: the monitor curve's area, the
+    accuracy at the fixed epochs and the epochs to the entry's common threshold (module doc)."""
+    entries = entries or {}
     datasets = ordered(epochs["dataset"]) if len(epochs) else []
-    columns = [
-        Column(dataset, f"{round(100 * fraction)}% of final", convergence_metric(fraction), dataset)
-        for dataset in datasets
-        for fraction in CONVERGENCE_FRACTIONS
-    ]
+    columns = []
+    for dataset in datasets:
+        entry = entries.get(dataset)
+        columns.append(Column(dataset, "area (mean %)", AREA, dataset))
+        for epoch in entry.fixed_epochs if entry else ():
+            columns.append(Column(dataset, f"% at epoch {epoch}", accuracy_metric(epoch), dataset))
+        if entry:
+            label = f"epochs to {100 * entry.threshold:.1f}%"
+            columns.append(Column(dataset, label, TO_THRESHOLD, dataset, scale=1.0))
     caption = (
-        "Convergence: the first pretraining epoch at which the per-epoch monitor's validation accuracy "
-        "(pretrain.monitor: kNN, or a linear probe on bias benchmarks) reaches 90% / 95% of that run's own "
-        "final (last-epoch) accuracy; fewer epochs = faster." + _notes(datasets, notes)
+        "Convergence in absolute terms, from the per-epoch monitor's validation accuracy (pretrain.monitor: "
+        "kNN, or a linear probe on bias benchmarks): the area under the curve over the monitored epochs "
+        "divided by their span (a time-averaged accuracy, %; higher = earlier), the accuracy at fixed "
+        "epochs, and the first epoch at which a run reaches the entry's common threshold "
+        f"({THRESHOLD_FRACTION:g} x the lowest final accuracy among its runs other than "
+        f"{', '.join(THRESHOLD_EXCLUDES)}, so each of those reaches it; fewer = faster; a run that never "
+        "reaches it is left out of its cell, n/a when none does). Only entries monitored at "
+        f"{MIN_MONITORED_EPOCHS} or more epochs."
+        + "".join(f" {entry.short_note()}" for entry in entries.values() if not entry.enough)
+        + _notes(datasets, notes)
     )
-    return _build(
-        "convergence", "Convergence", caption, epochs, methods, columns, scale=1.0, formats=("md", "csv")
-    )
+    return _build("convergence", "Convergence", caption, epochs, methods, columns, formats=("md", "csv"))
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -316,8 +513,14 @@ def convergence_table(epochs: pd.DataFrame, methods: Sequence[str], notes: Mappi
 def _strings(table: Table, pm: str) -> list[list[str]]:
     return [
         [
-            format_summary(table.cells[(method, i)], table.scale, table.decimals, pm)
-            for i in range(len(table.columns))
+            format_summary(
+                table.cells[(method, i)],
+                table.scale if column.scale is None else column.scale,
+                table.decimals,
+                pm,
+            ).replace("(n=1)", "(one fit)" if method == FLOOR_LABELS["pixels"] else "(n=1)")
+            + table.marks.get((method, i), "")
+            for i, column in enumerate(table.columns)
         ]
         for method in table.methods
     ]
@@ -330,6 +533,8 @@ def provenance_pointer(href: str = PROVENANCE_FILE) -> str:
 def markdown(table: Table, provenance_href: str = PROVENANCE_FILE) -> str:
     """Caption paragraph (pointing to provenance.md at ``provenance_href``), then a pipe table with
     columns '<group> <label>'."""
+    if not table.columns:  # e.g. convergence when no entry was monitored long enough
+        return f"{table.caption}{provenance_pointer(provenance_href)}\n\nNo columns: nothing to tabulate.\n"
     headers = [f"{c.group} {c.label}" for c in table.columns]
     flat = pd.DataFrame(_strings(table, "±"), index=pd.Index(table.methods, name="method"), columns=headers)
     # disable_numparse: tabulate would otherwise re-format our "91.0" strings as numbers ("91").
