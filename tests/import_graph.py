@@ -9,10 +9,12 @@ every third-party import; grimp is not in the project's environment. The rules a
 - ``import a.b.c`` and ``from a.b import c`` run ``a/__init__.py``, ``a/b/__init__.py`` and, when
   ``c`` is a module, ``a/b/c.py`` (an edge to each, parents marked implicit);
 - an import inside a function body runs when that function does: it is an edge, marked lazy;
-- an import under ``if TYPE_CHECKING:`` never runs and is no edge;
+- an import under ``if TYPE_CHECKING:`` never runs: an edge marked typing-only, which a closure skips
+  but a cycle check counts (the two modules still know each other);
 - a package whose ``__init__.py`` walks ``pkgutil.iter_modules(__path__)`` (the plug-in registries of
   cecl/datasets and cecl/methods) imports each of its direct submodules whose name does not start with
-  ``_``: an edge to every one, the registry's own skip list ignored (over-approximates, never misses).
+  ``_``: an edge to every one, marked plug-in, the registry's own skip list ignored (over-approximates,
+  never misses).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Edge:
     target: str
     lazy: bool  # inside a function body: runs when that function runs
     implicit: bool  # a parent package run because one of its submodules is imported
+    typing_only: bool = False  # under ``if TYPE_CHECKING:``: never runs
+    plugin: bool = False  # a registry package's pkgutil walk over its own plug-in modules
 
 
 @cache
@@ -59,23 +63,29 @@ def _type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imports(tree: ast.AST, lazy: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement with whether it is lazy, skipping ``if TYPE_CHECKING:`` blocks."""
+Found = Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]
+
+
+def _imports(tree: ast.AST, lazy: bool = False, typing_only: bool = False) -> Found:
+    """Every import statement with whether it is lazy and whether it sits under ``if TYPE_CHECKING:``."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node, lazy
+            yield node, lazy, typing_only
         elif isinstance(node, ast.If) and _type_checking(node.test):
-            yield from (item for child in node.orelse for item in _imports_of(child, lazy))
+            for child in node.body:
+                yield from _imports_of(child, lazy, True)
+            for child in node.orelse:
+                yield from _imports_of(child, lazy, typing_only)
         else:
             inner = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-            yield from _imports(node, inner)
+            yield from _imports(node, inner, typing_only)
 
 
-def _imports_of(node: ast.AST, lazy: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+def _imports_of(node: ast.AST, lazy: bool, typing_only: bool) -> Found:
     if isinstance(node, ast.Import | ast.ImportFrom):
-        yield node, lazy
+        yield node, lazy, typing_only
     else:
-        yield from _imports(node, lazy)
+        yield from _imports(node, lazy, typing_only)
 
 
 def _walks_its_path(tree: ast.AST) -> bool:
@@ -128,23 +138,23 @@ def edges_of(name: str) -> tuple[Edge, ...]:
     tree = ast.parse(modules()[name].read_text(), filename=str(modules()[name]))
     found: dict[str, Edge] = {}
 
-    def add(target: str, lazy: bool, implicit: bool) -> None:
-        if target == name:
-            return
-        old = found.get(target)
-        if old is None or (old.lazy and not lazy) or (old.implicit and not implicit and old.lazy == lazy):
-            found[target] = Edge(name, target, lazy, implicit)
+    def rank(edge: Edge) -> tuple[bool, bool, bool]:  # the edge that runs soonest wins
+        return (edge.typing_only, edge.lazy, edge.implicit)
 
-    for node, lazy in _imports(tree):
+    def add(edge: Edge) -> None:
+        if edge.target != name and (edge.target not in found or rank(edge) < rank(found[edge.target])):
+            found[edge.target] = edge
+
+    for node, lazy, typing_only in _imports(tree):
         for target in _targets(node, name):
             for parent in _parents(target):
                 if parent not in _parents(name):  # its own parents are already running
-                    add(parent, lazy, implicit=True)
-            add(target, lazy, implicit=False)
+                    add(Edge(name, parent, lazy, True, typing_only))
+            add(Edge(name, target, lazy, False, typing_only))
     if is_package(name) and _walks_its_path(tree):
         for sub in modules():
             if sub.rpartition(".")[0] == name and not sub.rpartition(".")[2].startswith("_"):
-                add(sub, lazy=False, implicit=False)
+                add(Edge(name, sub, lazy=False, implicit=False, plugin=True))
     return tuple(sorted(found.values(), key=lambda e: e.target))
 
 
@@ -154,7 +164,7 @@ def closure(start: str) -> set[str]:
     todo = list(seen)
     while todo:
         for edge in edges_of(todo.pop()):
-            if edge.target not in seen:
+            if not edge.typing_only and edge.target not in seen:
                 seen.add(edge.target)
                 todo.append(edge.target)
     return seen
