@@ -9,16 +9,17 @@ head is also scored (``own_head``) in a probe stage, whatever the protocol.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from cecl import runs
 from cecl.config import Params
 from cecl.eval.encoder import probe_encoder, score_classifier
 from cecl.eval.linear_probe import ProbeResult
-from cecl.io import atomic_dir, ensure_writable, tree_digest, write_json
+from cecl.io import atomic_dir, ensure_writable, tree_digest
 from cecl.machine import machine_info
-from cecl.pipeline import load_saved_model, load_splits, run_tags
+from cecl.pipeline import load_splits, run_tags
+from cecl.records import write_metrics, write_rows
+from cecl.saved_model import load_saved_model
 from cecl.tracking import stage_run
 from cecl.train.device import AUTOCAST_DTYPES, resolve_device
 
@@ -109,11 +110,8 @@ def evaluate_encoder(
                 "test": own_head.test,
             }
         with atomic_dir(out) as tmp:
-            write_json(tmp / runs.METRICS_FILE, metrics)
-            with (tmp / runs.CURVE_FILE).open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(result.curve[0]))
-                writer.writeheader()
-                writer.writerows(result.curve)
+            write_metrics(tmp / runs.METRICS_FILE, metrics)
+            write_rows(tmp / runs.CURVE_FILE, result.curve)
         run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
         if own_head is not None:
             run.log_metrics({f"own_head_test_{k}": v for k, v in own_head.test.items()})

@@ -52,7 +52,6 @@ from cecl.data.streaming import BatchSource, TensorBatchSource
 from cecl.datasets import TensorSplit
 from cecl.eval.monitor import Monitor, score
 from cecl.methods import Method, build_method
-from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
 from cecl.train import grad_cache
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
@@ -113,15 +112,7 @@ def model_payload(method: Method, history: list[EpochRecord]) -> dict[str, Any]:
     epoch plus ``classifier: {state_dict, epoch}`` (the jointly trained head of that epoch); for
     cross-entropy under linear_probe, its own head after the last epoch, so it is also scored by it.
     """
-    payload = method.encoder.payload()
-    if isinstance(method, JointMethod):
-        if method.best_state is None:
-            raise ValueError("joint training kept no best epoch (no epoch was scored on validation)")
-        payload["state_dict"] = method.best_state["encoder"]
-        payload["classifier"] = {"state_dict": method.best_state["classifier"], "epoch": method.best_epoch}
-    elif isinstance(method, CrossEntropyMethod):
-        payload["classifier"] = {"state_dict": _cpu_state(method.classifier), "epoch": history[-1].epoch}
-    return payload
+    return method.export(history[-1].epoch if history else 0)  # the method says what it saves
 
 
 def make_optimizer(
