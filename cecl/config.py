@@ -12,19 +12,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cecl.data.augment import AugmentParams
 from cecl.datasets import DatasetOptions, DatasetSpec, families, spec_for
-from cecl.methods import available as available_methods
-from cecl.methods import builds_own_heads, options_schemas
-from cecl.models import available_backbones, backbone_options_schema
 from cecl.runs import RunKey, TransferKey
 from cecl.schema import Strict
+
+if TYPE_CHECKING:
+    from cecl.data.augment import AugmentParams
+
+# The method and backbone registries (cecl.methods, cecl.models: torch and every loss) are imported when a
+# value is validated, not with this module: a stage that reads params.yaml loads only what it uses.
 
 NESTED = "@"  # a nested schema's error message starts with "@<dotted key>: " (see _format_error)
 
@@ -105,6 +107,8 @@ class ModelParams(Strict):
 
     @model_validator(mode="after")
     def _known_backbone(self) -> ModelParams:
+        from cecl.models import available_backbones, backbone_options_schema
+
         if self.backbone not in available_backbones():
             known = ", ".join(available_backbones())
             raise ValueError(f"{NESTED}model.backbone: unknown backbone {self.backbone!r}; known: {known}")
@@ -115,6 +119,8 @@ class ModelParams(Strict):
         return self
 
     def options(self) -> Strict:
+        from cecl.models import backbone_options_schema
+
         return backbone_options_schema(self.backbone).model_validate(self.backbone_options)
 
 
@@ -204,7 +210,9 @@ class PretrainParams(Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        known = available_methods()
+        from cecl.methods import available
+
+        known = available()
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(known)}")
@@ -271,6 +279,8 @@ class SweepParams(Strict):
     @classmethod
     def _known_grids(cls, grids: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         """A method can be swept over the SWEEP_AXES its own options schema has; values are checked by it."""
+        from cecl.methods import options_schemas
+
         schemas = options_schemas()
         for method, axes in grids.items():
             if method not in schemas:
@@ -375,6 +385,8 @@ class Params(Strict):
         raw = {} if raw is None else raw
         if not isinstance(raw, Mapping):
             return raw
+        from cecl.methods import options_schemas
+
         schemas = options_schemas()
         unknown = [name for name in raw if name not in schemas]
         if unknown:
@@ -393,6 +405,8 @@ class Params(Strict):
     @classmethod
     def _sections_dvc_tracks(cls, raw: Any) -> Any:
         # dvc.yaml tracks method_options.<method> of every pretrained method: DVC refuses a missing key.
+        from cecl.methods import options_schemas
+
         if isinstance(raw, Mapping) and isinstance(raw.get("pretrain"), Mapping):
             given = raw.get("method_options") or {}
             for method in raw["pretrain"].get("methods") or []:
@@ -457,6 +471,8 @@ class Params(Strict):
     def _proj_hidden_reaches_every_method(self) -> None:
         """A set ``model.proj_hidden`` must not be silently ignored: simsiam, byol and nnclr size their
         projectors from their own ``method_options`` (``builds_own_heads``)."""
+        from cecl.methods import builds_own_heads
+
         own = [m for m in self.pretrain.methods if builds_own_heads(m)]
         if not own:
             return

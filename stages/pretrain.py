@@ -19,7 +19,6 @@ Rank 0 alone logs to MLflow and writes the outputs.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import subprocess
@@ -34,7 +33,9 @@ from cecl.config import load_params
 from cecl.io import atomic_dir, ensure_writable
 from cecl.machine import machine_info
 from cecl.pipeline import RunSetup, load_splits, run_setup, run_tags, training_source
+from cecl.records import write_rows
 from cecl.runs import ENCODER_FILE, HISTORY_FILE, RunKey
+from cecl.saved_model import save_model
 from cecl.tracking import NoRun, RunLogger, stage_run
 from cecl.train.device import resolve_device
 from cecl.train.loop import model_payload, run_pretraining
@@ -113,12 +114,8 @@ def train(setup: RunSetup, experiment: str, device: torch.device) -> None:
             return
         with atomic_dir(key.model_dir) as tmp:
             # the machine that trained it (cecl/machine.py), which the probe copies into metrics.json
-            torch.save({**model_payload(method, history), "machine": machine_info()}, tmp / ENCODER_FILE)
-            with (tmp / HISTORY_FILE).open("w", newline="") as handle:
-                rows = [r.history_row() for r in history]
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            save_model(tmp / ENCODER_FILE, model_payload(method, history), machine_info())
+            write_rows(tmp / HISTORY_FILE, [r.history_row() for r in history])
         run.record_outputs(key.model_dir)
         run.log_artifact(key.model_dir / HISTORY_FILE)
         key.checkpoint.unlink(missing_ok=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from cecl import runs
 from cecl.cli import transfer_stage
 from cecl.config import load_params
-from cecl.train.loop import compute_threads
-from stages.probe import evaluate_encoder
+from cecl.evaluate import evaluate_encoder
+from cecl.train.device import compute_threads
 
 
 def main(key: runs.TransferKey) -> None:

@@ -392,7 +392,7 @@ def test_params_accept_caltech_as_transfer_targets() -> None:
 
 
 def test_a_frozen_encoder_of_another_dataset_probes_the_store(prepared101) -> None:
-    """What the transfer stage does (stages/probe.py evaluate_encoder): the source encoder, with its own
+    """What the transfer stage does (cecl/evaluate.py evaluate_encoder): the source encoder, with its own
     normalisation, is linearly probed on the target's splits; the evaluator is sized by the target spec."""
     from cecl.config import ProbeParams
     from cecl.eval.encoder import probe_encoder

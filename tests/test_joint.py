@@ -230,7 +230,7 @@ def test_probe_stage_names_the_protocol_and_scores_ce_by_its_own_head(
     import csv
     import json
 
-    import stages.probe as probe_stage
+    import cecl.evaluate as probe_stage
     from cecl import runs
     from cecl.tracking import NoRun
 

@@ -15,6 +15,7 @@ split is what gradient caching needs (cecl/train/grad_cache.py: embed in chunks,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,3 +50,12 @@ class Method(nn.Module, ABC):
 
     def after_step(self) -> None:
         """Hook after each optimiser step (momentum targets, queues). Default: nothing."""
+
+    def export(self, last_epoch: int) -> dict[str, Any]:
+        """What the pretrain stage saves of this method after ``last_epoch`` (cecl/saved_model.py).
+
+        The encoder's payload (``cecl.models.encoder_from_payload`` reads it back); a method whose own
+        head is scored as well adds ``classifier: {state_dict, epoch}``. The loop asks the method, so it
+        never checks a method's type to decide what to save.
+        """
+        return self.encoder.payload()

@@ -6,6 +6,8 @@ gathered with gradient, so uneven shards weigh each sample equally, as one proce
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,11 @@ class CrossEntropyMethod(Method):
         """Mean cross-entropy over the global batch."""
         (logits,) = embeddings
         return gather_with_grad(F.cross_entropy(logits, labels, reduction="none")).mean()
+
+    def export(self, last_epoch: int) -> dict[str, Any]:
+        """The encoder and its own head after the last epoch, so the probe stage also scores that head."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.classifier.state_dict().items()}
+        return {**self.encoder.payload(), "classifier": {"state_dict": state, "epoch": last_epoch}}
 
 
 class CEOptions(Strict):

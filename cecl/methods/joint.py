@@ -20,6 +20,8 @@ batch. This wrapper is not a registered method: the loop wraps the configured me
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,3 +75,12 @@ class JointMethod(Method):
 
     def after_step(self) -> None:
         self.inner.after_step()
+
+    def export(self, last_epoch: int) -> dict[str, Any]:
+        """The encoder and the jointly trained head of the validation-selected epoch (not the last)."""
+        if self.best_state is None:
+            raise ValueError("joint training kept no best epoch (no epoch was scored on validation)")
+        payload = self.encoder.payload()
+        payload["state_dict"] = self.best_state["encoder"]
+        payload["classifier"] = {"state_dict": self.best_state["classifier"], "epoch": self.best_epoch}
+        return payload

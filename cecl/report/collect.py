@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from cecl import records
 from cecl.io import tree_digest
 from cecl.runs import HISTORY_FILE, METRICS_FILE, FloorKey, RunKey, TransferKey
 
@@ -66,16 +67,6 @@ def require(root: Path, relative: Path, stage: str) -> Path:
             f"{relative.as_posix()} not found: run {stage} first (dvc repro); looked under {Path(root)}"
         )
     return path
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
 
 
 def _expected_run(key: RunKey | TransferKey | FloorKey) -> dict[str, Any]:
@@ -137,7 +128,7 @@ def read_metrics(root: Path, key: RunKey | TransferKey | FloorKey) -> dict[str, 
     else:
         relative, stage = key.probe_dir / METRICS_FILE, key.stage("probe")
     path = require(root, relative, stage)
-    data = _read_json(path)
+    data = records.read_metrics(path)
     run = data.get("run")
     if not isinstance(run, dict):
         raise ValueError(f"{path}: no 'run' block")
@@ -209,7 +200,7 @@ def read_history(root: Path, key: RunKey) -> pd.DataFrame:
     """history.csv of one pretraining run with dataset/method/seed columns, sorted by epoch."""
     relative = key.model_dir / HISTORY_FILE
     path = require(root, relative, key.stage("pretrain"))
-    history = pd.read_csv(path)
+    history = records.read_rows(path)
     missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")

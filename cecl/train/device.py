@@ -21,8 +21,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from cecl.config import ComputeParams
 
 # Set by docker/Dockerfile. Inside the image a missing GPU usually means `docker run` without `--gpus all`
 # (or a host driver too old for the CUDA 13 wheels), not a CPU-only machine, so ``auto`` says so.
@@ -230,3 +234,27 @@ def persist_inductor_cache(folder: Path = INDUCTOR_CACHE) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
     return folder
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # compute.autocast -> the dtype torch.autocast runs in
+
+
+@contextlib.contextmanager
+def compute_threads(compute: ComputeParams) -> Iterator[None]:
+    """The run-wide ``compute:`` settings inside the block, the previous ones restored on exit.
+
+    torch's intra-op CPU threads set to ``compute.threads`` (unchanged when null): intra-op parallel
+    reductions split their work by the thread count, so a fixed count makes CPU results independent of the
+    machine's cores. ``compute.deterministic`` (``cecl.train.device.compute_mode``): cuDNN's autotuner when
+    off; torch's deterministic algorithms and cuBLAS's fixed workspace when on.
+    """
+    with compute_mode(compute.deterministic):
+        if compute.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(compute.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)

@@ -32,7 +32,6 @@ of each epoch, so an accelerator is not synchronised every step; a CPU reads it 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -47,19 +46,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cecl import distributed
-from cecl.config import ComputeParams, OptimizerParams
+from cecl.config import OptimizerParams
 from cecl.data.augment import BatchAugment
 from cecl.data.streaming import BatchSource, TensorBatchSource
 from cecl.datasets import TensorSplit
 from cecl.eval.monitor import Monitor, score
 from cecl.methods import Method, build_method
-from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
-from cecl.pipeline import RunSetup
 from cecl.train import grad_cache
 from cecl.train.checkpoint import load_checkpoint, save_checkpoint
-from cecl.train.device import compute_mode, persist_inductor_cache
+from cecl.train.device import AUTOCAST_DTYPES, compute_threads, persist_inductor_cache
 from cecl.train.schedule import learning_rate
+from cecl.train.setup import RunSetup
 
 
 @dataclass(frozen=True)
@@ -114,15 +112,7 @@ def model_payload(method: Method, history: list[EpochRecord]) -> dict[str, Any]:
     epoch plus ``classifier: {state_dict, epoch}`` (the jointly trained head of that epoch); for
     cross-entropy under linear_probe, its own head after the last epoch, so it is also scored by it.
     """
-    payload = method.encoder.payload()
-    if isinstance(method, JointMethod):
-        if method.best_state is None:
-            raise ValueError("joint training kept no best epoch (no epoch was scored on validation)")
-        payload["state_dict"] = method.best_state["encoder"]
-        payload["classifier"] = {"state_dict": method.best_state["classifier"], "epoch": method.best_epoch}
-    elif isinstance(method, CrossEntropyMethod):
-        payload["classifier"] = {"state_dict": _cpu_state(method.classifier), "epoch": history[-1].epoch}
-    return payload
+    return method.export(history[-1].epoch if history else 0)  # the method says what it saves
 
 
 def make_optimizer(
@@ -191,8 +181,6 @@ def _training_module(method: Method, device: torch.device) -> nn.Module:
         return DistributedDataParallel(module, device_ids=[device.index], forward_sync_buffers=False)
     return DistributedDataParallel(module, forward_sync_buffers=False)
 
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # compute.autocast -> the dtype torch.autocast runs in
 
 # Steps between two host reads of the recorded non-finite loss, per device type. On an accelerator a read
 # is a host-device sync (the host waits for every queued kernel), so CUDA reads every 100 steps and at the
@@ -379,27 +367,6 @@ def finish_epoch(epoch: Epoch) -> float:
     """The epoch's mean training loss, after the epoch's last finiteness read (raises if one was bad)."""
     epoch.guard.check()
     return float(epoch.loss_sum) / epoch.steps
-
-
-@contextlib.contextmanager
-def compute_threads(compute: ComputeParams) -> Iterator[None]:
-    """The run-wide ``compute:`` settings inside the block, the previous ones restored on exit.
-
-    torch's intra-op CPU threads set to ``compute.threads`` (unchanged when null): intra-op parallel
-    reductions split their work by the thread count, so a fixed count makes CPU results independent of the
-    machine's cores. ``compute.deterministic`` (``cecl.train.device.compute_mode``): cuDNN's autotuner when
-    off; torch's deterministic algorithms and cuBLAS's fixed workspace when on.
-    """
-    with compute_mode(compute.deterministic):
-        if compute.threads is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(compute.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
 
 def run_pretraining(

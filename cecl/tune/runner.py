@@ -40,7 +40,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -61,6 +61,7 @@ from cecl.tune.grid import (
     search_space,
     sweep_methods,
 )
+from cecl.tune.outcome import TrialOutcome
 from cecl.tune.sink import SINKS, TrialEvents, TrialRuns
 from cecl.tune.trial import (
     REPO_ROOT,
@@ -180,27 +181,6 @@ def prune_stale(storage: Path, method: str, keep: str) -> None:
 
 
 # ---------------------------------------------------------------- outcomes
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One row of sweep/results.csv (temperature and weight: the values the trial trained with)."""
-
-    method: str
-    temperature: float | None
-    weight: float | None
-    best_val_accuracy: float | None  # best over epochs of the validation objective (OBJECTIVE)
-    best_epoch: int | None
-    epochs_run: int
-    stopped_early: bool
-    status: str  # TERMINATED | ERROR
-    retries: int
-    trial_id: str  # Ray's, random: tagged on the MLflow run, never written to a DVC-tracked file
-    mlflow_run_id: str = ""  # likewise (results.csv and best.json stay byte-identical between equal runs)
-
-    def row(self) -> dict[str, Any]:
-        """What results.csv and best.json record: everything but the per-execution ids."""
-        return {k: v for k, v in asdict(self).items() if k not in ("trial_id", "mlflow_run_id")}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ray import tune
 from cecl.tune.grid import OBJECTIVE, config_key, overrides_of, trial_label
 
 if TYPE_CHECKING:
-    from cecl.tune.runner import TrialOutcome
+    from cecl.tune.outcome import TrialOutcome
 
 STAGE = "sweep"  # the dvc_stage tag of the parent run and of every child run
 
