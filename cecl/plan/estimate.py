@@ -13,7 +13,7 @@ GPU-hours add up over the processes of a run, so they do not depend on how many 
 Peak memory per process = saved activations per image x images in one forward x ACTIVATION_OVERHEAD
 + parameters, gradients and optimiser state (+ momentum copies) + the batch's float views + RESERVED_GIB
 (CUDA context, cuDNN workspace). The overhead factor and the reserve are assumptions until a GPU run
-measures them (benchmarks/gpu_session.sh); they are printed with every plan.
+measures them (benchmarks/gpu_session.py); they are printed with every plan.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from cecl.plan.throughput import (
 GIB = 2**30
 ACTIVATION_OVERHEAD = 1.3  # transient backward buffers and allocator fragmentation over the saved tensors
 RESERVED_GIB = 1.5  # CUDA context and cuDNN workspace, outside the tensors
-# ASSUMED until a GPU measures them (benchmarks/gpu_session.sh): a full-batch L-BFGS evaluation on a GPU is
+# ASSUMED until a GPU measures them (benchmarks/gpu_session.py): a full-batch L-BFGS evaluation on a GPU is
 # launch-bound (about 40 small kernels and the line search's host reads) plus its rows' float64 products
 # (256 rows x 2048 features x 1000 classes x 6 FLOP at about 50 TFLOP/s: ImageNet's worst case).
 GPU_PROBE_EVAL_S = 0.003
