@@ -135,7 +135,7 @@ gpu-session:
 # path, DDP's buffer keyword) once more under the oldest torch the project claims (pyproject.toml): torch
 # 2.11 + torchvision 0.26 in a second venv whose other packages are the lock's (.venv's site-packages on its
 # path, after its own). PyPI's x86_64 torch 2.11 is a CUDA build: 507 MB to download, 4.7 GB installed with
-# its nvidia-* libraries, 71 s to install here (measured); so it is opt-in, not part of `make test`.
+# its nvidia-* libraries, 71 s to install here (measured); not part of `make test`: CI (.ci/run) runs it after.
 OLDEST_VENV := .venv-oldest-torch
 OLDEST_TESTS := tests/test_grad_cache.py tests/test_no_sync.py tests/test_per_rank_augment.py \
   tests/test_gpu_decode.py tests/test_distributed_training.py tests/test_gpu_session.py

@@ -84,7 +84,7 @@ def fit_logistic(
     Up to ``BLOCK_ROWS`` rows the standardised float64 features are held whole (as always); above, the
     objective and its gradient are summed over blocks of ``BLOCK_ROWS`` rows, each standardised in float64
     from ``features`` as given (float32), so no float64 copy of the whole matrix exists: ImageNet's
-    1.28 M x 2048 probe (1000 classes) then needs about 18 GB by ``probe_memory_bytes`` instead of about 90 GB.
+    1.28 M x 2048 probe (1000 classes) needs about 18 GB by ``probe_memory_bytes``, not about 90 GB.
     """
     with _one_cpu_thread(features.device):
         n = len(features)
