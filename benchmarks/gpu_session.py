@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 JSONL = "gpu_session.jsonl"
 
-# Seconds per phase in real mode (sum 285 s: with interpreter starts and the closing block, about 5 min).
+# Seconds per phase in real mode (sum 290 s: with interpreter starts and the closing block, about 5 min).
 # A training config: build (cuDNN autotuning on the first steps), 3 warm-up and 5 timed steps, 2 counted.
 CAPS: dict[str, int] = {
     "env": 15,
@@ -51,7 +51,7 @@ CAPS: dict[str, int] = {
     "train": 26,  # each of the 5 configs
     "decode": 15,
     "eval": 30,
-    "checkpoint": 15,
+    "checkpoint": 20,
 }
 DRY_CAP_S = 120  # per phase in dry mode (a loaded 2-core CPU)
 

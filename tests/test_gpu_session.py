@@ -134,3 +134,9 @@ def test_the_carried_wheels_cover_every_import_of_the_phases(dry_run: tuple[int,
     imported = set().union(*(set(r["modules"]) for r in records if r["result"] == "imports"))
     missing = imported - HOST - HOST_DEPS - wheel_modules()
     assert not missing, f"imported by the GPU check, neither on the host nor in GPU_WHEELS: {sorted(missing)}"
+
+
+def test_the_real_mode_caps_leave_room_in_six_minutes() -> None:
+    """Every phase's cap together, with about a minute for the interpreter starts and the closing block."""
+    assert sum(gs.cap_of(phase, dry=False) for phase in gs.PHASES) <= 300
+    assert {phase.split(":")[0] for phase in gs.PHASES} == set(gs.CAPS)
