@@ -7,7 +7,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install repro plan test test-fast lint bench clean-outputs gpu-wheels compare
+.PHONY: install repro plan test test-fast lint bench clean-outputs gpu-wheels gpu-session test-oldest-torch compare
 .PHONY: docs docs-results
 
 # Installs exactly the locked versions (requirements/README.md): every file is checked against its sha256
@@ -111,13 +111,38 @@ docs: install
 docs-results: install
 	$(PY) -m cecl.docs_blocks
 
-# The packages a lent GPU machine's image lacks (it has torch, numpy, PyYAML, Pillow, pytest, no registry),
-# as CPython 3.12 wheels of the versions dev.lock pins, into .whl/ (git-ignored) for benchmarks/gpu_session.sh:
-# run(command="bash benchmarks/gpu_session.sh", carry=[".whl"]).
-GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions pytorch-metric-learning
+# The packages a lent GPU machine's image lacks (it has Python 3.12, torch, torchvision, numpy, scipy,
+# scikit-learn, PyYAML, Pillow, pytest; no registry), as CPython 3.12 wheels of the versions dev.lock pins,
+# into .whl/ (git-ignored, about 3 MiB of the 64 MiB a call can carry). tests/test_gpu_session.py checks
+# that this list covers every module the GPU check's phases import.
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions pytorch-metric-learning tqdm
 gpu-wheels: install
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$(for p in $(GPU_WHEELS); do grep -o "^$$p==[^ ]*" requirements/dev.lock || echo "$$p-not-in-dev.lock"; done)
-	ls .whl
+	ls .whl && du -sh .whl
+
+# The GPU check (benchmarks/gpu_session.py): every phase under its own cap, about 5 minutes, one JSON line
+# per result in $$OUT/gpu_session.jsonl. It runs on the lent host's own Python (no .venv there: this target
+# installs nothing); on the device: run(command="make gpu-session", carry=[".whl"], timeout_s=420).
+# DRY=1: every phase on the CPU at tiny sizes. Without CUDA (and no DRY) it exits at once with one line.
+GPU_SESSION_PY = $(or $(PYTHON),$(if $(wildcard $(PY)),$(PY),python3))
+gpu-session:
+	$(GPU_SESSION_PY) benchmarks/gpu_session.py $(if $(filter-out 0,$(DRY)),--dry) $(if $(OUT),--out $(OUT))
+
+# The GPU-path tests that run on a CPU (gradient caching, no host syncs, per-rank augmentation, the decode
+# path, DDP's buffer keyword) once more under the oldest torch the project claims (pyproject.toml): torch
+# 2.11 + torchvision 0.26 in a second venv whose other packages are the lock's (.venv's site-packages on its
+# path, after its own). PyPI's x86_64 torch 2.11 is a CUDA build: 507 MB to download, 4.7 GB installed with
+# its nvidia-* libraries, 71 s to install here (measured); not part of `make test`: CI (.ci/run) runs it after.
+OLDEST_VENV := .venv-oldest-torch
+OLDEST_TESTS := tests/test_grad_cache.py tests/test_no_sync.py tests/test_per_rank_augment.py \
+  tests/test_gpu_decode.py tests/test_distributed_training.py tests/test_gpu_session.py
+test-oldest-torch: install
+	test -x $(OLDEST_VENV)/bin/python || python3.11 -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.11.0 torchvision==0.26.0
+	$(PY) -c 'import site; print(site.getsitepackages()[0])' \
+	  > $$($(OLDEST_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz_lock_venv.pth
+	$(OLDEST_VENV)/bin/python -c 'import torch; assert torch.__version__.startswith("2.11."), torch.__version__'
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:randomly -n 0 $(OLDEST_TESTS)

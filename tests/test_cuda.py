@@ -13,7 +13,7 @@
 
 Each check that can run on a CPU also runs there (``-cpu`` ids: the same code with device cpu, so the CPU
 suite exercises the logic; a CUDA-vs-CPU comparison then compares two CPU runs); the ``-cuda`` ids and
-the SyncBatchNorm test skip without CUDA. benchmarks/gpu_session.sh runs this file first on a lent GPU.
+the SyncBatchNorm test skip without CUDA. benchmarks/gpu_session.py runs this file first on a lent GPU.
 """
 
 from __future__ import annotations

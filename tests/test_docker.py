@@ -311,7 +311,19 @@ def test_gpus_come_from_the_override_only() -> None:
     gpu = _compose("compose.gpu.yaml")["services"]
     assert set(gpu) == {"pipeline"}
     (device,) = gpu["pipeline"]["deploy"]["resources"]["reservations"]["devices"]
-    assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    # video: nvJPEG's hardware JPEG engines; without it torchvision's GPU decode uses the CUDA cores
+    assert device == {
+        "driver": "nvidia",
+        "count": "all",
+        "capabilities": ["gpu", "compute", "utility", "video"],
+    }
+    service = gpu["pipeline"]
+    assert service["ulimits"]["nofile"]["soft"] >= 65536  # DataLoader workers' shared-memory descriptors
+    (datasets,) = service["volumes"]
+    assert datasets["target"] == "/datasets" and datasets["read_only"] is True
+    profile = service["command"][service["command"].index("--profile") + 1]
+    assert (ROOT / "profiles" / f"{_defaults(profile)}.yaml").is_file()  # a GPU profile, not the CPU default
+    assert _defaults(profile) != "cpu"
 
 
 def test_torch_pins_the_image_installs() -> None:

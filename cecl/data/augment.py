@@ -366,7 +366,7 @@ def _hue_transform(shift: torch.Tensor, device: torch.device, dtype: torch.dtype
     angle = 2 * math.pi * shift
     cos, sin = angle.cos(), angle.sin()
     rotation = torch.zeros(len(shift), 3, 3, device=device, dtype=dtype)
-    rotation[:, 0, 0] = 1.0
+    rotation[:, 0, 0].fill_(1.0)  # not `= 1.0`: torch 2.11 lifts the scalar to a tensor first (a host copy)
     rotation[:, 1, 1] = cos
     rotation[:, 1, 2] = -sin
     rotation[:, 2, 1] = sin

@@ -13,7 +13,7 @@ GPU-hours add up over the processes of a run, so they do not depend on how many 
 Peak memory per process = saved activations per image x images in one forward x ACTIVATION_OVERHEAD
 + parameters, gradients and optimiser state (+ momentum copies) + the batch's float views + RESERVED_GIB
 (CUDA context, cuDNN workspace). The overhead factor and the reserve are assumptions until a GPU run
-measures them (benchmarks/gpu_session.sh); they are printed with every plan.
+measures them (benchmarks/gpu_session.py); they are printed with every plan.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cecl import runs
 from cecl.config import MonitorParams, Params, ProbeParams
 from cecl.datasets.store import MANIFEST
 from cecl.eval.monitor import MONITOR_PROBE, resolved_kind
-from cecl.plan.footprint import Footprint, footprint
+from cecl.plan.footprint import Footprint, feature_dim, footprint
 from cecl.plan.method_passes import MethodPasses, method_passes
 from cecl.plan.throughput import (
     Throughput,
@@ -40,7 +40,7 @@ from cecl.plan.throughput import (
 GIB = 2**30
 ACTIVATION_OVERHEAD = 1.3  # transient backward buffers and allocator fragmentation over the saved tensors
 RESERVED_GIB = 1.5  # CUDA context and cuDNN workspace, outside the tensors
-# ASSUMED until a GPU measures them (benchmarks/gpu_session.sh): a full-batch L-BFGS evaluation on a GPU is
+# ASSUMED until a GPU measures them (benchmarks/gpu_session.py): a full-batch L-BFGS evaluation on a GPU is
 # launch-bound (about 40 small kernels and the line search's host reads) plus its rows' float64 products
 # (256 rows x 2048 features x 1000 classes x 6 FLOP at about 50 TFLOP/s: ImageNet's worst case).
 GPU_PROBE_EVAL_S = 0.003
@@ -95,6 +95,11 @@ class EntryPlan:
     memory_gib: float | None
     fitting_micro_batch: int | None  # the largest micro_batch that fits, when the entry does not
     seconds: float = 0.0
+    probe_gib: float = 0.0  # the final linear probe's peak (probe_memory_bytes); 0: no probe (joint)
+
+    @property
+    def probe_fits(self) -> bool:
+        return self.memory_gib is None or self.probe_gib <= self.memory_gib
 
     @property
     def flops(self) -> float:
@@ -172,6 +177,9 @@ class Plan:
 
     def over_memory(self) -> list[EntryPlan]:
         return [e for e in self.entries if not e.fits]
+
+    def over_probe_memory(self) -> list[EntryPlan]:
+        return [e for e in self.entries if not e.probe_fits]
 
 
 def split_sizes(params: Params, entry: str) -> tuple[dict[str, int] | None, str]:
@@ -350,9 +358,23 @@ def plan_entry(
             _fitting_micro_batch(params, entry, fp, memory) if memory is not None and peak > memory else None
         ),
     )
+    if pre.protocol != "joint":
+        plan.probe_gib = probe_gib(params, entry, sizes)
     compute_s = costs.units / (3 * throughput.images_per_s)
     plan.seconds = max(compute_s, steps * min_step_seconds(device)) + costs.probe_seconds(probe_step_s)
     return plan
+
+
+def probe_gib(params: Params, entry: str, sizes: dict[str, int]) -> float:
+    """The final linear probe's peak GiB on ``entry``'s splits: its float32 features of train, val and
+    test, and one fit on train (cecl/eval/linear_probe.py ``probe_memory_bytes``, in row blocks above
+    ``BLOCK_ROWS``). It runs on a whole GPU of its own in the probe stage, after pretraining."""
+    from cecl.eval.linear_probe import probe_memory_bytes
+
+    recipe, spec = params.recipe(entry), params.spec(entry)
+    dim = feature_dim(recipe.model.backbone, recipe.model.options().model_dump(), spec.shape()[0])
+    held = sizes["val"] + sizes["test"]
+    return probe_memory_bytes(sizes["train"], dim, spec.n_classes, held) / GIB
 
 
 def trial_epochs(trials: int, epochs: int, scheduler: str, grace: int, factor: float) -> float:

@@ -73,6 +73,16 @@ def macs(backbone: str, options: dict, shape: tuple[int, int, int]) -> int:
     return _macs(backbone, json.dumps(options, sort_keys=True), tuple(shape))[0]
 
 
+@cache
+def _feature_dim(backbone: str, options_json: str, channels: int) -> int:
+    return int(_encoder(backbone, options_json, channels).feature_dim)
+
+
+def feature_dim(backbone: str, options: dict, channels: int) -> int:
+    """The encoder's feature width (what the linear probe is fitted on)."""
+    return _feature_dim(backbone, json.dumps(options, sort_keys=True), channels)
+
+
 def footprint(backbone: str, options: dict, shape: tuple[int, int, int], bf16: bool) -> Footprint:
     """The per-image :class:`Footprint` of ``backbone`` (``options``) on images of ``shape`` (C, H, W)."""
     key = (backbone, json.dumps(options, sort_keys=True), tuple(shape))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cecl.config import Params
+from cecl.eval.linear_probe import BLOCK_ROWS
 from cecl.plan.estimate import ACTIVATION_OVERHEAD, RESERVED_GIB, Plan
 
 PAPER_EPOCHS = 1000  # the released recipe's pretraining epochs (CIFAR, ImageNet32, ImageNet; paper.md)
@@ -56,12 +57,26 @@ def format_plan(plan: Plan, params: Params) -> str:
     over = plan.over_memory()
     lines += [
         "",
-        f"Memory: saved activations x {ACTIVATION_OVERHEAD} + weights/optimiser + views + {RESERVED_GIB} GiB "
-        "(assumed until a GPU measures it); '!' marks an entry that does not fit:",
+        f"Memory: saved activations x {ACTIVATION_OVERHEAD} (an UNMEASURED overhead factor: `make "
+        f"gpu-session` measures the real one) + weights/optimiser + views + {RESERVED_GIB} GiB (assumed); "
+        "'!' marks an entry that does not fit:",
         *(f"  {e.memory_advice()}" for e in over),
     ]
     if not over:
         lines[-1] = lines[-1].replace("; '!' marks an entry that does not fit:", ": every entry fits.")
+    probes = [e for e in plan.entries if e.probe_gib > 0]
+    if probes:
+        top = max(probes, key=lambda e: e.probe_gib)
+        over_probe = plan.over_probe_memory()
+        lines.append(
+            f"Probe memory (final linear probe: float32 features of train/val/test + its float64 fit, in "
+            f"row blocks above {BLOCK_ROWS} rows): at most {top.probe_gib:.1f} GiB ({top.entry})"
+            + (
+                "; over the device's memory: " + ", ".join(f"{e.entry} {e.probe_gib:.1f}" for e in over_probe)
+                if over_probe
+                else "; every probe fits."
+            )
+        )
     upper = [e.entry for e in plan.entries if e.sizes_from == "upper bound"]
     if upper:
         lines.append(f"Upper bounds (split sizes depend on the data): {', '.join(upper)}")

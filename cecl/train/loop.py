@@ -32,6 +32,7 @@ of each epoch, so an accelerator is not synchronised every step; a CPU reads it 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -162,7 +163,8 @@ def _fuses(kind: type[torch.optim.Optimizer], device: torch.device, dtype: torch
 def _training_module(method: Method, device: torch.device) -> nn.Module:
     """``forward(views, labels) -> loss`` of ``method``: wrapped in DDP when running under torchrun.
 
-    ``forward_sync_buffers=False`` (torch's new name for ``broadcast_buffers=False``; buffers are still
+    ``forward_sync_buffers=False`` (torch >= 2.13's name for ``broadcast_buffers=False``, the only one older
+    torch knows: :func:`no_buffer_sync` picks whichever this torch has; buffers are still
     copied from rank 0 once, at construction): DDP would otherwise copy every buffer from rank 0 before
     each forward (a collective per step; MoCo's and NNCLR's queues are 2 MB each at the default 4096 x 128,
     32 MB at ImageNet's 65536), and the buffers are equal on every rank by construction: the queues start
@@ -178,8 +180,17 @@ def _training_module(method: Method, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         # In place on ``method``'s submodules; parameter and buffer names do not change.
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        return DistributedDataParallel(module, device_ids=[device.index], forward_sync_buffers=False)
-    return DistributedDataParallel(module, forward_sync_buffers=False)
+        return DistributedDataParallel(module, device_ids=[device.index], **no_buffer_sync())
+    return DistributedDataParallel(module, **no_buffer_sync())
+
+
+def no_buffer_sync() -> dict[str, bool]:
+    """DDP's keyword that turns off the per-forward buffer broadcast, on this torch: ``forward_sync_buffers``
+    from torch 2.13, ``broadcast_buffers`` before (the project runs on torch >= 2.11, as on lent GPU
+    hosts). Feature-detected from DDP's signature rather than the version string (nightlies, backports)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 # Steps between two host reads of the recorded non-finite loss, per device type. On an accelerator a read
