@@ -22,7 +22,7 @@ from tests.committed import committed_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 README_LIMIT = 210  # "at most about 200 lines"
-NEEDED = ("results-tables", "claims-summary", "stage-times")
+NEEDED = ("prerequisites", "results-tables", "paper-vs-run")
 
 
 # What the generated blocks are made from, and the files holding them: read as git's HEAD records them
@@ -224,3 +224,42 @@ def test_the_committed_tree_is_heads_not_the_working_trees(tmp_path: Path) -> No
     plain = committed_tree(repo, tmp_path / "plain", ["probe", "README.md"])
     assert (plain / "probe" / "x" / "metrics.json").read_text() == '{"test": 0.6}'
     assert (plain / "probe" / "y" / "metrics.json").is_file()
+
+
+def test_paper_vs_run_reads_the_verdicts_and_states_only_the_abstracts_number(
+    committed: Path, tmp_path: Path
+) -> None:
+    root = _copy_results(committed, tmp_path)
+    block = docs_blocks.paper_vs_run(root)
+    assert "22.9% improvement" in block and "SupContrast" in block and "ReBias" in block
+    rows = docs_blocks.claim_verdicts((root / "reports" / "claims.md").read_text())
+    assert rows and {r["verdict"] for r in rows} <= {
+        "reproduces",
+        "contradicts the paper",
+        "not resolved at this n",
+    }
+    assert all(f"| {r['verdict']} |" in block for r in rows)
+    # claims.md's columns being reworked: a 'verdict' column (instead of 'direction') is read the same way
+    claims = root / "reports" / "claims.md"
+    claims.write_text(claims.read_text().replace("| direction ", "| verdict   "))
+    assert docs_blocks.claim_verdicts(claims.read_text()) == rows
+    claims.write_text(claims.read_text().replace("| 95% CI ", "| interval "))
+    with pytest.raises(ValueError, match="CI column"):
+        docs_blocks.claim_verdicts(claims.read_text())
+
+
+def test_the_docs_images_are_report_htmls_and_a_changed_plot_is_stale(
+    committed: Path, tmp_path: Path
+) -> None:
+    root = _copy_results(committed, tmp_path)
+    images = docs_blocks.report_images(root)
+    assert set(images) == {"convergence.png", "heatmap.png"}
+    assert all(data.startswith(b"\x89PNG\r\n\x1a\n") for data in images.values())
+    for name, data in images.items():
+        assert (root / "docs" / "assets" / name).read_bytes() == data, f"docs/assets/{name} is stale"
+    (root / "docs" / "assets" / "heatmap.png").write_bytes(b"not the plot")
+    assert [p.name for p in docs_blocks.update(root, check=True)] == ["heatmap.png"]
+    assert (
+        docs_blocks.update(root)
+        and (root / "docs" / "assets" / "heatmap.png").read_bytes() == images["heatmap.png"]
+    )
