@@ -11,10 +11,18 @@ whole, so that changing the documentation's tooling never makes DVC re-run a sta
 - ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
 - ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
   reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
+- ``paper-vs-run``: what the paper states (its abstract: the only text of it we have), the reference anchors
+  from other papers with their sources, and this run's CECL-minus-baseline cells with their verdicts, parsed
+  from reports/claims.md (:func:`claim_verdicts`);
 - ``convergence-table``: reports/tables/table_convergence.md;
 - ``sweep``: the tables of sweep/sensitivity.md (the ``sweep`` stage);
 - ``profile-costs``: every profile's cost plan on one H100 (cecl/plan on profiles/*.yaml as written, i.e.
   with the plug-ins' expected split sizes, whatever this checkout has prepared);
+- ``prerequisites``: the README's box (system, disk, time, GPU driver); its time is the recorded
+  ``make repro``'s total (the file below);
+- images: docs/assets/convergence.png and heatmap.png, the plots of reports/report.html (which embeds
+  reports/convergence.png and sweep/heatmap.png byte for byte; those two are DVC outputs, not in git), so
+  the README and the site show them on the code host and in a fresh clone;
 - ``stage-times``: the per-stage-kind wall times of a recorded ``make repro``
   (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log;
   ``--also "LABEL=LOG"`` adds one line per other run of the same commit, e.g. with the ISA capped).
@@ -52,6 +60,11 @@ TIMES_FILE = Path("docs/measurements/repro-times.json")
 CLAIMS_FILE = Path("reports/claims.md")
 CONVERGENCE_FILE = Path("reports/tables/table_convergence.md")
 SENSITIVITY_FILE = Path("sweep/sensitivity.md")
+REPORT_HTML = Path("reports/report.html")
+ASSETS_DIR = Path("docs/assets")
+# docs/assets/<name> <- the image of report.html whose alt text contains these words (cecl/report and
+# stages/aggregate write them: "Online-probe validation accuracy per pretraining epoch", "... tau x w").
+ASSET_IMAGES = {"convergence.png": "per pretraining epoch", "heatmap.png": "tau x w"}
 STAGE_KINDS = ("prepare", "pretrain", "probe", "transfer", "sweep", "aggregate")
 
 
@@ -189,6 +202,115 @@ def claims_summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+# -- paper vs this run ---------------------------------------------------------------------------------
+
+# What the paper states, per claim heading of reports/claims.md (matched by the words in the key). Only the
+# abstract is available to us (docs/methods.md; /work/shared/paper.md): its tables are not, so no per-dataset
+# number of the paper is given here, and none may be invented.
+PAPER_SAYS = {
+    "BiasedMNIST": '"22.9% improvement compared to original contrastive loss functions" (abstract; rho, '
+    "baseline and absolute vs relative not stated)",
+    "convergence": "faster convergence than 16 contrastive methods (abstract; no figure available to us)",
+    "classification": "better accuracy than 16 contrastive methods on 8 datasets (abstract; its tables are "
+    "not available to us)",
+}
+# Published numbers from other papers that a paper-scale run should land near (not the CECL paper's).
+ANCHORS = (
+    (
+        "BiasedMNIST, unbiased accuracy %, vanilla CE, SimpleConvNet",
+        "rho .999 / .997 / .995 / .990: 10.4 / 33.4 / 72.1 / 89.1",
+        "[ReBias, Bahng et al. 2020, Table 1](https://github.com/clovaai/rebias)",
+    ),
+    (
+        "CIFAR-10 top-1 %, ResNet-50, batch 1024",
+        "CE 95.0, SupCon 96.0, SimCLR 93.6",
+        "[SupContrast README](https://github.com/HobbitLong/SupContrast)",
+    ),
+    (
+        "CIFAR-100 top-1 %, ResNet-50, batch 1024",
+        "CE 75.3, SupCon 76.5, SimCLR 70.7",
+        "[SupContrast README](https://github.com/HobbitLong/SupContrast)",
+    ),
+    (
+        "CIFAR-10 top-1 %, ResNet-18, 1000 epochs, online linear",
+        "SupCon 93.82, SimCLR 90.74, BYOL 92.58",
+        "[solo-learn README](https://github.com/vturrisi/solo-learn)",
+    ),
+    (
+        "CIFAR-100 top-1 %, ResNet-18, 1000 epochs, online linear",
+        "SupCon 70.38, SimCLR 65.78, BYOL 70.46",
+        "[solo-learn README](https://github.com/vturrisi/solo-learn)",
+    ),
+)
+VERDICT_HEADERS = ("verdict", "direction")
+
+
+def _column(header: Sequence[str], *starts: str) -> str | None:
+    return next((h for h in header for s in starts if h.lower().startswith(s.lower())), None)
+
+
+def claim_verdicts(text: str) -> list[dict[str, str]]:
+    """One row per comparison in reports/claims.md: claim, where, baseline, difference, ci, verdict.
+
+    The one place that knows claims.md's table layout, written defensively (its columns are being
+    reworked): any pipe table with a 'where' and a 'baseline' column counts; the verdict is the column
+    named 'verdict' or 'direction', else the last; the difference the first 'CECL −'/'CECL -' column; the
+    interval the first column whose name contains 'CI'. A table missing one of those is a ValueError.
+    """
+    rows = []
+    for heading, label, table, _ in markdown_tables(text):
+        if not table or not {"where", "baseline"} <= table[0].keys():
+            continue
+        header = list(table[0])
+        verdict = next((h for h in header if h.lower() in VERDICT_HEADERS), header[-1])
+        difference = _column(header, "CECL −", "CECL -")
+        ci = next((h for h in header if "CI" in h), None)
+        if difference is None or ci is None:
+            raise ValueError(f"{CLAIMS_FILE}: the table under {heading!r} has no 'CECL − ...' or CI column")
+        claim = heading + (f", {label[0].lower()}{label[1:]}" if label else "")
+        for row in table:
+            rows.append(
+                {
+                    "claim": claim,
+                    "where": row["where"],
+                    "baseline": row["baseline"],
+                    "difference": row[difference],
+                    "ci": row[ci],
+                    "verdict": row[verdict],
+                }
+            )
+    if not rows:
+        raise ValueError(f"{CLAIMS_FILE}: no claim tables with 'where' and 'baseline' columns")
+    return rows
+
+
+def _paper_says(claim: str) -> str:
+    return next((says for key, says in PAPER_SAYS.items() if key.lower() in claim.lower()), "not stated")
+
+
+def paper_vs_run(root: Path) -> str:
+    """Two tables: what the paper and the anchors say (with sources), then this run's verdicts per claim."""
+    verdicts = claim_verdicts(_read(root, CLAIMS_FILE))
+    claims = list(dict.fromkeys(row["claim"].split(",")[0] for row in verdicts))
+    known = ["| claim | the paper says |", "|:--|:--|"]
+    known += [f"| {claim} | {_paper_says(claim)} |" for claim in claims]
+    anchors = ["| reference anchor (not this paper) | numbers | source |", "|:--|:--|:--|"]
+    anchors += [f"| {what} | {numbers} | {source} |" for what, numbers, source in ANCHORS]
+    run = ["| claim | where | CECL vs | CECL − baseline (95% CI) | verdict |", "|:--|:--|:--|:--|:--|"]
+    run += [
+        f"| {r['claim']} | {r['where']} | {r['baseline']} | {r['difference']} ({r['ci']}) | {r['verdict']} |"
+        for r in verdicts
+    ]
+    return "\n\n".join(
+        [
+            "\n".join(known),
+            "\n".join(anchors),
+            "This run (`reports/claims.md`; differences in accuracy points, or in epochs for convergence):",
+            "\n".join(run),
+        ]
+    )
+
+
 def claims_tables(root: Path) -> str:
     """The claims' tables, each under its claim, and the caveats paragraph, as reports/claims.md has them."""
     text = _read(root, CLAIMS_FILE)
@@ -266,6 +388,30 @@ def stage_times(root: Path) -> str:
         sums = ", ".join(f"{kind['kind']} {kind['wall_sum']:.1f}" for kind in other["kinds"])
         lines.append(f"{other['label']}: {other['summary'].removeprefix('[repro] ')} (sums: {sums})")
     return "```\n" + "\n".join(lines) + "\n```"
+
+
+# The prerequisites box's fixed rows; the time row is the recorded run's (TIMES_FILE). The disk figure is
+# `du -sh .venv` of an installed environment (6.8G: torch's CUDA 13 wheels are installed even for the CPU).
+PREREQUISITES = (
+    ("system", "x86_64 Linux with `make`, `git` and CPython 3.11 (`python3 -m venv`)"),
+    ("disk", "about 7 GB for `.venv/` (torch's CUDA wheels, even for the CPU run), plus the run's outputs"),
+    ("GPU (optional)", "an NVIDIA driver 580 or newer: the locked torch is a CUDA 13 build"),
+)
+
+
+def prerequisites(root: Path) -> str:
+    """The README's prerequisites table; its time row from the recorded make repro (TIMES_FILE)."""
+    data = json.loads(_read(root, TIMES_FILE))
+    found = re.search(r" in (\d+) s", data["summary"])
+    if found is None:
+        raise ValueError(f"{TIMES_FILE}: its summary has no total time ('... in N s')")
+    seconds = int(found.group(1))
+    time = (
+        f"`make repro` took {seconds} s ({seconds / 60:.1f} min) on this project's CI-class machine "
+        f"({data['machine']}, no GPU; commit {data['commit']})"
+    )
+    rows = [*PREREQUISITES[:2], ("time", time), *PREREQUISITES[2:]]
+    return "\n".join(["| before you start | |", "|:--|:--|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
 RAN_LINE = re.compile(r"^\s*ran\s+(\S+) \(([\d.]+) s\)")
@@ -351,9 +497,11 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "results-official": results_official,
     "claims-summary": claims_summary,
     "claims-tables": claims_tables,
+    "paper-vs-run": paper_vs_run,
     "convergence-table": convergence_table,
     "sweep": sweep_tables,
     "stage-times": stage_times,
+    "prerequisites": prerequisites,
     "profile-costs": profile_costs,
 }
 
@@ -383,9 +531,35 @@ def blocks(text: str) -> dict[str, str]:
     return {m.group("name"): m.group("body") for m in BLOCK.finditer(text)}
 
 
+def report_images(root: Path) -> dict[str, bytes]:
+    """docs/assets name -> the PNG bytes report.html embeds for it (a missing one: ValueError)."""
+    import base64
+
+    html = _read(root, REPORT_HTML)
+    found = {}
+    for tag in re.finditer(r"<img\b[^>]*>", html):
+        src = re.search(r'src="data:image/png;base64,([^"]+)"', tag.group(0))
+        alt = re.search(r'alt="([^"]*)"', tag.group(0))
+        for name, words in ASSET_IMAGES.items():
+            if src and alt and words in alt.group(1) and name not in found:
+                found[name] = base64.b64decode(src.group(1))
+    missing = sorted(set(ASSET_IMAGES) - set(found))
+    if missing:
+        raise ValueError(f"{REPORT_HTML}: no embedded image for {missing} (alt text {ASSET_IMAGES})")
+    return found
+
+
 def update(root: Path, check: bool = False) -> list[Path]:
-    """Rewrite (or with ``check`` only find) the files whose blocks differ from what the files generate."""
+    """Rewrite (or with ``check`` only find) the files whose blocks differ from what the files generate,
+    and the docs/assets images that differ from report.html's."""
     stale, cache = [], {}
+    for name, data in report_images(root).items():
+        path = root / ASSETS_DIR / name
+        if not path.is_file() or path.read_bytes() != data:
+            stale.append(path)
+            if not check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
     for path in doc_files(root):
         text = path.read_text(encoding="utf-8")
         if "<!-- BEGIN generated:" not in text:

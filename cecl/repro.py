@@ -16,7 +16,8 @@ not committed, so switching profiles never loses a user's parameters.
 
 Before anything, the cost plan (cecl/plan) prints its total and stops the run with one line, nothing
 changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none`` lifts it) or an entry's
-estimated peak memory does not fit the GPU.
+estimated peak memory does not fit the GPU; then a profile whose ``device`` names CUDA is refused, one
+line and nothing changed, on a host without a usable GPU (or with fewer GPUs than its processes).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from cecl import warm
 
+_ROOT = Path(__file__).resolve().parents[1]  # the checkout, for the device check's child process
 RAN = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
@@ -168,6 +170,50 @@ def cost_gate(params_path: Path, max_gpu_hours: str | None) -> None:
         raise SystemExit(f"error: repro: {err}") from None
 
 
+# Run in a child process: initialising CUDA here (torch.cuda.is_available() does) would leave the warm
+# stage server, forked from this process's children, unable to use the GPU (cecl/warm.py).
+_DEVICE_CHECK = """
+import sys
+from cecl.train.device import resolve_device
+try:
+    device = resolve_device(sys.argv[1])
+except ValueError as err:
+    sys.exit(str(err))
+import torch
+count = torch.cuda.device_count()
+if count < int(sys.argv[2]):
+    sys.exit(f"the profile trains with {sys.argv[2]} processes (one GPU each) but {count} GPU(s) are visible")
+"""
+
+
+def device_problem(params_path: Path) -> str | None:
+    """Why the params' ``device`` cannot run on this host (one line), or None. Only CUDA devices are
+    checked (``auto`` and ``cpu`` always run); the check imports torch in a child process (about 3 s)."""
+    from cecl.config import ConfigError, load_params
+
+    try:
+        params = load_params(params_path)
+    except ConfigError as err:
+        return f"{params_path}: {err}"
+    if not params.device.startswith("cuda"):
+        return None
+    processes = max(params.recipe(name).pretrain.processes for name in params.pretrain.datasets)
+    check = subprocess.run(
+        [sys.executable, "-c", _DEVICE_CHECK, params.device, str(processes)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
+        },
+    )
+    if check.returncode == 0:
+        return None
+    lines = (check.stderr or check.stdout).strip().splitlines() or [f"exit status {check.returncode}"]
+    return f"{params_path} needs device {params.device!r}: {lines[-1]}"
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     profile = _take_option(argv, "--profile", "paper")
@@ -177,6 +223,8 @@ def main(argv: Sequence[str]) -> int:
     if profile and not source.is_file():
         use_profile(profile)  # one line naming the known profiles
     cost_gate(source, max_gpu_hours)
+    if problem := device_problem(source):
+        raise SystemExit(f"error: repro: {problem}")
     if profile:
         use_profile(profile)
     started = time.monotonic()

@@ -412,3 +412,64 @@ def static_page_check(path: Path, width: int = 1280) -> StaticPage:
         )
         errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         return StaticPage(driver.current_url, driver.title, headings, tables, errors, remote)
+
+
+def site_search(path: Path, query: str, width: int = 1280) -> list[tuple[str, str]]:
+    """Open a page of the MkDocs site over ``file://``, type ``query`` into material's search box as a user
+    would, and return the results shown: (title, link) per result, once the search worker answered."""
+    from selenium.webdriver.common.by import By
+
+    url = Path(path).resolve().as_uri()
+    with headless_chromium(width, 900) as driver:
+        _load(driver, url)
+        box = driver.find_element(By.CSS_SELECTOR, "input.md-search__input")
+        box.click()  # the header's search box (shown as a box at this width, not only an icon)
+        deadline = time.monotonic() + PAGE_TIMEOUT_S
+        results: list[tuple[str, str]] = []
+        while time.monotonic() < deadline and not results:
+            box.clear()
+            box.send_keys(query)  # the worker may still be indexing: type again until it answers
+            time.sleep(1.0)
+            results = driver.execute_script(
+                "return Array.from(document.querySelectorAll('.md-search-result__item a'))"
+                ".map(a => [(a.querySelector('h1, h2') || a).innerText.trim(), a.href])"
+            )
+        return [(title, link) for title, link in results]
+
+
+@dataclass
+class CellView:
+    """A table cell as rendered: its text and whether it lies inside the window (no scrolling needed)."""
+
+    text: str
+    left: float
+    right: float
+    window_width: int
+
+    @property
+    def inside_window(self) -> bool:
+        return self.left >= 0 and self.right <= self.window_width
+
+
+def table_cells(path: Path, header: str, width: int = 1280) -> list[CellView]:
+    """Open ``path`` over ``file://`` at ``width`` px and return the cells of the column headed ``header``
+    in the first table that has one, with their rendered horizontal extent."""
+    url = Path(path).resolve().as_uri()
+    with headless_chromium(width, 900) as driver:
+        _load(driver, url)
+        found = driver.execute_script(
+            """
+            for (const t of document.querySelectorAll('article table')) {
+              const head = Array.from(t.rows[0].cells).map(c => c.innerText.trim());
+              const i = head.indexOf(arguments[0]);
+              if (i < 0) continue;
+              return Array.from(t.rows).slice(1).map(r => {
+                const b = r.cells[i].getBoundingClientRect();
+                return [r.cells[i].innerText.trim(), b.left, b.right, window.innerWidth];
+              });
+            }
+            return [];
+            """,
+            header,
+        )
+        return [CellView(text, left, right, int(window)) for text, left, right, window in found]

@@ -25,7 +25,9 @@ from tests.browser import (
     html_report_check,
     mlflow_ui,
     requires_browser,
+    site_search,
     static_page_check,
+    table_cells,
 )
 from tests.test_report_html import sample_report
 
@@ -133,18 +135,24 @@ def test_report_html_renders_offline_with_its_tables_and_plots(tmp_path: Path) -
     )
 
 
-@requires_browser
-def test_the_documentation_site_opens_offline_with_its_headings_and_tables(tmp_path: Path) -> None:
-    """`mkdocs build --strict` (as `make docs`) into tmp_path, then the index and a topic page over file://."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`mkdocs build --strict` (as `make docs`) of this checkout's docs into a temp folder."""
     mkdocs = Path(sys.executable).with_name("mkdocs")
     if not mkdocs.is_file():
         pytest.skip("mkdocs is not installed (make install)")
     root = Path(__file__).resolve().parents[1]
-    site = tmp_path / "site"
+    site = tmp_path_factory.mktemp("docs") / "site"
     built = subprocess.run(
         [str(mkdocs), "build", "--strict", "--site-dir", str(site)], cwd=root, capture_output=True, text=True
     )
     assert built.returncode == 0, built.stdout + built.stderr
+    return site
+
+
+@requires_browser
+def test_the_documentation_site_opens_offline_with_its_headings_and_tables(site: Path) -> None:
+    """The index and a topic page of the built site over file://."""
 
     index = static_page_check(site / "index.html")
     assert index.headings[:3] == ["CECL reproducibility pipeline", "Quick start", "Pages"], index.headings
@@ -160,3 +168,27 @@ def test_the_documentation_site_opens_offline_with_its_headings_and_tables(tmp_p
         assert page.url.startswith("file://")
         assert page.console_errors == [], page.console_errors
         assert page.remote_resources == [], page.remote_resources
+
+
+@requires_browser
+def test_searching_the_site_from_disk_for_temperature_finds_the_sweep(site: Path) -> None:
+    """Material's search, from file:// (offline plugin + the vendored iframe-worker shim), as a user types."""
+    results = site_search(site / "index.html", "temperature")
+    assert results, "the search showed no results"
+    assert any("sweep" in title.lower() for title, _ in results), results
+    assert all(link.startswith("file://") for _, link in results), results
+    assert site_search(site / "index.html", "zzyzxqwv") == []  # the check can fail: nothing matches this
+
+
+@requires_browser
+def test_the_paper_vs_run_verdicts_are_readable_at_1280_px(site: Path) -> None:
+    """Every verdict cell of the paper-vs-run table is one of the three verdicts and inside the window."""
+    cells = table_cells(site / "paper-vs-run.html", "verdict", width=1280)
+    assert cells, "no table with a 'verdict' column on paper-vs-run.html"
+    verdicts = {"reproduces", "contradicts the paper", "not resolved at this n"}
+    assert {c.text for c in cells} <= verdicts and {c.text for c in cells} & {"reproduces"}, cells
+    assert all(c.inside_window for c in cells), [c for c in cells if not c.inside_window]
+    claims = table_cells(site / "results.html", "direction", width=1280)
+    assert claims and all(c.inside_window for c in claims), [c for c in claims if not c.inside_window]
+    narrow = table_cells(site / "results.html", "direction", width=500)  # the check can fail
+    assert not all(c.inside_window for c in narrow)

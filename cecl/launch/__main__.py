@@ -223,6 +223,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         print(f"[launch] {gate(params, args.max_gpu_hours)}", flush=True)
     except (OverBudget, OverMemory) as err:
         raise LaunchError(str(err)) from None
+    from cecl.repro import device_problem
+
+    # A CUDA profile on a host without a usable GPU: one line, before params.yaml or any stage changes.
+    if not args.address and (problem := device_problem(profile or root / "params.yaml")):
+        raise LaunchError(problem)
     sizes = stage_sizes(params)  # slots per pretrain stage: its entry's pretrain.processes
     checkpoints = {key.stage("pretrain"): str(key.checkpoint) for key in params.runs()}
     if not args.address:
