@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,22 @@ def test_a_floor_params_does_not_define_is_a_one_line_error(lab: Path, args: tup
     done = _stage(lab, "floor", *args)
     assert done.returncode == 2 and message in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # argparse's usage line, then the error
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu-week-bias"])
+def test_the_plan_counts_every_stage_dvc_lists(tmp_path: Path, profile: str) -> None:
+    """make plan's stage count (floors included) is the number of stages DVC builds from dvc.yaml."""
+    from cecl.config import load_params
+    from cecl.plan.estimate import plan_params
+
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy2(REPO / "profiles" / f"{profile}.yaml", tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(
+        [dvc, "stage", "list", "--name-only"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    params = load_params(REPO / "profiles" / f"{profile}.yaml")
+    assert {k.stage() for k in floor_keys(params)} == {s for s in listed if s.startswith("floor-")}
+    assert plan_params(params).stages == len(listed)
