@@ -24,7 +24,7 @@ def _digits(n: int) -> torch.Tensor:
     """n BiasedMNIST-coloured 'digits' (a white bar on a palette background), float [n, 3, 28, 28]."""
     grey = np.zeros((n, 28, 28), dtype=np.uint8)
     grey[:, 6:22, 12:16] = 200
-    colours = np.arange(n) % 10
+    colours = np.arange(n) % 9  # palette colour 9 is grey (R = G = B) already: left out
     return torch.from_numpy(colourize(grey, colours)).float() / 255
 
 
