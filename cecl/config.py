@@ -19,7 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cecl.datasets import DatasetOptions, DatasetSpec, families, spec_for
-from cecl.runs import RunKey, TransferKey
+from cecl.runs import FloorKey, RunKey, TransferKey
 from cecl.schema import Strict
 
 if TYPE_CHECKING:
@@ -522,6 +522,11 @@ class Params(Strict):
         """Every pretraining run: dataset entry x method x seed, in params order."""
         p = self.pretrain
         return [RunKey(d, m, s) for d in p.datasets for m in p.methods for s in self.seeds]
+
+    def floors(self) -> list[FloorKey]:
+        """Every floor: raw pixels per pretraining entry, then the untrained encoder per entry x seed."""
+        keys = [FloorKey(d, "pixels") for d in self.pretrain.datasets]
+        return keys + [FloorKey(d, "init", s) for d in self.pretrain.datasets for s in self.seeds]
 
     def transfer_pairs(self) -> list[tuple[str, str]]:
         return [(s, t) for s in self.transfer.sources for t in self.transfer.targets if s != t]

@@ -93,6 +93,8 @@ def evaluate_encoder(
             "data_verified": spec.data_verified(runs.data_dir(target)),
             # The probe: {"l2", "iterations"} (cecl/eval/linear_probe.py); joint: {"epoch"} of pretraining.
             "selected": result.selected,
+            # "weak" / "strong": selected at that edge of the L2 grid (widen it); null inside or joint
+            "selected_at_edge": result.selected_at_edge,
             "val_accuracy": result.val[spec.evaluator().primary],
             "val": result.val,
             "test": result.test,

@@ -18,11 +18,12 @@ from cecl.data.augment import AugmentParams
 from cecl.data.streaming import BatchSource, batch_source
 from cecl.datasets import DatasetSpec, TensorSplit
 from cecl.saved_model import SavedModel, load_saved_model
-from cecl.train.setup import RunSetup, run_setup
+from cecl.train.setup import RunSetup, build_encoder, run_setup
 
 __all__ = [
     "RunSetup",
     "SavedModel",
+    "build_encoder",
     "load_saved_model",
     "load_splits",
     "run_setup",

@@ -53,7 +53,9 @@ class FloorKey:
         if self.kind not in FLOOR_KINDS:
             raise ValueError(f"floor kind must be one of {list(FLOOR_KINDS)}, got {self.kind!r}")
         if (self.seed is None) != (self.kind == "pixels"):
-            raise ValueError(f"a {self.kind} floor takes {'no seed' if self.kind == 'pixels' else 'a seed'}")
+            raise ValueError(
+                f"the {self.kind} floor takes {'no seed' if self.kind == 'pixels' else 'a seed'}"
+            )
 
     @property
     def slug(self) -> str:
@@ -61,7 +63,9 @@ class FloorKey:
         return f"{self.dataset}-{self.kind}" + ("" if self.seed is None else f"-{self.seed}")
 
     def stage(self, kind: str = "floor") -> str:
-        return f"{kind}@{self.slug}"
+        """``floor-pixels@bmnist_rho99`` / ``floor-init@bmnist_rho99-0``: one dvc.yaml group per floor kind,
+        as DVC cannot name one group's items with and without a seed (a matrix joins every axis)."""
+        return f"{kind}-{self.kind}@{self.dataset}" + ("" if self.seed is None else f"-{self.seed}")
 
     @property
     def out_dir(self) -> Path:

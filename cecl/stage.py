@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from cecl import warm
 
-STAGES = ("prepare", "pretrain", "probe", "transfer", "sweep", "aggregate")
+STAGES = ("prepare", "pretrain", "probe", "transfer", "floor", "sweep", "aggregate")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -65,6 +65,7 @@ PRELOAD = (
     "stages.pretrain",
     "stages.probe",
     "stages.transfer",
+    "stages.floor",
     "stages.aggregate",
 )
 

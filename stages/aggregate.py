@@ -12,10 +12,21 @@ from pathlib import Path
 
 from cecl import runs
 from cecl.cli import run_stage
-from cecl.config import load_params
+from cecl.config import Params, load_params
 from cecl.report import build_report
 from cecl.report.html import write_html_report
+from cecl.report.sanity import EntryScale
 from cecl.tracking import finished_stage_runs, stage_run
+
+
+def entry_scales(params: Params) -> dict[str, EntryScale]:
+    """Each entry's rho (bias entries) and training-set size: whether a paper-scale band applies."""
+    return {
+        name: EntryScale(
+            getattr(params.spec(name).options, "rho", None), params.spec(name).expected_sizes()["train"]
+        )
+        for name in params.datasets
+    }
 
 
 def main() -> None:
@@ -34,6 +45,8 @@ def main() -> None:
             extra_sections=[sensitivity + "\n" + heatmap],
             dataset_notes=notes,
             tracked=finished_stage_runs(params.tracking.experiment),
+            floors=params.floors(),
+            entry_scales=entry_scales(params),
         )
         written["report_html"] = write_html_report(written["report"])
         for path in written.values():

@@ -253,13 +253,19 @@ def test_at_grid_edge_flags_a_selection_at_either_end(data: dict) -> None:
     # Too strong everywhere: the weakest strength is best, at the grid's end.
     weak_end = _probe(data, ProbeParams(l2_min=1.0, l2_max=10.0, l2_per_decade=1))
     assert weak_end.selected["l2"] == pytest.approx(1.0) and weak_end.selected["at_grid_edge"] is True
+    assert weak_end.selected_at_edge == "weak"
     # All strengths weak enough to tie on validation: the strongest among the ties, the grid's start.
     ties = _probe(data, ProbeParams(l2_min=1e-5, l2_max=1e-4, l2_per_decade=1))
     assert len({r["val_accuracy"] for r in ties.curve}) == 1
     assert ties.selected["l2"] == pytest.approx(1e-4) and ties.selected["at_grid_edge"] is True
+    assert ties.selected_at_edge == "strong"
+    # The interior peak of GRID: no edge.
+    inside = _probe(data)
+    assert GRID.grid()[0] > inside.selected["l2"] > GRID.grid()[-1] and inside.selected_at_edge is None
     # One strength: no edge to widen.
     single = _probe(data, ProbeParams(l2_min=0.3, l2_max=0.3))
     assert single.selected["at_grid_edge"] is False and len(single.curve) == 1
+    assert single.selected_at_edge is None
 
 
 def test_the_curve_has_one_row_per_strength(data: dict) -> None:

@@ -33,6 +33,7 @@ from cecl.report.sweep import RESULT_COLUMNS
 from cecl.runs import RunKey
 from cecl.tune import (
     CRASH_ENV,
+    OBJECTIVE,
     SweepDevice,
     SweepFailed,
     SweepInterrupted,
@@ -180,6 +181,7 @@ def test_summary_lines_name_each_methods_best_configuration() -> None:
         method: str, weight: float | None, status: str, acc: float | None, **extra: Any
     ) -> TrialOutcome:
         fields = {"best_epoch": 2 if acc else None, "epochs_run": 2, "stopped_early": False, "retries": 0}
+        fields["final_val_accuracy"] = acc
         return TrialOutcome(method, 0.1, weight, acc, **{**fields, **extra}, status=status, trial_id="t")
 
     outcomes = [
@@ -189,11 +191,11 @@ def test_summary_lines_name_each_methods_best_configuration() -> None:
         outcome("simclr", None, "ERROR", None),
     ]
     best = {
-        "cecl": {"temperature": 0.1, "weight": 1.0, "best_val_accuracy": 0.42, "best_epoch": 2, "ties": 1}
+        "cecl": {"temperature": 0.1, "weight": 1.0, "final_val_accuracy": 0.42, "epochs_run": 2, "ties": 1}
     }
     lines = SweepSummary(outcomes, _best(best), 1.0).report_lines()
     assert lines == [
-        "[sweep] best cecl tau=0.1 w=1: val 0.4200 at epoch 2 (3 trials: 1 failed, 1 stopped early)",
+        "[sweep] best cecl tau=0.1 w=1: val 0.4200 after epoch 2 (3 trials: 1 failed, 1 stopped early)",
         "[sweep] simclr: no best configuration (1 trials: 1 failed, 0 stopped early)",
     ]
     best["cecl"]["ties"] = 2
@@ -202,6 +204,7 @@ def test_summary_lines_name_each_methods_best_configuration() -> None:
 
 def _row(method: str, temperature: float, weight: float | None, acc: float | None, **extra: object) -> dict:
     row = {"method": method, "temperature": temperature, "weight": weight, "best_val_accuracy": acc}
+    row["final_val_accuracy"] = acc
     row |= {"best_epoch": 2, "epochs_run": 2, "stopped_early": False, "status": "TERMINATED", "retries": 0}
     return row | extra
 
@@ -221,21 +224,63 @@ def _best(methods: dict) -> dict:
 
 def test_report_marks_stopped_failed_and_selected() -> None:
     rows = [
-        _row("cecl", 0.1, 0.0, 0.5, epochs_run=1, best_epoch=1, stopped_early=True),
-        _row("cecl", 0.1, 1.0, 0.7),
+        _row("cecl", 0.1, 0.0, 0.9, epochs_run=1, best_epoch=1, stopped_early=True),
+        _row("cecl", 0.1, 1.0, 0.7, best_val_accuracy=0.75, best_epoch=1),
         _row("simclr", 0.5, None, None, status="ERROR", epochs_run=0, best_epoch=None, retries=1),
     ]
     frame = report.results_frame(rows)
-    chosen = {"temperature": 0.1, "weight": 1.0, "best_val_accuracy": 0.7, "best_epoch": 2, "epochs_run": 2}
+    chosen = {"temperature": 0.1, "weight": 1.0, "final_val_accuracy": 0.7, "epochs_run": 2}
     best = _best({"cecl": chosen})
     table = report.sensitivity_markdown(frame, best)
-    assert "| 0.1 | 50.0 (1 ep) | **70.0** |" in table
+    # the stopped trial's 90.0 (after 1 epoch) is not shown: it is at another budget; the last-epoch 70.0
+    # is, not the trial's best-over-epochs 75.0
+    assert "| 0.1 | stopped (1 ep) | **70.0** |" in table and "90.0" not in table and "75.0" not in table
     assert "| 0.5 | failed |" in table
-    assert "| cecl | 0.1 | 1 | 70.0 | 2 | 2 |" in table
+    assert "| cecl | 0.1 | 1 | 70.0 | 2 |" in table
     assert "BiasedMNIST rho 0.99" in table and "`bm`" in table and "unbiased accuracy" in table
     title = report.heatmap_title(best)
     assert "unbiased accuracy" in title and "BiasedMNIST rho 0.99" in title
-    assert list(report.heatmap_frame(frame).columns) == ["temperature", "weight", "best_val_accuracy"]
+    assert "budget: every cell 2 epochs" in title and "last epoch" in title
+    heat = report.heatmap_frame(frame, 2)
+    assert list(heat.columns) == ["temperature", "weight", "final_val_accuracy"]
+    assert heat.to_dict("records") == [{"temperature": 0.1, "weight": 1.0, "final_val_accuracy": 0.7}]
+
+
+def test_the_sweep_compares_every_configuration_at_one_budget_by_its_last_epoch(tmp_path: Path) -> None:
+    """The issue's failure: ASHA one trial at a time gives the grid's first configuration the whole
+    budget and stops the rest after epoch 1, and a best-over-epochs value favours whichever ran longest
+    or peaked early. Here selection and heat map use the last-epoch value of the trials at the budget."""
+    from types import SimpleNamespace
+
+    from cecl.tune.runner import _outcome, best_per_method
+
+    params = _sweep_params(scheduler="none", grids={"cecl": {"temperature": [0.1, 0.5], "weight": [0.0]}})
+
+    def trial(tau: float, values: list[float]) -> TrialOutcome:
+        ray_trial = SimpleNamespace(
+            status="TERMINATED",
+            num_failures=0,
+            trial_id=f"t{tau}",
+            config={"method": "cecl", "temperature": tau, "weight": 0.0},
+        )
+        history = [{"epoch": e + 1, OBJECTIVE: v} for e, v in enumerate(values)]
+        return _outcome(params, ray_trial, history)
+
+    peaked = trial(0.1, [0.60, 0.40])  # best over epochs 0.60 (epoch 1), last epoch 0.40
+    steady = trial(0.5, [0.30, 0.50])
+    assert (peaked.best_val_accuracy, peaked.final_val_accuracy, peaked.epochs_run) == (0.60, 0.40, 2)
+    best = best_per_method(params, [peaked, steady])
+    assert best["methods"]["cecl"]["temperature"] == 0.5  # by the last epoch, not by the peak
+    assert best["methods"]["cecl"]["final_val_accuracy"] == 0.50 and "after epoch 2" in best["objective"]
+    # A trial stopped at epoch 1 with the grid's highest value is not compared with the full-budget ones.
+    stopped = trial(0.05, [0.90])
+    assert not stopped.at_budget(2) and stopped.stopped_early
+    assert best_per_method(params, [stopped, peaked, steady])["methods"]["cecl"]["temperature"] == 0.5
+    frame = report.results_frame([o.row() for o in (stopped, peaked, steady)])
+    heat = report.heatmap_frame(frame, 2)
+    assert heat["temperature"].tolist() == [0.1, 0.5] and heat["final_val_accuracy"].tolist() == [0.4, 0.5]
+    png = report.plot_heatmap(frame, tmp_path / "heat.png", report.heatmap_title(_best({})), 2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_method_whose_trials_all_failed_is_one_line_and_exit_2(capsys, tmp_path: Path) -> None:

@@ -143,8 +143,8 @@ def test_the_server_serves_its_own_checkout_only_and_bad_names_are_one_line(tmp_
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: cecl.stage: expected a stage name (prepare, pretrain, probe, transfer, sweep, aggregate), "
-        "got 'nope'"
+        "error: cecl.stage: expected a stage name "
+        "(prepare, pretrain, probe, transfer, floor, sweep, aggregate), got 'nope'"
     )
 
 

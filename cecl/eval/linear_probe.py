@@ -211,6 +211,22 @@ class ProbeResult:
     test: dict[str, float]
     official: dict[str, float] | None  # test-selected (optimistic): {"l2", "test_accuracy"}; None: joint
     curve: list[dict[str, float]]  # one row per grid strength (joint: the selected epoch): val and test
+    # "weak" / "strong": the strength selected on validation is the grid's weakest / strongest, so the
+    # optimum may lie beyond it (widen probe.l2_min / l2_max); None inside the grid, and where nothing is
+    # selected from a grid (one strength, a saved head). metrics.json's ``selected_at_edge``.
+    selected_at_edge: str | None = None
+
+
+def grid_edge(l2: float, grid: list[float]) -> str | None:
+    """Which edge of ``grid`` (strongest first) the selected ``l2`` sits on: "strong", "weak" or None.
+
+    A one-point grid has no edge to widen: None.
+    """
+    if len(grid) < 2:
+        return None
+    if l2 == grid[0]:
+        return "strong"
+    return "weak" if l2 == grid[-1] else None
 
 
 def linear_probe(
@@ -268,20 +284,21 @@ def linear_probe(
             since_best += 1
     assert best is not None  # the grid has at least one point
     row, fit = best
-    grid = params.grid()
-    at_edge = len(grid) > 1 and fit.l2 in (grid[0], grid[-1])  # the walk reached the weak edge to pick it
-    if at_edge:
-        say(f"l2 {fit.l2:.1e} selected at the edge of the grid: widen probe.l2_min / probe.l2_max")
+    edge = grid_edge(fit.l2, params.grid())  # the walk reached the weak edge to pick it
+    if edge is not None:
+        bound = "probe.l2_min" if edge == "weak" else "probe.l2_max"
+        say(f"l2 {fit.l2:.1e} selected at the {edge} edge of the grid: widen {bound}")
     official = None
     if "test" in scored:
         top = max(curve, key=lambda r: (r["test_accuracy"], r["l2"]))
         official = {"l2": top["l2"], "test_accuracy": top["test_accuracy"]}
     return ProbeResult(
-        selected={"l2": fit.l2, "iterations": fit.iterations, "at_grid_edge": at_edge},
+        selected={"l2": fit.l2, "iterations": fit.iterations, "at_grid_edge": edge is not None},
         val={k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")},
         test={k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")},
         official=official,
         curve=curve,
+        selected_at_edge=edge,
     )
 
 

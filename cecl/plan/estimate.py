@@ -417,6 +417,25 @@ def _sweep_seconds(
     return units / (3 * lookup(device, work, measured).images_per_s) + probes.probe_seconds(step_s)
 
 
+def _floor_seconds(
+    params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float | None
+) -> float:
+    """The floors (cecl/eval/floors.py): per entry one pixel probe and, per seed, the untrained encoder's
+    features of every split and its probe; each a final-probe fit on the training split (the pixel floor's
+    wider features are counted as an encoder's)."""
+    seconds = 0.0
+    for entry in params.pretrain.datasets:
+        sizes = split_sizes(params, entry)[0]
+        if sizes is None:
+            continue
+        fit = _probe_fit(sizes["train"], params.recipe(entry).probe)
+        init = (Costs(sum(sizes.values())) + fit) * len(params.seeds)
+        work, _ = workload(params, entry)
+        seconds += init.units / (3 * lookup(device, work, measured).images_per_s)
+        seconds += (init + fit).probe_seconds(step_s)
+    return seconds
+
+
 def plan_params(
     params: Params,
     device: str = "h100",
@@ -442,7 +461,11 @@ def plan_params(
         seconds += part.units / (3 * lookup(device, source_work, measured).images_per_s)
         seconds += part.probe_seconds(step_s)
     plan.extra_seconds["transfer"] = seconds
+    plan.extra_seconds["floors"] = _floor_seconds(params, device, measured, step_s)
     n_runs = len(params.runs())
-    plan.stages = len(params.datasets) + 2 * n_runs + len(params.transfers()) + 2  # + sweep, aggregate
+    n_floors = len(params.pretrain.datasets) * (1 + len(params.seeds))  # pixels + init per seed
+    plan.stages = (
+        len(params.datasets) + 2 * n_runs + len(params.transfers()) + n_floors + 2
+    )  # + sweep, aggregate
     plan.extra_seconds["stage overhead"] = plan.stages * stage_overhead_seconds(device)
     return plan

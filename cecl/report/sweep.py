@@ -1,11 +1,14 @@
 """The sweep's tables and figure: results.csv frame, τ × w heatmap (PNG + long CSV), sensitivity table.
 
-Every number is a trial's best per-epoch monitor value (``pretrain.monitor``) on the **validation**
-split over the epochs it ran: the dataset evaluator's primary metric, named in best.json (``metric``;
-the column keeps the name ``best_val_accuracy``). The test split is never used for selection. The Markdown
-table says which configuration each cell is, marks trials ASHA stopped early and trials that
-failed, and lists the configuration chosen per method (the one in best.json). The aggregate stage
-can include sweep/sensitivity.md as is, or rebuild it from sweep/results.csv and sweep/best.json.
+Every plotted or tabled number is a trial's monitor value (``pretrain.monitor``) on the **validation**
+split after its last epoch, for the trials that ran the sweep's whole budget (``sweep.epochs``): like is
+compared with like. The metric is the dataset evaluator's primary one, named in best.json (``metric``;
+the column keeps the name ``final_val_accuracy``). A trial ASHA stopped early is shown as stopped, with
+no value: its value is at a smaller budget. (results.csv also keeps each trial's best value over epochs,
+``best_val_accuracy``, for reference.) The test split is never used for selection. The Markdown table
+says which configuration each cell is, marks stopped and failed trials, and lists the configuration
+chosen per method (the one in best.json). The aggregate stage can include sweep/sensitivity.md as is, or
+rebuild it from sweep/results.csv and sweep/best.json.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RESULT_COLUMNS = (
     "method",
     "temperature",
     "weight",
+    "final_val_accuracy",
     "best_val_accuracy",
     "best_epoch",
     "epochs_run",
@@ -31,7 +35,7 @@ RESULT_COLUMNS = (
     "status",
     "retries",
 )
-HEATMAP_COLUMNS = ("temperature", "weight", "best_val_accuracy")
+HEATMAP_COLUMNS = ("temperature", "weight", "final_val_accuracy")
 GRID_METHOD = "cecl"  # the method swept over τ × w
 
 
@@ -52,10 +56,19 @@ def _grid_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["method"] == GRID_METHOD) & frame["weight"].notna()]
 
 
-def heatmap_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Long format (temperature, weight, best_val_accuracy) of CECL's finished trials, for a DVC plot."""
+def _at_budget(frame: pd.DataFrame, epochs: int) -> pd.Series:
+    """The trials that finished all ``epochs`` with a value: the cells that are compared."""
+    return (
+        (frame["status"] == "TERMINATED")
+        & frame["final_val_accuracy"].notna()
+        & (frame["epochs_run"].astype("Int64") == epochs)
+    ).fillna(False)
+
+
+def heatmap_frame(frame: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """Long format (temperature, weight, final_val_accuracy) of CECL's trials at the budget ``epochs``."""
     rows = _grid_rows(frame)
-    rows = rows[rows["best_val_accuracy"].notna()]
+    rows = rows[_at_budget(rows, epochs)]
     return rows[list(HEATMAP_COLUMNS)].sort_values(["temperature", "weight"]).reset_index(drop=True)
 
 
@@ -65,16 +78,14 @@ def _pct(value: Any) -> str:
     )
 
 
-def _cell(row: pd.Series, bold: bool) -> str:
-    """``81.2``, ``**81.2**`` (the method's selected configuration), ``74.0 (2 ep)`` or ``failed``."""
-    if row["status"] != "TERMINATED" or pd.isna(row["best_val_accuracy"]):
+def _cell(row: pd.Series, bold: bool, epochs: int) -> str:
+    """``81.2``, ``**81.2**`` (the method's selected configuration), ``stopped (2 ep)`` or ``failed``."""
+    if row["status"] != "TERMINATED" or pd.isna(row["final_val_accuracy"]):
         return "failed"
-    text = _pct(float(row["best_val_accuracy"]))
-    if bold:
-        text = f"**{text}**"
-    if bool(row["stopped_early"]):
-        text += f" ({int(row['epochs_run'])} ep)"
-    return text
+    if int(row["epochs_run"]) != epochs:  # a value at a smaller budget is not comparable: not shown
+        return f"stopped ({int(row['epochs_run'])} ep)"
+    text = _pct(float(row["final_val_accuracy"]))
+    return f"**{text}**" if bold else text
 
 
 def _is_best(row: pd.Series, best: dict[str, Any]) -> bool:
@@ -95,17 +106,20 @@ def _setting(best: dict[str, Any]) -> str:
     data = f"Dataset entry `{best['dataset']}`: {best['description']}; training seed {best.get('seed', 0)}"
     if size:
         data += f", trained on a seeded subsample of {size} training images"
-    stop = "ASHA early stopping" if best.get("scheduler") == "asha" else "no early stopping (full grid)"
-    return f"{data}, up to {best['epochs']} pretraining epochs per trial, {stop}."
+    if best.get("scheduler") == "asha":
+        stop = "ASHA early stopping (only the trials it ran to the end are compared)"
+    else:
+        stop = "every trial trained to the end (full grid, no early stopping)"
+    return f"{data}, {best['epochs']} pretraining epochs per trial, {stop}."
 
 
 def heatmap_title(best: dict[str, Any]) -> str:
-    """Three lines: the objective, the dataset entry, the sweep's budget."""
-    subset = f", {best['train_size']} training images (seeded subsample)" if best.get("train_size") else ""
+    """Three lines: the objective, the dataset entry, the one budget every plotted cell trained to."""
+    subset = f" on {best['train_size']} training images (seeded subsample)" if best.get("train_size") else ""
     return (
-        f"CECL validation {metric_name(best)} (%) over τ × w\n"
+        f"CECL validation {metric_name(best)} (%) over τ × w, after the last epoch\n"
         f"{best['description']}\n"
-        f"≤ {best['epochs']} epochs per trial{subset}"
+        f"budget: every cell {best['epochs']} epochs{subset}"
     )
 
 
@@ -115,11 +129,12 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
         "## Sensitivity to the temperature τ and the weight w (sweep)",
         "",
         _setting(best),
-        f"Each number is one configuration's best per-epoch monitor {metric_name(best)} (%) on the",
-        "**validation** split over the epochs it ran; the test split is never used. **Bold**: the",
-        "configuration selected for its method (sweep/best.json). `(k ep)`: stopped early by ASHA after",
-        "k epochs. `failed`: the trial crashed on every retry. Source: sweep/results.csv; MLflow: the",
-        "`sweep` run's nested runs.",
+        f"Each number is one configuration's monitor {metric_name(best)} (%) on the **validation**",
+        f"split after its last epoch, every one after the same {best['epochs']} epochs; the test split is",
+        "never used.",
+        "**Bold**: the configuration selected for its method (sweep/best.json). `stopped (k ep)`: stopped",
+        "early by ASHA after k epochs, not compared. `failed`: the trial crashed on every retry. Source:",
+        "sweep/results.csv; MLflow: the `sweep` run's nested runs.",
         "",
     ]
     grid = _grid_rows(frame)
@@ -137,7 +152,11 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
             cells = []
             for w in weights:
                 match = grid[(grid["temperature"] == tau) & (grid["weight"] == w)]
-                cells.append("—" if match.empty else _cell(match.iloc[0], _is_best(match.iloc[0], best)))
+                cells.append(
+                    "—"
+                    if match.empty
+                    else _cell(match.iloc[0], _is_best(match.iloc[0], best), best["epochs"])
+                )
             lines.append(f"| {tau:g} | " + " | ".join(cells) + " |")
         lines.append("")
     others = frame.drop(grid.index)
@@ -153,25 +172,29 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
             cells = []
             for method in methods:
                 match = others[(others["temperature"] == tau) & (others["method"] == method)]
-                cells.append("—" if match.empty else _cell(match.iloc[0], _is_best(match.iloc[0], best)))
+                cells.append(
+                    "—"
+                    if match.empty
+                    else _cell(match.iloc[0], _is_best(match.iloc[0], best), best["epochs"])
+                )
             lines.append(f"| {tau:g} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
         f"### Selected configuration per method (highest validation {metric_name(best)})",
         "",
-        f"| method | τ | w | validation {metric_name(best)} (%) | at epoch | epochs run |",
-        "|---|---|---|---|---|---|",
+        f"| method | τ | w | validation {metric_name(best)} (%) after the last epoch | epochs run |",
+        "|---|---|---|---|---|",
     ]
     tied = []
     for method, chosen in best.get("methods", {}).items():
         weight = f"{chosen['weight']:g}" if chosen.get("weight") is not None else "—"
         lines.append(
-            f"| {method} | {chosen['temperature']:g} | {weight} | {_pct(chosen['best_val_accuracy'])} | "
-            f"{chosen['best_epoch']} | {chosen['epochs_run']} |"
+            f"| {method} | {chosen['temperature']:g} | {weight} | {_pct(chosen['final_val_accuracy'])} | "
+            f"{chosen['epochs_run']} |"
         )
         if chosen.get("ties", 1) > 1:
             tied.append(
-                f"{method}: {chosen['ties']} configurations tie at {_pct(chosen['best_val_accuracy'])}"
+                f"{method}: {chosen['ties']} configurations tie at {_pct(chosen['final_val_accuracy'])}"
             )
     if tied:
         lines += [
@@ -184,9 +207,10 @@ def sensitivity_markdown(frame: pd.DataFrame, best: dict[str, Any]) -> str:
 
 
 def plot_heatmap(
-    frame: pd.DataFrame, out_png: Path, title: str, value_label: str = "validation accuracy (%)"
+    frame: pd.DataFrame, out_png: Path, title: str, epochs: int, value_label: str = "validation accuracy (%)"
 ) -> Path:
-    """CECL's best validation value over τ (rows) × w (columns), annotated; failed cells grey."""
+    """CECL's last-epoch validation value over τ (rows) × w (columns) for the trials that ran all ``epochs``
+    epochs, annotated; the others grey, marked failed or stopped (no value: another budget)."""
     grid = _grid_rows(frame)
     n_w, n_tau = max(grid["weight"].nunique(), 2), max(grid["temperature"].nunique(), 2)
     fig = Figure(figsize=(1.2 * n_w + 2.4, 0.6 * n_tau + 1.8), layout="constrained")
@@ -196,8 +220,9 @@ def plot_heatmap(
         ax.text(0.5, 0.5, "no CECL τ × w grid in this sweep", ha="center", va="center")
         ax.set_axis_off()
     else:
-        table = grid.pivot_table(
-            index="temperature", columns="weight", values="best_val_accuracy", aggfunc="max", dropna=False
+        compared = grid.assign(final_val_accuracy=grid["final_val_accuracy"].where(_at_budget(grid, epochs)))
+        table = compared.pivot_table(
+            index="temperature", columns="weight", values="final_val_accuracy", aggfunc="max", dropna=False
         )
         values = 100 * table.to_numpy(dtype=float)
         image = ax.imshow(values, cmap="viridis", aspect="auto")
@@ -205,24 +230,25 @@ def plot_heatmap(
         ax.set_yticks(range(len(table.index)), [f"{t:g}" for t in table.index])
         ax.set_xlabel("weight w (0: NT-Xent only, 1: L_a only)")
         ax.set_ylabel("temperature τ")
-        ax.set_facecolor("0.85")  # NaN (failed) cells
+        ax.set_facecolor("0.85")  # NaN cells: failed, or stopped at a smaller budget
         stopped = {
-            (float(r["temperature"]), float(r["weight"]))
+            (float(r["temperature"]), float(r["weight"])): int(r["epochs_run"])
             for _, r in grid.iterrows()
-            if bool(r["stopped_early"])
+            if r["status"] == "TERMINATED" and int(r["epochs_run"]) != epochs
         }
         for i, tau in enumerate(table.index):
             for j, w in enumerate(table.columns):
                 value = values[i, j]
-                text = (
-                    "failed" if math.isnan(value) else f"{value:.1f}" + ("*" if (tau, w) in stopped else "")
-                )
+                if not math.isnan(value):
+                    text = f"{value:.1f}"
+                elif (tau, w) in stopped:
+                    text = f"stopped\n({stopped[(tau, w)]} ep)"
+                else:
+                    text = "failed"
                 ax.text(
                     j, i, text, ha="center", va="center", color="white" if value < _mid(values) else "black"
                 )
         fig.colorbar(image, ax=ax, label=value_label)
-        if stopped:
-            ax.set_title("* stopped early by ASHA", fontsize=8, loc="right")
     fig.suptitle(title, fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

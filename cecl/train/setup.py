@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cecl import runs
-from cecl.config import ComputeParams, Params, Recipe
+from cecl.config import ComputeParams, ModelParams, Params, Recipe
 from cecl.datasets import DatasetSpec
 from cecl.methods import MethodContext, resolve_options
 from cecl.models import Encoder, build_backbone
@@ -37,11 +37,7 @@ class RunSetup:
         return runs.data_dir(self.key.dataset)
 
     def make_encoder(self) -> Encoder:
-        model = self.recipe.model
-        encoder = build_backbone(
-            model.backbone, self.spec.channels, self.spec.mean, self.spec.std, model.options()
-        )
-        return encoder.use_channels_last(self.compute.channels_last)
+        return build_encoder(self.spec, self.recipe.model, self.compute)
 
     def method_context(self) -> MethodContext:
         model = self.recipe.model
@@ -69,6 +65,16 @@ class RunSetup:
                 **(extra or {}),
             }
         )
+
+
+def build_encoder(spec: DatasetSpec, model: ModelParams, compute: ComputeParams) -> Encoder:
+    """The encoder of ``model`` for ``spec``'s images, its weights drawn from torch's global generator.
+
+    The one construction of an encoder: a method's ``make_encoder`` (pretraining) and the untrained-encoder
+    floor (cecl/eval/floors.py) call it, so a floor at seed s holds the weights pretraining starts from.
+    """
+    encoder = build_backbone(model.backbone, spec.channels, spec.mean, spec.std, model.options())
+    return encoder.use_channels_last(compute.channels_last)
 
 
 def run_setup(params: Params, key: runs.RunKey, overrides: dict[str, Any] | None = None) -> RunSetup:

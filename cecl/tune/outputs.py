@@ -25,9 +25,10 @@ def write_outputs(summary: SweepSummary, out_dir: Path) -> list[Path]:
         frame = report.results_frame(rows)
         frame.to_csv(tmp / "results.csv", index=False)
         (tmp / "best.json").write_text(json.dumps(summary.best, indent=2, sort_keys=True) + "\n")
-        report.heatmap_frame(frame).to_csv(tmp / "heatmap.csv", index=False)
+        epochs = summary.best["epochs"]  # the one budget every compared trial trained to
+        report.heatmap_frame(frame, epochs).to_csv(tmp / "heatmap.csv", index=False)
         label = f"validation {report.metric_name(summary.best)} (%)"
-        report.plot_heatmap(frame, tmp / "heatmap.png", report.heatmap_title(summary.best), label)
+        report.plot_heatmap(frame, tmp / "heatmap.png", report.heatmap_title(summary.best), epochs, label)
         (tmp / "sensitivity.md").write_text(report.sensitivity_markdown(frame, summary.best))
         for name in OUTPUT_FILES:
             os.replace(tmp / name, out_dir / name)

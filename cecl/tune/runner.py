@@ -5,6 +5,11 @@ have different axes (only CECL has w), and ASHA stops a trial by comparing it wi
 at the same epoch, so mixing methods in one Tuner would let one method's trials stop another's,
 while the sweep's question is "the best configuration *of each method*".
 
+One budget: configurations are compared by their last-epoch value after all ``sweep.epochs`` epochs
+(:func:`best_per_method`), never a stopped trial's value at a smaller budget. The CPU default runs the
+full grid (``scheduler: none``); with ASHA (asynchronous, one trial at a time: the first configuration
+of the grid runs to the end and the rest are judged against it) only its survivors are compared.
+
 Fault tolerance:
 - Results and checkpoints live in ``sweep/ray_results/<method>-<fingerprint>`` inside the project.
   The fingerprint (:func:`cecl.tune.trial.experiment_name`) covers everything that determines a
@@ -206,7 +211,7 @@ class SweepSummary:
             label = trial_label({"method": method, **point})
             ties = f", {best['ties']} configurations tie" if best.get("ties", 1) > 1 else ""
             lines.append(
-                f"[sweep] best {label}: val {best['best_val_accuracy']:.4f} at epoch {best['best_epoch']}"
+                f"[sweep] best {label}: val {best['final_val_accuracy']:.4f} after epoch {best['epochs_run']}"
                 f"{ties} ({counts})"
             )
         return lines
@@ -248,6 +253,7 @@ def _history(frame: Any) -> list[dict[str, Any]]:
 def _outcome(params: Params, trial: Any, history: list[dict]) -> TrialOutcome:
     best = max(history, key=lambda r: (r[OBJECTIVE], -r["epoch"])) if history else None
     epochs_run = int(max((r["epoch"] for r in history), default=0))
+    last = history[-1] if history else None  # _history sorts by epoch
     failures = int(trial.num_failures)
     retries = failures if trial.status == "TERMINATED" else max(0, failures - 1)
     method = trial.config["method"]
@@ -266,6 +272,7 @@ def _outcome(params: Params, trial: Any, history: list[dict]) -> TrialOutcome:
         status=trial.status,
         retries=retries,
         trial_id=trial.trial_id,
+        final_val_accuracy=None if last is None else float(last[OBJECTIVE]),
     )
 
 
@@ -360,21 +367,20 @@ def run_method_sweep(
 def best_per_method(
     params: Params, outcomes: Sequence[TrialOutcome], device: SweepDevice | None = None
 ) -> dict[str, Any]:
-    """best.json: per method the configuration with the highest validation objective.
+    """best.json: per method the configuration with the highest validation objective at the one budget.
 
-    Ties go to the first configuration in (temperature, weight) order, and ``ties`` says how many
-    configurations share the value, so a flat objective is visible instead of a spurious winner.
+    Compared: the last-epoch value (``final_val_accuracy``) of the trials that ran all ``sweep.epochs``
+    epochs, every one of them at the same budget (under ASHA the ones it stopped are not compared: a
+    stopped trial's value is at a smaller budget). Ties go to the first configuration in (temperature,
+    weight) order, and ``ties`` says how many configurations share the value, so a flat objective is
+    visible instead of a spurious winner.
     """
     methods: dict[str, Any] = {}
     for method in sweep_methods(params):
-        done = [
-            o
-            for o in outcomes
-            if o.method == method and o.status == "TERMINATED" and o.best_val_accuracy is not None
-        ]
+        done = [o for o in outcomes if o.method == method and o.at_budget(params.sweep.epochs)]
         if not done:
             continue
-        top = max(done, key=lambda o: o.best_val_accuracy or 0.0)  # max keeps the first among ties
+        top = max(done, key=lambda o: o.final_val_accuracy or 0.0)  # max keeps the first among ties
         methods[method] = {
             k: v
             for k, v in top.row().items()
@@ -382,14 +388,14 @@ def best_per_method(
         }
         # How many configurations reach the same value: > 1 means the selection among them is arbitrary.
         methods[method]["ties"] = sum(
-            math.isclose(o.best_val_accuracy or 0.0, top.best_val_accuracy or 0.0, abs_tol=1e-12)
+            math.isclose(o.final_val_accuracy or 0.0, top.final_val_accuracy or 0.0, abs_tol=1e-12)
             for o in done
         )
     sweep = params.sweep
     spec = params.spec(sweep.dataset)
     metric = spec.evaluator().primary
     return {
-        "objective": f"per-epoch monitor {metric} on the validation split (best over epochs)",
+        "objective": f"monitor {metric} on the validation split after epoch {sweep.epochs} (the last)",
         "metric": metric,
         "dataset": sweep.dataset,
         "description": spec.describe(),

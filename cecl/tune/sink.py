@@ -117,6 +117,8 @@ class TrialRuns:
         metrics = [Metric("epochs_run", outcome.epochs_run, stamp, 0)]
         if outcome.best_val_accuracy is not None:
             metrics.append(Metric("best_val_accuracy", outcome.best_val_accuracy, stamp, 0))
+        if outcome.final_val_accuracy is not None:
+            metrics.append(Metric("final_val_accuracy", outcome.final_val_accuracy, stamp, 0))
         tags = {
             "status": outcome.status,
             "retries": outcome.retries,

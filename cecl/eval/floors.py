@@ -1,0 +1,102 @@
+"""The floors every pretrained encoder must beat, probed with exactly the final probe's protocol.
+
+- ``pixels``: the raw pixels, normalised per channel as every encoder normalises them, flattened: a
+  linear classifier on the images themselves (one per dataset entry; nothing is trained, no seed).
+- ``init``: the untrained encoder a seed's pretraining starts from. :func:`initial_encoder` seeds torch's
+  global generator with the seed and builds the encoder with ``cecl.pipeline.build_encoder``, exactly as
+  ``cecl.train.loop.build_training`` does before a method builds its encoder first
+  (tests/test_floors.py checks the weights equal those of every method's untrained encoder at that seed).
+
+Both go through :func:`cecl.eval.encoder.probe_encoder`, the probe stage's call: the same features
+extraction, the same L2 grid selected on validation, the same test scoring. A method that does not
+beat its floors has learned nothing a linear classifier on the pixels (or a random network) does not
+already give.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cecl import runs
+from cecl.config import Params
+from cecl.eval.encoder import Splits, probe_encoder
+from cecl.eval.linear_probe import ProbeResult
+from cecl.models import Encoder
+from cecl.pipeline import build_encoder
+
+# Features a pixel floor may have: the probe's [D, K] weights and the [N, D] float64 standardised copy must
+# stay small. 3 x 64 x 64 (every 64-pixel dataset of the profiles) passes; ImageNet at 224 x 224 does not.
+MAX_PIXEL_FEATURES = 3 * 64 * 64
+
+
+def floor_keys(params: Params) -> list[runs.FloorKey]:
+    """Every floor of ``params``: pixels per pretraining entry, then init per entry x seed."""
+    return params.floors()
+
+
+def check_floor(params: Params, key: runs.FloorKey) -> None:
+    """A one-line error for a floor params.yaml does not define, before any data is read."""
+    if key.dataset not in params.pretrain.datasets:
+        raise ValueError(
+            f"dataset {key.dataset!r} is not in params.yaml pretrain.datasets {params.pretrain.datasets}"
+        )
+    if key.seed is not None and key.seed not in params.seeds:
+        raise ValueError(f"seed {key.seed} is not in params.yaml seeds {params.seeds}")
+    if key.kind == "pixels":
+        spec = params.spec(key.dataset)
+        features = spec.channels * math.prod(spec.image_size)
+        if features > MAX_PIXEL_FEATURES:
+            raise ValueError(
+                f"{key.dataset}: a pixel floor of {features} features is over {MAX_PIXEL_FEATURES} "
+                f"({spec.channels} x {spec.image_size[0]} x {spec.image_size[1]} images)"
+            )
+
+
+def pixel_encoder(params: Params, dataset: str) -> Encoder:
+    """The identity "encoder": the entry's per-channel normalisation, then flattening."""
+    spec = params.spec(dataset)
+    features = spec.channels * math.prod(spec.image_size)
+    identity = {"backbone": "pixels", "in_channels": spec.channels, "options": {}}
+    return Encoder(nn.Flatten(), features, spec.mean, spec.std, identity)
+
+
+def initial_encoder(params: Params, dataset: str, seed: int) -> Encoder:
+    """The encoder pretraining at ``seed`` starts from: the seeded generator, then the one construction."""
+    torch.manual_seed(seed)  # as cecl.train.loop.build_training seeds before building the method
+    recipe = params.recipe(dataset)
+    return build_encoder(params.spec(dataset), recipe.model, params.compute)
+
+
+def floor_encoder(params: Params, key: runs.FloorKey) -> Encoder:
+    if key.kind == "pixels":
+        return pixel_encoder(params, key.dataset)
+    assert key.seed is not None  # FloorKey checks it
+    return initial_encoder(params, key.dataset, key.seed)
+
+
+def probe_floor(
+    params: Params,
+    key: runs.FloorKey,
+    splits: Splits,
+    device: torch.device,
+    progress: Callable[[str], None] | None = None,
+    autocast: torch.dtype | None = None,
+) -> ProbeResult:
+    """The final probe of ``key``'s floor on ``splits`` (train, val, test) of its dataset entry."""
+    spec = params.spec(key.dataset)
+    encoder = floor_encoder(params, key).to(device)
+    return probe_encoder(
+        encoder, splits, spec.evaluator(), params.recipe(key.dataset).probe, progress, autocast
+    )
+
+
+def floor_config(params: Params, key: runs.FloorKey) -> dict[str, Any]:
+    """metrics.json's ``config`` of a floor: what defines its features (the model for init)."""
+    if key.kind == "pixels":
+        return {"features": "pixels"}
+    return {"features": "init", "model": params.recipe(key.dataset).model.model_dump()}
