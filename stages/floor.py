@@ -3,7 +3,7 @@
 Writes floors/{dataset}/pixels or floors/{dataset}/init/seed_{seed}/{metrics.json, curve.csv} in the probe
 stage's schema (``run.kind`` "floor", ``run.method`` "pixels" or "init", ``run.seed`` null for pixels,
 no pretraining stage): the raw pixels or the untrained encoder a seed's pretraining starts from, probed
-by cecl/eval/floors.py with the final probe's protocol. The report places every method against them.
+by cecl/floors.py with the final probe's protocol. The report places every method against them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import csv
 from cecl import runs
 from cecl.cli import run_stage
 from cecl.config import Params, load_params
-from cecl.eval.floors import check_floor, floor_config, probe_floor
+from cecl.floors import check_floor, floor_config, probe_floor
 from cecl.io import atomic_dir, ensure_writable, write_json
 from cecl.machine import machine_info
 from cecl.pipeline import load_splits

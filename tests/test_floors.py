@@ -1,4 +1,4 @@
-"""The floors (cecl/eval/floors.py, stages/floor.py) against independent references.
+"""The floors (cecl/floors.py, stages/floor.py) against independent references.
 
 - init: the untrained encoder of a floor at seed s holds, bit for bit, the encoder weights every method's
   pretraining starts from at seed s (``cecl.train.loop.build_training``), and differs between seeds;
@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from cecl import runs
 from cecl.eval import floors
 from cecl.eval.features import features_of
-from cecl.eval.floors import check_floor, floor_keys, initial_encoder, pixel_encoder, probe_floor
+from cecl.floors import check_floor, floor_keys, initial_encoder, pixel_encoder, probe_floor
 from cecl.report.collect import REQUIRED_KEYS
 from cecl.train.loop import build_training
 from tests.helpers import DATASET, synthetic_split, tiny_params, tiny_setup

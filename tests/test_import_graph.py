@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"cecl.losses"},
     {"cecl.methods"},
     {"cecl.train", "cecl.saved_model"},
-    {"cecl.pipeline", "cecl.evaluate"},
+    {"cecl.pipeline", "cecl.evaluate", "cecl.floors"},
     {"cecl.tune", "cecl.plan", "cecl.report"},
     {"cecl.cli", "cecl.stage", "cecl.warm", "cecl.repro", "cecl.launch", "cecl.compare", "cecl.docs_blocks"},
 ]

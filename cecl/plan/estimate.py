@@ -420,7 +420,7 @@ def _sweep_seconds(
 def _floor_seconds(
     params: Params, device: str, measured: dict[Workload, Throughput] | None, step_s: float | None
 ) -> float:
-    """The floors (cecl/eval/floors.py): per entry one pixel probe and, per seed, the untrained encoder's
+    """The floors (cecl/floors.py): per entry one pixel probe and, per seed, the untrained encoder's
     features of every split and its probe; each a final-probe fit on the training split (the pixel floor's
     wider features are counted as an encoder's)."""
     seconds = 0.0

@@ -71,7 +71,7 @@ def build_encoder(spec: DatasetSpec, model: ModelParams, compute: ComputeParams)
     """The encoder of ``model`` for ``spec``'s images, its weights drawn from torch's global generator.
 
     The one construction of an encoder: a method's ``make_encoder`` (pretraining) and the untrained-encoder
-    floor (cecl/eval/floors.py) call it, so a floor at seed s holds the weights pretraining starts from.
+    floor (cecl/floors.py) call it, so a floor at seed s holds the weights pretraining starts from.
     """
     encoder = build_backbone(model.backbone, spec.channels, spec.mean, spec.std, model.options())
     return encoder.use_channels_last(compute.channels_last)
