@@ -86,6 +86,12 @@ lint: install
 compare: install
 	$(PY) -m cecl.compare $(if $(REF),--reference $(REF))
 
+# Re-hashes the DVC cache (an object's name is the MD5 of its bytes) and the workspace outputs dvc.lock records;
+# names every mismatch and exits 1 on any (cecl/verify.py). DVC itself never re-hashes its cache.
+.PHONY: verify
+verify: install
+	$(PY) -m cecl.verify
+
 bench: install
 	$(PY) benchmarks/loss.py
 

@@ -14,9 +14,10 @@ The stages run in processes forked from a warm server that has torch, MLflow and
 refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
 not committed, so switching profiles never loses a user's parameters.
 
-Before anything, the cost plan (cecl/plan) prints its total and stops the run with one line, nothing
-changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none`` lifts it) or an entry's
-estimated peak memory does not fit the GPU.
+Before anything, the DVC cache objects a run could restore are re-hashed (cecl/verify.py): a damaged
+one stops the run with one line naming it. Then the cost plan (cecl/plan) prints its total and stops the
+run with one line, nothing changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none``
+lifts it) or an entry's estimated peak memory does not fit the GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cecl import warm
+from cecl.verify import cache_refusal
 
 RAN = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
@@ -170,6 +172,10 @@ def cost_gate(params_path: Path, max_gpu_hours: str | None) -> None:
 
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
+    refusal = cache_refusal(Path.cwd())  # before DVC can restore a damaged object as a result
+    if refusal is not None:
+        print(f"error: repro: {refusal}", file=sys.stderr, flush=True)
+        return 1
     profile = _take_option(argv, "--profile", "paper")
     max_gpu_hours = _take_option(argv, "--max-gpu-hours", "100")
     # The gate reads the profile itself, before use_profile writes params.yaml: a refused run changes nothing.

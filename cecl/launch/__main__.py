@@ -41,6 +41,7 @@ from cecl.launch.progress import RetryRule
 from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
+from cecl.verify import cache_refusal
 
 LOGS = Path("logs/launch")
 SERVER_PID = Path("mlflow-server.pid")  # under LOGS, next to the stages' pid files
@@ -206,6 +207,9 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
     if not (root / "dvc.yaml").is_file():
         raise LaunchError(f"no dvc.yaml in {root} (run from the repository root)")
+    refusal = cache_refusal(root)  # before DVC can restore a damaged cache object as a result
+    if refusal is not None:
+        raise LaunchError(refusal)
     # With --profile, the params are read from the profile itself: params.yaml is rewritten only after
     # every check below, the cost gate included, has passed.
     profile = root / "profiles" / f"{args.profile}.yaml" if args.profile else None
