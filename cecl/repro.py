@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cecl import warm
+from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.verify import cache_refusal
 
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -171,6 +172,19 @@ def cost_gate(params_path: Path, max_gpu_hours: str | None) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
+    """Under the workspace's launch lock (cecl/launch/single.py): a second launch refuses in one line."""
+    try:
+        with one_launch(Path.cwd(), "python -m cecl.repro"):
+            note = clear_stale_rwlock(Path.cwd())
+            if note is not None:
+                print(f"[repro] {note}", flush=True)
+            return _main(argv)
+    except LaunchBusy as err:
+        print(f"error: repro: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _main(argv: Sequence[str]) -> int:
     argv = list(argv)
     refusal = cache_refusal(Path.cwd())  # before DVC can restore a damaged object as a result
     if refusal is not None:

@@ -39,6 +39,7 @@ from cecl.launch.checkout import CheckoutSpec
 from cecl.launch.dag import Plan, PlanError, read_plan
 from cecl.launch.progress import RetryRule
 from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
+from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
 from cecl.verify import cache_refusal
@@ -417,8 +418,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str]) -> int:
     try:
         args = parse_args(argv)
-        return launch(args, Path.cwd())
-    except (LaunchError, PlanError, ServerError) as err:
+        root = Path.cwd()
+        with one_launch(root, "python -m cecl.launch"):  # before leftovers are stopped: never a live launch's
+            note = clear_stale_rwlock(root)
+            if note is not None:
+                print(f"[launch] {note}", flush=True)
+            return launch(args, root)
+    except (LaunchError, PlanError, ServerError, LaunchBusy) as err:
         print(f"error: launch: {err}", file=sys.stderr)
         return 2
     except SystemExit:
