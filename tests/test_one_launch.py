@@ -101,7 +101,10 @@ def test_the_lock_is_freed_when_its_holder_dies(tmp_path: Path) -> None:
         assert f"pid {os.getpid()}: second" in (tmp_path / ".dvc/tmp/cecl-launch.lock").read_text()
 
 
-@pytest.mark.parametrize(("content", "why"), [("", "empty"), ('{"read": {', "unparsable JSON"), ("[]", "not")])
+STALE = [("", "empty"), ('{"read": {', "unparsable JSON"), ("[]", "not a JSON object")]
+
+
+@pytest.mark.parametrize(("content", "why"), STALE)
 def test_a_stale_rwlock_is_removed_with_one_line(tmp_path: Path, content: str, why: str) -> None:
     rwlock = tmp_path / ".dvc/tmp/rwlock"
     rwlock.parent.mkdir(parents=True)
