@@ -49,12 +49,30 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL}", dir=final.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(err, final.parent)
+        if full is not None:
+            raise OSError(full) from None
         raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def disk_full(err: BaseException, folder: Path) -> str | None:
+    """One line naming ``folder`` and its free space when ``err`` is a full disk (ENOSPC, or torch's
+    RuntimeError for a failed write, which carries no errno), else None."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        pass
+    elif not (isinstance(err, RuntimeError) and "write" in str(err).lower()):
+        return None
+    free = shutil.disk_usage(folder).free
+    if not isinstance(err, OSError) and free > 64 * 2**20:
+        return None  # a failed write with room to spare is something else: keep its own message
+    return f"no space left on device writing under {folder} ({free / 2**20:.1f} MiB free there)"
 
 
 def ensure_writable(*folders: Path) -> None:

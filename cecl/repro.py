@@ -35,6 +35,7 @@ from pathlib import Path
 
 from cecl import warm
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
+from cecl.tracking import close_abandoned_local_runs
 from cecl.verify import cache_refusal
 
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -207,6 +208,11 @@ def _main(argv: Sequence[str]) -> int:
             reasons = pending.result()
             status, captured = _run_dvc(argv, variables)
     end = time.monotonic()
+    closed = close_abandoned_local_runs(
+        Path.cwd()
+    )  # e.g. a killed stage DVC then restored from its run-cache
+    if closed:
+        print(f"[repro] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)", flush=True)
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)
     print("\n".join(summary(text, reasons, seconds, end - started)), flush=True)

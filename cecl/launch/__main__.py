@@ -42,6 +42,7 @@ from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
+from cecl.tracking import close_abandoned_local_runs
 from cecl.verify import cache_refusal
 
 LOGS = Path("logs/launch")
@@ -330,7 +331,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         }
         drop = tuple(k for k in RAY_WORKER_ENV if k not in keep)
 
+        def server_check() -> None:
+            if mlflow_ready is not None:
+                mlflow_ready.check_alive()  # a dead server: stop, rather than run stages that cannot log
+
         def submit(stage: str):
+            server_check()
             job = StageJob(
                 stage=stage,
                 root=str(root),
@@ -348,6 +354,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         rule = RetryRule(args.retries)
 
         def retry(stage: str, err: StageFailed) -> bool:
+            server_check()
             if not rule.allow(stage, err.epochs_before, err.epochs_after):
                 return False
             stalled = rule.stalled(stage)
@@ -372,6 +379,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
         try:
             done, failed = schedule(plan, submit, _ray_wait, on_done, on_failed, retry)
+        except ServerError:
+            stopped = children.kill_recorded(logs) if spec is None else []
+            stopped = [name for name in stopped if name != SERVER_PID.stem]
+            print(f"[launch] stopped {', '.join(stopped) or 'no running stage'}", file=sys.stderr, flush=True)
+            raise
         except KeyboardInterrupt:
             stopped = children.kill_recorded(logs) if spec is None else []
             stopped = [name for name in stopped if name != SERVER_PID.stem]  # stages only
@@ -384,6 +396,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             return 130
     if spec is None:
         lockfile.serial_order(root, lock_before, plan.order)
+        closed = close_abandoned_local_runs(root)  # a killed stage DVC then restored from its run-cache
+        if closed:
+            print(
+                f"[launch] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)",
+                flush=True,
+            )
     print("\n".join(summary(_log_texts(root, plan.to_run), plan.reasons)), flush=True)
     print(
         f"[launch] {len(done)} of {len(plan.to_run)} stage(s) finished in {time.monotonic() - started:.1f} s"
@@ -394,7 +412,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             tries = (root / err.log).read_text(errors="replace").count(
                 "[launch] attempt "
             ) or args.retries + 1
-            why = "timed out" if err.timed_out else f"exit status {err.returncode}"
+            why = err.why()
             print(f"--- last lines of {err.log}\n{err.tail}", file=sys.stderr)
             print(
                 f"error: launch: stage '{stage}' failed after {tries} attempt(s) ({why}); log: {err.log}; "
