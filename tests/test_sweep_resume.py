@@ -3,7 +3,9 @@
 Under ``scheduler: none`` the interrupted experiment is restored and its unfinished trial continues from
 its checkpoint. Under ASHA Ray rebuilds the scheduler without its rung records, so the experiment is
 restarted from scratch with one line instead. Either way the rows of sweep/results.csv must equal those
-of an uninterrupted sweep (the fault of issue 35: a resumed ASHA sweep stopped other trials).
+of an uninterrupted sweep (the fault of issue 35: a resumed ASHA sweep stopped other trials). On this
+tiny sweep ASHA stops no trial even uninterrupted, so the ASHA case checks the clean restart, not the
+divergence itself (with the restart disabled its rows matched too).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(
         epochs=2,
         scheduler=scheduler,
         max_concurrent=1,  # one trial at a time: the interruption point is deterministic
-        grids={"cecl": {"temperature": [0.1, 0.5, 1.0], "weight": [0.5]}},
+        grids={"cecl": {"temperature": [0.1, 0.5, 1.0, 2.0], "weight": [0.5]}},
     )
     kwargs = {"data_dir": project / "data/bm", "verbose": 0}
     clean = run_sweep(params, root=tmp_path / "clean", storage=tmp_path / "clean/ray_results", **kwargs)
@@ -50,5 +52,6 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(
     seen = [(r["tau"], r["epoch"]) for r in map(json.loads, log.read_text().splitlines())]
     before = seen[: seen.index((0.5, 1)) + 1]  # up to the interruption
     assert before[:2] == [(0.1, 1), (0.1, 2)]  # the first trial had finished
-    # restarted: every trial runs again from epoch 1; resumed: the finished trial is not run again
-    assert ((0.1, 1) in seen[len(before) :]) == (scheduler == "asha")
+    after = seen[len(before) :]  # by the callback Ray restored with the experiment (none after a restart)
+    if scheduler == "none":
+        assert after and (0.1, 1) not in after  # resumed: the finished trial did not run again
