@@ -9,7 +9,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install repro plan test test-fast lint bench gpu-wheels gpu-session test-oldest-torch compare restore-results
+.PHONY: help install repro plan test test-fast lint bench gpu-wheels gpu-session test-oldest-torch compare restore-results verify
 .PHONY: docs docs-results
 
 # One line per target: the text after `## ` on its rule line, in the Makefile's order.
@@ -104,6 +104,11 @@ restore-results: install ## put back the committed results a make repro rewrote 
 # HEAD, the committed results), cell by cell within the seeds' spread; exits 1 when a cell moved.
 compare: install ## your rerun's per-seed metrics against the committed ones (REF=git ref|folder)
 	$(PY) -m cecl.compare $(if $(REF),--reference $(REF))
+
+# Re-hashes the DVC cache (an object's name is the MD5 of its bytes) and the workspace outputs dvc.lock records;
+# names every mismatch and exits 1 on any (cecl/verify.py). DVC itself never re-hashes its cache.
+verify: install ## re-hash the DVC cache and the outputs dvc.lock records; name every mismatch
+	$(PY) -m cecl.verify
 
 bench: install ## the loss benchmark (benchmarks/loss.py)
 	$(PY) benchmarks/loss.py

@@ -14,10 +14,12 @@ The stages run in processes forked from a warm server that has torch, MLflow and
 refuses, with one line and nothing changed, when params.yaml has edits that are in no profile and
 not committed, so switching profiles never loses a user's parameters.
 
-Before anything, the cost plan (cecl/plan) prints its total and stops the run with one line, nothing
-changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none`` lifts it) or an entry's
-estimated peak memory does not fit the GPU; then a profile whose ``device`` names CUDA is refused, one
-line and nothing changed, on a host without a usable GPU (or with fewer GPUs than its processes).
+Before anything, the DVC cache objects a run could restore are re-hashed (cecl/verify.py): a damaged
+one stops the run with one line naming it. Then the cost plan (cecl/plan) prints its total and stops the
+run with one line, nothing changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none``
+lifts it) or an entry's estimated peak memory does not fit the GPU; then a profile whose ``device`` names
+CUDA is refused, one line and nothing changed, on a host without a usable GPU (or with fewer GPUs than
+its processes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cecl import warm
+from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
+from cecl.tracking import close_abandoned_local_runs
+from cecl.verify import cache_refusal
 
 _ROOT = Path(__file__).resolve().parents[1]  # the checkout, for the device check's child process
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -215,7 +220,24 @@ def device_problem(params_path: Path) -> str | None:
 
 
 def main(argv: Sequence[str]) -> int:
+    """Under the workspace's launch lock (cecl/launch/single.py): a second launch refuses in one line."""
+    try:
+        with one_launch(Path.cwd(), "python -m cecl.repro"):
+            note = clear_stale_rwlock(Path.cwd())
+            if note is not None:
+                print(f"[repro] {note}", flush=True)
+            return _main(argv)
+    except LaunchBusy as err:
+        print(f"error: repro: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _main(argv: Sequence[str]) -> int:
     argv = list(argv)
+    refusal = cache_refusal(Path.cwd())  # before DVC can restore a damaged object as a result
+    if refusal is not None:
+        print(f"error: repro: {refusal}", file=sys.stderr, flush=True)
+        return 1
     profile = _take_option(argv, "--profile", "paper")
     max_gpu_hours = _take_option(argv, "--max-gpu-hours", "100")
     # The gate reads the profile itself, before use_profile writes params.yaml: a refused run changes nothing.
@@ -235,6 +257,11 @@ def main(argv: Sequence[str]) -> int:
             reasons = pending.result()
             status, captured = _run_dvc(argv, variables)
     end = time.monotonic()
+    closed = close_abandoned_local_runs(
+        Path.cwd()
+    )  # e.g. a killed stage DVC then restored from its run-cache
+    if closed:
+        print(f"[repro] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)", flush=True)
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)
     print("\n".join(summary(text, reasons, seconds, end - started)), flush=True)

@@ -254,6 +254,35 @@ def close_abandoned_runs(experiment_id: str, stage: str) -> list[str]:
     return [run.info.run_id for run in found]
 
 
+def close_abandoned_local_runs(root: Path) -> int:
+    """Mark KILLED every run still RUNNING in ``root``'s own mlflow.db; how many were closed.
+
+    Called by ``python -m cecl.repro`` and ``python -m cecl.launch`` after their stages, under the
+    workspace's launch lock: no stage of this workspace runs then, so a RUNNING run is one whose stage
+    was killed. :func:`close_abandoned_runs` closes such a run when its stage starts again, but a stage
+    that DVC restores from its run-cache never starts again, and its run would stay RUNNING for good.
+    Only the workspace's own database (no MLFLOW_TRACKING_URI): a shared server may hold live runs of
+    other workspaces. A read-only query first, so a run without abandoned runs never imports MLflow.
+    """
+    db = root / "mlflow.db"
+    if os.environ.get("MLFLOW_TRACKING_URI") or not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            found = [row[0] for row in conn.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'")]
+    except sqlite3.Error:
+        return 0
+    if not found:
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db.resolve()}")
+    for run_id in found:
+        client.set_tag(run_id, "closed_by", "the launch that found it abandoned (its stage was killed)")
+        client.set_terminated(run_id, status="KILLED")
+    return len(found)
+
+
 @contextmanager
 def stage_run(
     stage: str,

@@ -258,6 +258,28 @@ def request(path: str, module: str, argv: Sequence[str]) -> int:
             child = int(message["pid"])
         elif "exit" in message:
             return int(message["exit"])
+    return _lost(path, module, child)
+
+
+def _lost(path: str, module: str, child: int | None) -> int:
+    """The answer when the stage's connection closed without an exit status: a killed stage (the server
+    still answers) is reported as killed, with the status a shell gives a SIGKILLed process (137); only
+    a server that no longer answers is blamed."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        server_alive = True
+    except OSError:
+        server_alive = False
+    finally:
+        probe.close()
+    if server_alive and child is not None:
+        print(
+            f"error: {module}: the stage process (pid {child}) was killed before it could report an exit "
+            "status (SIGKILL: the OOM killer, a timeout or a user); the warm stage server is fine",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGKILL
     print(f"error: {module}: the warm stage server ended before the stage did", file=sys.stderr)
     return 1
 

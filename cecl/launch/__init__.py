@@ -9,6 +9,8 @@ Not a scheduler: DVC decides what runs and records it, Ray places the work.
 - :mod:`cecl.launch.checkout` gives each cluster node its own checkout of the commit; outputs travel
   through the DVC remote and its run-cache;
 - :mod:`cecl.launch.server` starts the MLflow server the parallel stages log to;
+- :mod:`cecl.launch.single` holds the workspace's launch lock (one launch at a time) and clears DVC's
+  stale rwlock;
 - :mod:`cecl.launch.lockfile` puts dvc.lock's entries in the order a serial ``dvc repro`` writes them;
 - :mod:`cecl.launch.__main__` is the command line and the loop that submits a stage once all its
   upstream stages succeeded.

@@ -39,8 +39,11 @@ from cecl.launch.checkout import CheckoutSpec
 from cecl.launch.dag import Plan, PlanError, read_plan
 from cecl.launch.progress import RetryRule
 from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
+from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
+from cecl.tracking import close_abandoned_local_runs
+from cecl.verify import cache_refusal
 
 LOGS = Path("logs/launch")
 SERVER_PID = Path("mlflow-server.pid")  # under LOGS, next to the stages' pid files
@@ -206,6 +209,9 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
     if not (root / "dvc.yaml").is_file():
         raise LaunchError(f"no dvc.yaml in {root} (run from the repository root)")
+    refusal = cache_refusal(root)  # before DVC can restore a damaged cache object as a result
+    if refusal is not None:
+        raise LaunchError(refusal)
     # With --profile, the params are read from the profile itself: params.yaml is rewritten only after
     # every check below, the cost gate included, has passed.
     profile = root / "profiles" / f"{args.profile}.yaml" if args.profile else None
@@ -330,7 +336,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         }
         drop = tuple(k for k in RAY_WORKER_ENV if k not in keep)
 
+        def server_check() -> None:
+            if mlflow_ready is not None:
+                mlflow_ready.check_alive()  # a dead server: stop, rather than run stages that cannot log
+
         def submit(stage: str):
+            server_check()
             job = StageJob(
                 stage=stage,
                 root=str(root),
@@ -348,6 +359,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         rule = RetryRule(args.retries)
 
         def retry(stage: str, err: StageFailed) -> bool:
+            server_check()
             if not rule.allow(stage, err.epochs_before, err.epochs_after):
                 return False
             stalled = rule.stalled(stage)
@@ -372,6 +384,11 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
         try:
             done, failed = schedule(plan, submit, _ray_wait, on_done, on_failed, retry)
+        except ServerError:
+            stopped = children.kill_recorded(logs) if spec is None else []
+            stopped = [name for name in stopped if name != SERVER_PID.stem]
+            print(f"[launch] stopped {', '.join(stopped) or 'no running stage'}", file=sys.stderr, flush=True)
+            raise
         except KeyboardInterrupt:
             stopped = children.kill_recorded(logs) if spec is None else []
             stopped = [name for name in stopped if name != SERVER_PID.stem]  # stages only
@@ -384,6 +401,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             return 130
     if spec is None:
         lockfile.serial_order(root, lock_before, plan.order)
+        closed = close_abandoned_local_runs(root)  # a killed stage DVC then restored from its run-cache
+        if closed:
+            print(
+                f"[launch] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)",
+                flush=True,
+            )
     print("\n".join(summary(_log_texts(root, plan.to_run), plan.reasons)), flush=True)
     print(
         f"[launch] {len(done)} of {len(plan.to_run)} stage(s) finished in {time.monotonic() - started:.1f} s"
@@ -394,7 +417,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             tries = (root / err.log).read_text(errors="replace").count(
                 "[launch] attempt "
             ) or args.retries + 1
-            why = "timed out" if err.timed_out else f"exit status {err.returncode}"
+            why = err.why()
             print(f"--- last lines of {err.log}\n{err.tail}", file=sys.stderr)
             print(
                 f"error: launch: stage '{stage}' failed after {tries} attempt(s) ({why}); log: {err.log}; "
@@ -418,8 +441,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str]) -> int:
     try:
         args = parse_args(argv)
-        return launch(args, Path.cwd())
-    except (LaunchError, PlanError, ServerError) as err:
+        root = Path.cwd()
+        with one_launch(root, "python -m cecl.launch"):  # before leftovers are stopped: never a live launch's
+            note = clear_stale_rwlock(root)
+            if note is not None:
+                print(f"[launch] {note}", flush=True)
+            return launch(args, root)
+    except (LaunchError, PlanError, ServerError, LaunchBusy) as err:
         print(f"error: launch: {err}", file=sys.stderr)
         return 2
     except SystemExit:

@@ -46,7 +46,8 @@ def mlflow_starting(
     root: Path, log: Path, pidfile: Path, start_timeout_s: float = 120.0
 ) -> Iterator[Callable[[], str]]:
     """Start ``mlflow server`` on ``root``'s mlflow.db for the block; yields ``ready()``, which waits until
-    /health answers (about 10 s) and returns the URI, so the caller can start other things meanwhile.
+    /health answers (about 10 s) and returns the URI, so the caller can start other things meanwhile;
+    ``ready.check_alive()`` raises :class:`ServerError` once the server has died.
 
     It runs in its own process group (uvicorn workers included), recorded in ``pidfile`` so a later
     launch stops a server a SIGKILLed launcher left behind.
@@ -73,6 +74,15 @@ def mlflow_starting(
             time.sleep(0.25)
         return uri
 
+    def check_alive() -> None:
+        """Raise ServerError (one line) once the server has exited: stages could no longer log."""
+        if process.poll() is not None:
+            raise ServerError(
+                f"the launcher's MLflow server (pid {process.pid}) exited with status {process.returncode}; "
+                f"stopping, as its stages cannot log; see {log}"
+            )
+
+    ready.check_alive = check_alive  # type: ignore[attr-defined]
     try:
         yield ready
     finally:

@@ -15,6 +15,8 @@ log keeps every attempt. A training stage has no timeout unless the launcher set
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -69,8 +71,26 @@ class StageFailed(Exception):
         self.epochs_before, self.epochs_after = epochs_before, epochs_after
 
     def __str__(self) -> str:
-        why = "timed out" if self.timed_out else f"exit status {self.returncode}"
-        return f"stage '{self.stage}' failed ({why}); log: {self.log}"
+        return f"stage '{self.stage}' failed ({self.why()}); log: {self.log}"
+
+    def why(self) -> str:
+        """``timed out``, ``killed by SIGKILL`` (the command or, per DVC's log line, the stage under it)
+        or ``exit status N``: a killed stage is reported as killed, never blamed on anything else."""
+        if self.timed_out:
+            return "timed out"
+        found = re.search(r"exited with (-\d+)|killed by (SIG[A-Z]+)", self.tail or "")
+        if self.returncode < -1 or found:
+            number = self.returncode if self.returncode < -1 else found.group(1)
+            name = found.group(2) if found and found.group(2) else _signal_name(-int(number))
+            return f"killed by {name}"
+        return f"exit status {self.returncode}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def dvc_command() -> list[str]:

@@ -17,7 +17,7 @@ from cecl.datasets import DatasetSpec
 from cecl.methods import MethodContext, resolve_options
 from cecl.models import Encoder, build_backbone
 from cecl.schema import Strict
-from cecl.train.checkpoint import fingerprint
+from cecl.train.checkpoint import code_digest, fingerprint
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class RunSetup:
         )
 
     def fingerprint(self, data_dir: Path | None = None, extra: dict[str, Any] | None = None) -> str:
-        """Everything that determines the result: the run, its settings, the options and the data."""
+        """Everything that determines the result: the run, its settings, the options, the data and the code
+        (the pretrain stage's code deps in dvc.yaml, :func:`cecl.train.checkpoint.code_digest`)."""
         manifest = self.spec.read_manifest(data_dir or self.data_dir)
         return fingerprint(
             {
@@ -62,6 +63,7 @@ class RunSetup:
                 "device": self.device,
                 "compute": self.compute.model_dump(),
                 "data": {name: split["sha256"] for name, split in manifest["splits"].items()},
+                "code": code_digest("pretrain"),
                 **(extra or {}),
             }
         )

@@ -16,7 +16,9 @@ Fault tolerance:
   trial's numbers (params, data, trial code), so a change starts a fresh experiment (replacing the
   method's stale one, :func:`prune_stale`) and an unchanged one is restored with ``Tuner.restore``:
   finished trials are kept, unfinished ones continue from their checkpoint, errored ones are retried.
-  Re-running a finished sweep retrains nothing.
+  Re-running a finished sweep retrains nothing. Under ASHA an unfinished experiment is restarted
+  instead (:func:`unresumable`: Ray does not save the scheduler's state), so a killed and resumed
+  sweep gives the results of an uninterrupted one either way.
 - ``FailureConfig(max_failures=sweep.max_failures)`` retries a crashed trial from its checkpoint;
   a trial that still fails is reported with status ERROR and the sweep finishes. A method none of
   whose trials finished has no best configuration: :meth:`SweepSummary.raise_if_failed` turns that
@@ -171,6 +173,31 @@ def scheduler(params: Params) -> tune.schedulers.TrialScheduler | None:
     )
 
 
+def unresumable(params: Params, method: str, path: Path) -> str | None:
+    """Why an interrupted experiment at ``path`` must start afresh rather than be restored, or None.
+
+    ``Tuner.restore`` rebuilds the scheduler from the copy pickled when the experiment started, so
+    ASHA's rung records (which trials reached which epoch with which score) are lost and a resumed
+    sweep stops other trials than an uninterrupted one would (ray-project/ray#30838). Under
+    ``scheduler: none`` every trial is independent and resumes bit-exactly from its checkpoint, so only
+    an ASHA experiment with an unfinished trial is restarted; a finished one is restored (nothing reruns).
+    """
+    if params.sweep.scheduler == "none" or not tune.Tuner.can_restore(path):
+        return None
+    try:
+        trials = tune.ExperimentAnalysis(str(path)).trials
+    except Exception:  # an unreadable experiment state cannot be resumed either
+        trials = []
+    done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)  # finished, as run_method_sweep counts
+    if len(trials) == done == grid_size(params, method):
+        return None
+    return (
+        f"{method}: restarting the interrupted experiment {path.name} from scratch ({done} of "
+        f"{grid_size(params, method)} trials had finished): ASHA's early-stopping state is not saved by "
+        "Ray Tune, and a resumed sweep would stop other trials than an uninterrupted one"
+    )
+
+
 def prune_stale(storage: Path, method: str, keep: str) -> None:
     """Delete ``method``'s experiments of other fingerprints (older params, data or code)."""
     if not storage.is_dir():
@@ -312,6 +339,10 @@ def run_method_sweep(
     if runs is not None:
         SINKS[name] = runs
     try:
+        restart = unresumable(params, method, path)
+        if restart is not None:
+            print(f"[sweep] {restart}", flush=True)
+            shutil.rmtree(path)
         if tune.Tuner.can_restore(path):
             print(f"[sweep] resuming {method} from {path}", flush=True)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

@@ -31,6 +31,7 @@ from cecl.config import Params
 from cecl.datasets import DatasetSpec, TensorSplit
 from cecl.pipeline import RunSetup, load_splits, run_setup
 from cecl.runs import RunKey
+from cecl.train.checkpoint import load_checkpoint
 from cecl.tune.grid import CRASH_ENV, OBJECTIVE, CrashSpec, overrides_of, trial_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -214,12 +215,10 @@ def experiment_name(params: Params, method: str, data_dir: Path) -> str:
 
 
 def _restored_epochs(local_ckpt: Path, expected: str) -> int:
-    """Epochs in the checkpoint Ray restored, or 0 when it belongs to other inputs (then ignored)."""
-    state = torch.load(local_ckpt, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != expected:
-        local_ckpt.unlink()
-        return 0
-    return len(state["history"])
+    """Epochs in the checkpoint Ray restored, or 0 when it belongs to other inputs or fails its checks
+    (then set aside, :func:`cecl.train.checkpoint.load_checkpoint`)."""
+    state = load_checkpoint(local_ckpt, expected)
+    return 0 if state is None else len(state["history"])
 
 
 def sweep_trial(config: dict[str, Any], setup: TrialSetup) -> None:

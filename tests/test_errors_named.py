@@ -1,0 +1,144 @@
+"""Errors that name their cause (issue 35): a killed stage is reported as killed, a full disk names the
+folder and its free space, an abandoned MLflow run is closed, and the launcher stops when its own MLflow
+server dies instead of starting stages that cannot log.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cecl import warm
+from cecl.io import atomic_dir
+from cecl.launch.tasks import StageFailed
+from cecl.tracking import close_abandoned_local_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- a killed stage
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[dict[str, str]]:
+    previous = Path.cwd()
+    os.chdir(REPO)
+    try:
+        with warm.server() as variables:
+            assert variables, "the warm server did not start"
+            yield variables
+    finally:
+        os.chdir(previous)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_warm_stage_is_reported_as_killed_not_blamed_on_the_server(server, tmp_path) -> None:
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import os, sys; from cecl import warm; "
+        f"sys.exit(warm.request(os.environ[{warm.SOCKET_ENV!r}], 'tests.fixtures.warm_child', sys.argv[1:]))"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", code, "sleep", str(pidfile)],
+        cwd=REPO,
+        env={**os.environ, **server, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)  # the OOM killer's way
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 137
+    line = err.strip().splitlines()[-1]
+    assert "was killed" in line and "SIGKILL" in line and "server ended" not in line
+
+
+def test_a_failed_stage_says_killed_when_its_command_was() -> None:
+    """DVC's own status is 255; its log line says the stage's command exited with -9."""
+    tail = "ERROR: failed to reproduce 'pretrain@x': failed to run: python -m cecl.stage, exited with -9"
+    assert StageFailed("s", 255, False, "l.log", tail).why() == "killed by SIGKILL"
+    assert StageFailed("s", -15, False, "l.log", "").why() == "killed by SIGTERM"
+    assert StageFailed("s", 255, False, "l.log", "exited with 2").why() == "exit status 255"
+    assert StageFailed("s", -1, True, "l.log", "").why() == "timed out"
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_inside_an_output_write_is_one_line_naming_the_folder(tmp_path: Path) -> None:
+    final = tmp_path / "models/bm/simclr/seed_0"
+    with pytest.raises(OSError) as caught, atomic_dir(final) as tmp:
+        (tmp / "encoder.pt").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what the kernel answers a write
+    message = str(caught.value)
+    assert "\n" not in message and "no space left" in message and str(final.parent) in message
+    assert "MiB free" in message
+    assert list(final.parent.iterdir()) == []  # no partial output
+
+
+def test_another_failure_inside_an_output_write_keeps_its_own_message(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="Permission denied"), atomic_dir(tmp_path / "out"):
+        raise OSError(errno.EACCES, "Permission denied")
+
+
+# --------------------------------------------------------------------------- MLflow runs
+
+
+@pytest.mark.slow
+def test_runs_left_running_are_closed_and_finished_ones_kept(tmp_path: Path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    abandoned = client.create_run(experiment, tags={"dvc_stage": "pretrain@bm-simclr-0"}).info.run_id
+    finished = client.create_run(experiment).info.run_id
+    client.set_terminated(finished, status="FINISHED")
+    assert close_abandoned_local_runs(tmp_path) == 1
+    assert client.get_run(abandoned).info.status == "KILLED"
+    assert client.get_run(finished).info.status == "FINISHED"
+    assert close_abandoned_local_runs(tmp_path) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # a shared server: never touched
+    assert close_abandoned_local_runs(tmp_path) == 0
+
+
+# --------------------------------------------------------------------------- the launcher's server dies
+
+
+@pytest.mark.slow
+def test_the_launcher_stops_when_its_mlflow_server_dies(tmp_path: Path) -> None:
+    from tests.test_launcher import _toy_repo
+    from tests.test_pipeline_e2e import _env
+
+    kill = (
+        "python -c \"import os, signal; pid = int(open('logs/launch/mlflow-server.pid').read().split()[0]); "
+        'os.killpg(pid, signal.SIGKILL)" && echo a > a.txt'
+    )
+    stages = {
+        "first": {"cmd": kill, "outs": ["a.txt"]},
+        "second": {"cmd": "cp a.txt b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+    }
+    root = _toy_repo(tmp_path / "toy", stages)
+    result = subprocess.run(
+        [sys.executable, "-m", "cecl.launch", "--jobs", "1"],
+        cwd=root,
+        env={**_env(root), "PYTHONPATH": str(REPO), "CECL_WARM": "0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "MLflow server" in errors[0] and "exited" in errors[0], result.stderr
+    assert not (root / "b.txt").exists() and "stage(s) ran" not in result.stdout
