@@ -35,7 +35,16 @@ LAYERS: list[set[str]] = [
     {"cecl.train", "cecl.saved_model"},
     {"cecl.pipeline", "cecl.evaluate", "cecl.floors"},
     {"cecl.tune", "cecl.plan", "cecl.report"},
-    {"cecl.cli", "cecl.stage", "cecl.warm", "cecl.repro", "cecl.launch", "cecl.compare", "cecl.docs_blocks"},
+    {
+        "cecl.cli",
+        "cecl.stage",
+        "cecl.warm",
+        "cecl.repro",
+        "cecl.launch",
+        "cecl.compare",
+        "cecl.docs_blocks",
+        "cecl.verify",
+    },
 ]
 
 # (importing package, imported package): why it runs upward. Open ones name what would remove them.
