@@ -92,7 +92,7 @@ lint: install ## ruff check and ruff format --check
 # sweep/, transfer/) from git HEAD, then `dvc checkout` of the DVC-cached outputs dvc.lock names that the
 # local cache holds (in a fresh clone it holds only the rerun's, so those stages re-run at the next
 # `make repro`). Files the rerun added that git does not track are listed, not deleted.
-RESULTS := dvc.lock params.yaml probe reports sweep transfer
+RESULTS := dvc.lock params.yaml probe reports sweep transfer floors
 restore-results: install ## put back the committed results a make repro rewrote (git checkout + dvc checkout)
 	git checkout HEAD -- $(RESULTS)
 	@$(VENV)/bin/dvc checkout --quiet \
