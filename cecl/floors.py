@@ -47,22 +47,28 @@ def check_floor(params: Params, key: runs.FloorKey) -> None:
         )
     if key.seed is not None and key.seed not in params.seeds:
         raise ValueError(f"seed {key.seed} is not in params.yaml seeds {params.seeds}")
-    if key.kind == "pixels":
-        spec = params.spec(key.dataset)
-        features = spec.channels * math.prod(spec.image_size)
-        if features > MAX_PIXEL_FEATURES:
-            raise ValueError(
-                f"{key.dataset}: a pixel floor of {features} features is over {MAX_PIXEL_FEATURES} "
-                f"({spec.channels} x {spec.image_size[0]} x {spec.image_size[1]} images)"
-            )
+
+
+def pixel_side(channels: int, image_size: tuple[int, int]) -> int | None:
+    """The side the pixels are average-pooled to when channels x H x W is over MAX_PIXEL_FEATURES (ImageNet
+    at 224 px: 64, so 3 x 64 x 64 features), else None: the pixels as they are."""
+    if channels * math.prod(image_size) <= MAX_PIXEL_FEATURES:
+        return None
+    return math.isqrt(MAX_PIXEL_FEATURES // channels)
 
 
 def pixel_encoder(params: Params, dataset: str) -> Encoder:
-    """The identity "encoder": the entry's per-channel normalisation, then flattening."""
+    """The identity "encoder": the entry's per-channel normalisation, then flattening (larger images
+    average-pooled to ``pixel_side`` first, so the probe's float64 copy stays small)."""
     spec = params.spec(dataset)
-    features = spec.channels * math.prod(spec.image_size)
-    identity = {"backbone": "pixels", "in_channels": spec.channels, "options": {}}
-    return Encoder(nn.Flatten(), features, spec.mean, spec.std, identity)
+    side = pixel_side(spec.channels, spec.image_size)
+    if side is None:
+        features = spec.channels * math.prod(spec.image_size)
+        identity = {"backbone": "pixels", "in_channels": spec.channels, "options": {}}
+        return Encoder(nn.Flatten(), features, spec.mean, spec.std, identity)
+    identity = {"backbone": "pixels", "in_channels": spec.channels, "options": {"pooled_to": side}}
+    pooled = nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten())
+    return Encoder(pooled, spec.channels * side * side, spec.mean, spec.std, identity)
 
 
 def initial_encoder(params: Params, dataset: str, seed: int) -> Encoder:
@@ -98,5 +104,7 @@ def probe_floor(
 def floor_config(params: Params, key: runs.FloorKey) -> dict[str, Any]:
     """metrics.json's ``config`` of a floor: what defines its features (the model for init)."""
     if key.kind == "pixels":
-        return {"features": "pixels"}
+        spec = params.spec(key.dataset)
+        side = pixel_side(spec.channels, spec.image_size)
+        return {"features": "pixels"} if side is None else {"features": "pixels", "pooled_to": side}
     return {"features": "init", "model": params.recipe(key.dataset).model.model_dump()}

@@ -51,10 +51,15 @@ def md5_of(path: Path) -> str:
 
 def cache_root(root: Path) -> Path:
     """The MD5 object store of ``root``'s DVC cache (``cache.dir`` honoured, as DVC resolves it)."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
+    from scmrepo.exceptions import SCMError
 
-    with Repo(str(root)) as repo:
-        return Path(repo.cache.local.path)
+    try:
+        with Repo(str(root)) as repo:
+            return Path(repo.cache.local.path)
+    except (NotDvcRepoError, SCMError):  # a workspace outside git: DVC's default store
+        return root / ".dvc" / "cache" / "files" / "md5"
 
 
 def cache_objects(store: Path) -> Iterator[tuple[Path, str]]:

@@ -25,10 +25,9 @@ import torch
 import yaml
 from sklearn.linear_model import LogisticRegression
 
-from cecl import runs
-from cecl.eval import floors
+from cecl import floors, runs
 from cecl.eval.features import features_of
-from cecl.floors import check_floor, floor_keys, initial_encoder, pixel_encoder, probe_floor
+from cecl.floors import check_floor, floor_config, floor_keys, initial_encoder, pixel_encoder, probe_floor
 from cecl.report.collect import REQUIRED_KEYS
 from cecl.train.loop import build_training
 from tests.helpers import DATASET, synthetic_split, tiny_params, tiny_setup
@@ -110,9 +109,16 @@ def test_floors_of_a_params_file_and_their_one_line_errors(monkeypatch: pytest.M
     ):
         with pytest.raises(ValueError, match=match):
             check_floor(params, key)
+    assert floors.pixel_side(3, (28, 28)) is None and floors.pixel_side(3, (224, 224)) == 64
     monkeypatch.setattr(floors, "MAX_PIXEL_FEATURES", 2000)  # as ImageNet's 224 px is over the real bound
-    with pytest.raises(ValueError, match=r"pixel floor of 2352 features is over 2000 \(3 x 28 x 28 images\)"):
-        check_floor(params, runs.FloorKey(DATASET, "pixels"))
+    encoder = floors.pixel_encoder(params, DATASET).eval()  # 3 x 28 x 28 = 2352 > 2000: pooled to 25 x 25
+    spec = params.spec(DATASET)
+    images = torch.rand(4, 3, 28, 28)
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    expected = torch.nn.functional.adaptive_avg_pool2d((images - mean) / std, 25).flatten(1)
+    assert encoder.feature_dim == 3 * 25 * 25
+    assert torch.allclose(encoder(images), expected, atol=1e-5)
+    assert floor_config(params, runs.FloorKey(DATASET, "pixels")) == {"features": "pixels", "pooled_to": 25}
     for kind, seed in (("pixels", 0), ("init", None), ("raw", None)):
         with pytest.raises(ValueError, match="floor"):
             runs.FloorKey(DATASET, kind, seed)

@@ -31,6 +31,7 @@ from cecl.pipeline import run_tags
 from cecl.report import sweep as report
 from cecl.report.sweep import RESULT_COLUMNS
 from cecl.runs import RunKey
+from cecl.train.checkpoint import load_checkpoint
 from cecl.tune import (
     CRASH_ENV,
     OBJECTIVE,
@@ -465,8 +466,10 @@ def test_objective_is_the_validation_monitor(swept: Path) -> None:
     history = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
     reported = next(r["val_accuracy"] for r in history if r["epoch"] == epoch)
     ckpt = sorted(trial_dir.glob("checkpoint_*/last.pt"))[-1]  # the latest one
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert len(state["history"]) == epoch
+    # the file wraps its state with a content digest (cecl/train/checkpoint.py): read it through the checker
+    fingerprint = torch.load(ckpt, map_location="cpu", weights_only=True)["fingerprint"]
+    state = load_checkpoint(ckpt, fingerprint)
+    assert state is not None and len(state["history"]) == epoch
     config = {"method": "cecl", "temperature": float(row["temperature"]), "weight": float(row["weight"])}
     setup = sweep_setup(params, "cecl", overrides_of(config))
     train, val = load_train_val(setup.spec, torch.device("cpu"), swept / "data/bm")
