@@ -27,7 +27,7 @@ NEEDED = ("prerequisites", "results-tables", "paper-vs-run")
 
 # What the generated blocks are made from, and the files holding them: read as git's HEAD records them
 # (tests/committed.py), so that a user's own rerun, which rewrites the results, leaves these tests green.
-COMMITTED = ("probe", "reports", "sweep", "docs", "profiles", "transfer", "dvc.lock", "README.md")
+COMMITTED = ("probe", "floors", "reports", "sweep", "docs", "profiles", "transfer", "dvc.lock", "README.md")
 
 
 @pytest.fixture(scope="module")
