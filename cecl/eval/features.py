@@ -14,6 +14,7 @@ instead of rank 0 working while the others wait.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -65,7 +66,8 @@ def features_of(
         return distributed.gather_shards(local, n)
     if isinstance(source, TensorSplit):
         return extract_features(encoder, source.images, batch_size, autocast)
-    device = next(iter(encoder.parameters())).device
+    # buffers too: the raw-pixel floor's encoder has only its normalisation buffers (cecl/floors.py)
+    device = next(itertools.chain(encoder.parameters(), encoder.buffers())).device
     return _in_eval_mode(
         encoder, lambda: (to_float(images) for images, _ in source.eval_batches(batch_size)), device, autocast
     )
