@@ -12,11 +12,12 @@ import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from cecl.io import write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def write_metrics(path: Path, metrics: Mapping[str, Any]) -> None:
@@ -47,4 +48,6 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def read_rows(path: Path) -> pd.DataFrame:
     """history.csv or curve.csv as a table (numbers parsed)."""
+    import pandas as pd  # here, not at the top: training writes records on GPU hosts that lack pandas
+
     return pd.read_csv(path)
