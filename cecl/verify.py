@@ -53,12 +53,13 @@ def cache_root(root: Path) -> Path:
     """The MD5 object store of ``root``'s DVC cache (``cache.dir`` honoured, as DVC resolves it)."""
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
+    from dvc.scm import SCMError as DvcSCMError
     from scmrepo.exceptions import SCMError
 
     try:
         with Repo(str(root)) as repo:
             return Path(repo.cache.local.path)
-    except (NotDvcRepoError, SCMError):  # a workspace outside git: DVC's default store
+    except (NotDvcRepoError, SCMError, DvcSCMError):  # a workspace outside git: DVC's default store
         return root / ".dvc" / "cache" / "files" / "md5"
 
 

@@ -68,6 +68,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("extend")
     for package in ("cecl", "stages"):
         shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "dvc.yaml", work / "dvc.yaml")  # checkpoint fingerprints digest the stage code deps
     for page, module in PAGES.items():
         assert not (work / module).exists(), f"{module} already exists: the example must be a new module"
         (work / module).write_text(python_block(page), encoding="utf-8")

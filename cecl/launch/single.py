@@ -36,8 +36,8 @@ class LaunchBusy(RuntimeError):
 def one_launch(root: Path, command: str) -> Iterator[None]:
     """Hold the workspace's launch lock for the block, or raise :class:`LaunchBusy` at once."""
     path = (root / LOCK_FILE).resolve()
-    if path in _held:  # re-entered by the same process: it already owns the workspace
-        yield
+    if path in _held or not (root / ".dvc").is_dir():  # re-entered; or no DVC workspace: nothing to guard,
+        yield  # and no .dvc/ is created where DVC itself will refuse to run
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
