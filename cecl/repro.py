@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cecl import warm
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
-from cecl.tracking import close_abandoned_local_runs
+from cecl.tracking import close_abandoned_local_runs, closed_note
 from cecl.verify import cache_refusal
 
 _ROOT = Path(__file__).resolve().parents[1]  # the checkout, for the device check's child process
@@ -261,7 +261,7 @@ def _main(argv: Sequence[str]) -> int:
         Path.cwd()
     )  # e.g. a killed stage DVC then restored from its run-cache
     if closed:
-        print(f"[repro] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)", flush=True)
+        print(f"[repro] {closed_note(closed)}", flush=True)
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)
     print("\n".join(summary(text, reasons, seconds, end - started)), flush=True)

@@ -106,8 +106,10 @@ def test_runs_left_running_are_closed_and_finished_ones_kept(tmp_path: Path, mon
     finished = client.create_run(experiment).info.run_id
     client.set_terminated(finished, status="FINISHED")
     assert close_abandoned_local_runs(tmp_path) == 1
-    assert client.get_run(abandoned).info.status == "KILLED"
+    assert client.get_run(abandoned).info.status == "FAILED"  # FINISHED or FAILED only, never KILLED
+    assert client.get_run(abandoned).data.tags["cecl.end_reason"] == "killed"
     assert client.get_run(finished).info.status == "FINISHED"
+    assert "cecl.end_reason" not in client.get_run(finished).data.tags
     assert close_abandoned_local_runs(tmp_path) == 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # a shared server: never touched
     assert close_abandoned_local_runs(tmp_path) == 0

@@ -193,7 +193,8 @@ def test_experiment_is_tagged_as_model_training(tmp_path) -> None:
 
 
 def test_an_abandoned_running_run_is_closed_when_the_stage_runs_again(tmp_path, sqlite_uri) -> None:
-    """A stage killed with SIGKILL leaves its run RUNNING; the rerun marks it KILLED (others untouched)."""
+    """A stage killed with SIGKILL leaves its run RUNNING; the rerun ends it FAILED, tagged as killed
+    (a run ends FINISHED or FAILED only), and leaves other stages' runs untouched."""
     stage, other = "pretrain@bm-cecl-0", "pretrain@bm-ce-0"
     with stage_run(stage, "exp", root=tmp_path) as first:
         pass
@@ -201,8 +202,9 @@ def test_an_abandoned_running_run_is_closed_when_the_stage_runs_again(tmp_path, 
     killed = client.create_run(first.experiment_id, tags={"dvc_stage": stage}).info.run_id
     busy = client.create_run(first.experiment_id, tags={"dvc_stage": other}).info.run_id
     with stage_run(stage, "exp", root=tmp_path) as rerun:
-        assert client.get_run(killed).info.status == "KILLED"
+        assert client.get_run(killed).info.status == "FAILED"
     assert "later run" in client.get_run(killed).data.tags["closed_by"]
+    assert client.get_run(killed).data.tags["cecl.end_reason"] == "killed"
     assert client.get_run(busy).info.status == "RUNNING"
     assert client.get_run(rerun.run_id).info.status == "FINISHED"
 

@@ -42,7 +42,7 @@ from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
-from cecl.tracking import close_abandoned_local_runs
+from cecl.tracking import close_abandoned_local_runs, closed_note
 from cecl.verify import cache_refusal
 
 LOGS = Path("logs/launch")
@@ -403,10 +403,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         lockfile.serial_order(root, lock_before, plan.order)
         closed = close_abandoned_local_runs(root)  # a killed stage DVC then restored from its run-cache
         if closed:
-            print(
-                f"[launch] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)",
-                flush=True,
-            )
+            print(f"[launch] {closed_note(closed)}", flush=True)
     print("\n".join(summary(_log_texts(root, plan.to_run), plan.reasons)), flush=True)
     print(
         f"[launch] {len(done)} of {len(plan.to_run)} stage(s) finished in {time.monotonic() - started:.1f} s"
