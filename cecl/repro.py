@@ -19,7 +19,8 @@ one stops the run with one line naming it. Then the cost plan (cecl/plan) prints
 run with one line, nothing changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none``
 lifts it) or an entry's estimated peak memory does not fit the GPU; then a profile whose ``device`` names
 CUDA is refused, one line and nothing changed, on a host without a usable GPU (or with fewer GPUs than
-its processes).
+its processes). Once the gates pass (and the profile is in params.yaml), dvc.lock's entries of stages
+dvc.yaml no longer defines are pruned with one line (cecl/launch/lockfile.py; DVC keeps them).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cecl import warm
+from cecl.launch.lockfile import prune_note
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.tracking import close_abandoned_local_runs, closed_note
 from cecl.verify import cache_refusal
@@ -249,6 +251,8 @@ def _main(argv: Sequence[str]) -> int:
         raise SystemExit(f"error: repro: {problem}")
     if profile:
         use_profile(profile)
+    if note := prune_note(Path.cwd()):  # after the profile: its foreach items decide what is stale
+        print(f"[repro] {note}", flush=True)
     started = time.monotonic()
     # dvc status (seconds of DVC reading the pipeline) runs while the warm server imports torch and MLflow.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:

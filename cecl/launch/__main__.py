@@ -251,6 +251,8 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     leftovers = children.kill_recorded(logs) if logs.is_dir() else []
     if leftovers:
         print(f"[launch] stopped leftovers of an interrupted launch: {', '.join(leftovers)}", flush=True)
+    if spec is None and (note := lockfile.prune_note(root)):  # after the profile and the leftovers
+        print(f"[launch] {note}", flush=True)
     plan = read_plan(root, args.targets)
     if spec is None:
         try:
