@@ -129,3 +129,8 @@ def test_make_repro_prunes_a_removed_stage_with_one_line(tmp_path: Path) -> None
     ]
     assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a"}
     assert "0 stage(s) ran, 1 reused" in out
+    # Each launch its own log, printed; the first launch's is not overwritten by the second.
+    logs = sorted((root / "logs/repro").glob("*/repro.log"), key=lambda log: log.stat().st_mtime_ns)
+    assert len(logs) == 2 and f"[repro] log: {logs[1].relative_to(root)}" in out
+    assert "Running stage 'b'" in logs[0].read_text() and "Running stage 'b'" not in logs[1].read_text()
+    assert "[repro] 0 stage(s) ran, 1 reused" in logs[1].read_text()
