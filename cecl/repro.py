@@ -19,7 +19,8 @@ one stops the run with one line naming it. Then the cost plan (cecl/plan) prints
 run with one line, nothing changed, when it exceeds ``--max-gpu-hours`` (default 24 H100-hours; ``none``
 lifts it) or an entry's estimated peak memory does not fit the GPU; then a profile whose ``device`` names
 CUDA is refused, one line and nothing changed, on a host without a usable GPU (or with fewer GPUs than
-its processes).
+its processes). Once the gates pass (and the profile is in params.yaml), dvc.lock's entries of stages
+dvc.yaml no longer defines are pruned with one line (cecl/launch/lockfile.py; DVC keeps them).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from cecl import warm
+from cecl.launch.lockfile import prune_note
+from cecl.launch.runlogs import new_launch_dir
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
-from cecl.tracking import close_abandoned_local_runs
+from cecl.tracking import close_abandoned_local_runs, closed_note
 from cecl.verify import cache_refusal
 
 _ROOT = Path(__file__).resolve().parents[1]  # the checkout, for the device check's child process
@@ -130,8 +134,11 @@ def use_profile(name: str, params: Path = Path("params.yaml"), profiles: Path = 
     print(f"[repro] params.yaml <- {source}", flush=True)
 
 
-def _run_dvc(argv: Sequence[str], variables: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
-    """``dvc repro argv`` with ``variables`` added to its environment, echoing and time-stamping its lines."""
+def _run_dvc(
+    argv: Sequence[str], variables: dict[str, str], log: TextIO
+) -> tuple[int, list[tuple[float, str]]]:
+    """``dvc repro argv`` with ``variables`` added to its environment, echoing its lines (to ``log`` too)
+    and time-stamping them."""
     if not variables:
         print("[repro] stages run cold (no warm stage server)", flush=True)
     process = subprocess.Popen(
@@ -146,6 +153,7 @@ def _run_dvc(argv: Sequence[str], variables: dict[str, str]) -> tuple[int, list[
     assert process.stdout is not None
     for line in process.stdout:
         sys.stdout.write(line)
+        log.write(line)
         captured.append((time.monotonic(), line))
     return process.wait(), captured
 
@@ -249,25 +257,34 @@ def _main(argv: Sequence[str]) -> int:
         raise SystemExit(f"error: repro: {problem}")
     if profile:
         use_profile(profile)
+    if note := prune_note(Path.cwd()):  # after the profile: its foreach items decide what is stale
+        print(f"[repro] {note}", flush=True)
+    log_path = new_launch_dir(Path.cwd(), "repro") / "repro.log"  # this launch's: never another's
+    print(f"[repro] log: {log_path}", flush=True)
     started = time.monotonic()
     # dvc status (seconds of DVC reading the pipeline) runs while the warm server imports torch and MLflow.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(status_reasons)
         with warm.server() as variables:
             reasons = pending.result()
-            status, captured = _run_dvc(argv, variables)
+            with log_path.open("w") as log:
+                status, captured = _run_dvc(argv, variables, log)
     end = time.monotonic()
     closed = close_abandoned_local_runs(
         Path.cwd()
     )  # e.g. a killed stage DVC then restored from its run-cache
     if closed:
-        print(f"[repro] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)", flush=True)
+        print(f"[repro] {closed_note(closed)}", flush=True)
     text = "".join(line for _, line in captured)
     seconds = stage_seconds(captured, end)
-    print("\n".join(summary(text, reasons, seconds, end - started)), flush=True)
+    lines = summary(text, reasons, seconds, end - started)
     if status != 0:
         errors = [line.strip() for _, line in captured if line.startswith("ERROR")]
-        print(f"[repro] dvc repro failed with exit status {status}", *errors[:1], flush=True)
+        lines.append(" ".join([f"[repro] dvc repro failed with exit status {status}", *errors[:1]]))
+    lines.append(f"[repro] log: {log_path}")
+    print("\n".join(lines), flush=True)
+    with log_path.open("a") as log:
+        log.write("\n".join(lines) + "\n")
     return status
 
 

@@ -23,6 +23,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = "mlartifacts"  # next to mlflow.db; stored relative (see _make_artifacts_relative)
 OUTPUTS_TAG = "outputs_sha256"  # cecl.io.tree_digest of what the stage wrote (provenance)
+# Why a run ended FAILED when no exception closed it: "killed" (its stage died by a signal and a later
+# stage run or launch closed it), "interrupted" (a sweep trial cut short). Runs end FINISHED or FAILED only.
+END_REASON_TAG = "cecl.end_reason"
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's HTTP client retries a dead server for minutes (7 retries, backoff 2, 120 s timeouts). A stage
 # should instead fail within about 30 s, keeping its checkpoint, and resume when rerun; users can still
@@ -236,8 +239,21 @@ def finished_stage_runs(experiment: str, root: Path | None = None) -> dict[str, 
             return by_stage
 
 
+def close_as_killed(client: Any, run_id: str, closed_by: str) -> None:
+    """End a run its killed stage left RUNNING as FAILED, tagged ``cecl.end_reason=killed`` and who closed it.
+
+    FAILED, not MLflow's KILLED: the stage's work did not finish, and FINISHED/FAILED are the two ends a
+    reader (and ``finished_stage_runs``) has to consider; the tag keeps a kill apart from an error.
+    """
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(END_REASON_TAG, "killed"), RunTag("closed_by", closed_by)])
+    client.set_terminated(run_id, status="FAILED")
+
+
 def close_abandoned_runs(experiment_id: str, stage: str) -> list[str]:
-    """Mark KILLED the runs of ``stage`` still RUNNING: a stage killed with SIGKILL never closed its run.
+    """Close (FAILED, ``cecl.end_reason=killed``) the runs of ``stage`` still RUNNING: a stage killed
+    with SIGKILL never closed its run.
 
     Called when the stage starts again, so the UI never shows a run that is "running" forever. Stages
     never run twice at once (DVC's per-output locks), so a RUNNING run of this stage is abandoned.
@@ -249,13 +265,13 @@ def close_abandoned_runs(experiment_id: str, stage: str) -> list[str]:
         [experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'"
     )
     for run in found:
-        client.set_tag(run.info.run_id, "closed_by", "a later run of the same stage (it was killed)")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        close_as_killed(client, run.info.run_id, "a later run of the same stage (it was killed)")
     return [run.info.run_id for run in found]
 
 
 def close_abandoned_local_runs(root: Path) -> int:
-    """Mark KILLED every run still RUNNING in ``root``'s own mlflow.db; how many were closed.
+    """Close (FAILED, ``cecl.end_reason=killed``) every run still RUNNING in ``root``'s own mlflow.db;
+    how many were closed.
 
     Called by ``python -m cecl.repro`` and ``python -m cecl.launch`` after their stages, under the
     workspace's launch lock: no stage of this workspace runs then, so a RUNNING run is one whose stage
@@ -278,9 +294,13 @@ def close_abandoned_local_runs(root: Path) -> int:
 
     client = MlflowClient(f"sqlite:///{db.resolve()}")
     for run_id in found:
-        client.set_tag(run_id, "closed_by", "the launch that found it abandoned (its stage was killed)")
-        client.set_terminated(run_id, status="KILLED")
+        close_as_killed(client, run_id, "the launch that found it abandoned (its stage was killed)")
     return len(found)
+
+
+def closed_note(count: int) -> str:
+    """The launch's line about the runs :func:`close_abandoned_local_runs` closed."""
+    return f"closed {count} MLflow run(s) left RUNNING by killed stages: FAILED, {END_REASON_TAG}=killed"
 
 
 @contextmanager

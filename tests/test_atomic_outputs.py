@@ -57,6 +57,69 @@ def test_a_killed_write_leaves_the_parent_equal_to_a_clean_write(tmp_path: Path)
     assert dir_md5(killed.parent.parent) == dir_md5(clean.parent.parent)  # DVC's digest of models/
 
 
+# A stage's writer: its output through atomic_dir, SIGKILLed mid-write when .kill exists.
+STAGE_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from cecl.io import atomic_dir
+with atomic_dir(Path(sys.argv[1])) as tmp:
+    (tmp / "encoder.pt").write_bytes(b"weights")
+    if Path(".kill").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    (tmp / "history.csv").write_text("epoch\\n1\\n")
+"""
+STAGES = {
+    "stages": {
+        "train": {
+            "cmd": "python write.py models/m/seed_0",
+            "deps": ["write.py"],
+            "outs": ["models/m/seed_0"],
+        },
+        # like aggregate: depends on the whole models/ folder, debris included
+        "aggregate": {"cmd": "ls -A models/m > report.txt", "deps": ["models"], "outs": ["report.txt"]},
+    }
+}
+
+
+def _dvc_workspace(root: Path) -> Path:
+    import yaml
+
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump(STAGES))
+    (root / "write.py").write_text(STAGE_WRITER)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def _dvc_repro(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.slow
+def test_a_stage_killed_mid_write_then_rerun_leaves_dvc_lock_equal_to_a_clean_runs(tmp_path: Path) -> None:
+    """The fault end to end through DVC: the stage is SIGKILLed inside its output write, then rerun; the
+    dvc.lock (the stage's outputs and aggregate's digest of models/) equals a clean run's, byte for byte."""
+    clean = _dvc_workspace(tmp_path / "clean")
+    assert _dvc_repro(clean).returncode == 0
+    killed = _dvc_workspace(tmp_path / "killed")
+    (killed / ".kill").touch()
+    first = _dvc_repro(killed)
+    assert first.returncode != 0 and len(partials_of(killed / "models/m/seed_0")) == 1, first.stdout
+    (killed / ".kill").unlink()
+    rerun = _dvc_repro(killed)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (killed / "dvc.lock").read_text() == (clean / "dvc.lock").read_text()
+    assert (killed / "report.txt").read_text() == (clean / "report.txt").read_text()  # no debris listed
+
+
 def test_a_failing_block_removes_its_temporary_and_keeps_the_previous_output(tmp_path: Path) -> None:
     final = tmp_path / "seed_0"
     _write(final)

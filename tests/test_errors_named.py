@@ -1,5 +1,6 @@
 """Errors that name their cause (issue 35): a killed stage is reported as killed, a full disk names the
-folder and its free space, an abandoned MLflow run is closed, and the launcher stops when its own MLflow
+folder and its free space, an abandoned MLflow run is closed (FAILED, tagged killed; also when DVC
+restores its stage from the run-cache), and the launcher stops when its own MLflow
 server dies instead of starting stages that cannot log.
 """
 
@@ -106,11 +107,67 @@ def test_runs_left_running_are_closed_and_finished_ones_kept(tmp_path: Path, mon
     finished = client.create_run(experiment).info.run_id
     client.set_terminated(finished, status="FINISHED")
     assert close_abandoned_local_runs(tmp_path) == 1
-    assert client.get_run(abandoned).info.status == "KILLED"
+    assert client.get_run(abandoned).info.status == "FAILED"  # FINISHED or FAILED only, never KILLED
+    assert client.get_run(abandoned).data.tags["cecl.end_reason"] == "killed"
     assert client.get_run(finished).info.status == "FINISHED"
+    assert "cecl.end_reason" not in client.get_run(finished).data.tags
     assert close_abandoned_local_runs(tmp_path) == 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # a shared server: never touched
     assert close_abandoned_local_runs(tmp_path) == 0
+
+
+# A stage that opens its MLflow run as every stage does (cecl.tracking.stage_run), then SIGKILLs itself
+# when .kill exists (as a killed `make repro` takes its stage with it), else writes its output.
+KILLABLE = """
+import os, pathlib, signal
+from cecl.tracking import stage_run
+with stage_run("s", "toy"):
+    if pathlib.Path(".kill").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    pathlib.Path("out.txt").write_text(pathlib.Path("v.txt").read_text())
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_stages_run_is_closed_failed_when_dvc_restores_the_stage(tmp_path: Path) -> None:
+    """The fault: a stage killed mid-run, then restored by DVC from its run-cache (its deps are back to an
+    earlier run's), never starts again, so its MLflow run stayed RUNNING for good. Now ``make repro``
+    closes it FAILED with ``cecl.end_reason=killed``; the earlier, finished run keeps FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_launcher import _toy_repo
+    from tests.test_pipeline_e2e import _env
+
+    stage = {"cmd": "python stage.py", "deps": ["stage.py", "v.txt"], "outs": ["out.txt"]}
+    root = _toy_repo(tmp_path / "toy", {"s": stage})
+    (root / "stage.py").write_text(KILLABLE)
+    env = {**_env(root), "PYTHONPATH": str(REPO), "CECL_WARM": "0"}
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+    (root / "v.txt").write_text("1\n")
+    first = run(sys.executable, "-m", "cecl.repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (root / "v.txt").write_text("2\n")
+    (root / ".kill").touch()
+    killed = run(sys.executable, "-m", "dvc", "repro")  # the launch dies with it: nothing closes the run
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    by_status = {r.info.status: r for r in client.search_runs([experiment])}
+    assert set(by_status) == {"FINISHED", "RUNNING"}
+    (root / "v.txt").write_text("1\n")
+    (root / ".kill").unlink()
+    restored = run(sys.executable, "-m", "cecl.repro")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "1 restored from the run-cache" in restored.stdout and (root / "out.txt").read_text() == "1\n"
+    assert "[repro] closed 1 MLflow run(s) left RUNNING by killed stages" in restored.stdout
+    abandoned = client.get_run(by_status["RUNNING"].info.run_id)
+    assert abandoned.info.status == "FAILED" and abandoned.data.tags["cecl.end_reason"] == "killed"
+    finished = client.get_run(by_status["FINISHED"].info.run_id)
+    assert finished.info.status == "FINISHED" and "cecl.end_reason" not in finished.data.tags
+    assert [r.info.status for r in client.search_runs([experiment])].count("RUNNING") == 0
 
 
 # --------------------------------------------------------------------------- the launcher's server dies

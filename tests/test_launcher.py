@@ -93,10 +93,11 @@ def test_flaky_stage_is_retried_and_a_broken_one_stops_only_its_dependents(tmp_p
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.fullmatch(  # dvc repro's own status (255); the log has the command's 3
         r"error: launch: stage 'broken' failed after 2 attempt\(s\) \(exit status \d+\); "
-        r"log: logs/launch/broken\.log; not started: after_broken",
+        r"log: logs/launch/\d{8}T\d{6}Z-p\d+/broken\.log; not started: after_broken",
         errors[0],
     ), result.stderr
-    assert (root / "logs/launch/broken.log").read_text().count("Running stage 'broken'") == 2
+    failed_log = root / errors[0].split("log: ")[1].split(";")[0]
+    assert failed_log.read_text().count("Running stage 'broken'") == 2
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert set(lock) == {"first", "second", "other"}
     # Fix the broken stage: the next launch runs only it and its dependent (DVC's up-to-date check).
@@ -104,6 +105,16 @@ def test_flaky_stage_is_retried_and_a_broken_one_stops_only_its_dependents(tmp_p
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     again = _launch(root, "--jobs", "2")
     assert "2 of 5 stage(s) to run" in again.stdout and (root / "after.txt").read_text() == "ok\n"
+    # Per-launch logs: the second launch wrote its own folder (printed), the first's failure log is intact.
+    dirs = sorted(
+        (p for p in (root / "logs/launch").iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime_ns
+    )
+    folders = [p.name for p in dirs]  # in the order the launches last wrote them
+    assert len(folders) == 2 and f"logs in logs/launch/{folders[1]}/" in again.stdout, folders
+    assert (
+        failed_log.parent.name == folders[0] and failed_log.read_text().count("Running stage 'broken'") == 2
+    )
+    assert "Running stage 'broken'" in (root / "logs/launch" / folders[1] / "broken.log").read_text()
 
 
 def _launch_ran(output: str) -> list[str]:

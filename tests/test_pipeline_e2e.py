@@ -330,7 +330,8 @@ def test_launched_stages_each_log_one_run_through_the_launchers_server(launched:
         fresh / "models/bm/cecl/seed_0"
     )
     assert "MLflow server http://127.0.0.1:" in launched["stdout"]
-    assert (fresh / "logs/launch/pretrain@bm-cecl-0.log").read_text().count("[launch] attempt ") == 1
+    (log,) = (fresh / "logs/launch").glob("*/pretrain@bm-cecl-0.log")  # the launch's own folder
+    assert log.read_text().count("[launch] attempt ") == 1
     assert "logs/" in _git(fresh, "check-ignore", "logs/launch/sweep.log")
 
 

@@ -193,7 +193,8 @@ def test_experiment_is_tagged_as_model_training(tmp_path) -> None:
 
 
 def test_an_abandoned_running_run_is_closed_when_the_stage_runs_again(tmp_path, sqlite_uri) -> None:
-    """A stage killed with SIGKILL leaves its run RUNNING; the rerun marks it KILLED (others untouched)."""
+    """A stage killed with SIGKILL leaves its run RUNNING; the rerun ends it FAILED, tagged as killed
+    (a run ends FINISHED or FAILED only), and leaves other stages' runs untouched."""
     stage, other = "pretrain@bm-cecl-0", "pretrain@bm-ce-0"
     with stage_run(stage, "exp", root=tmp_path) as first:
         pass
@@ -201,8 +202,9 @@ def test_an_abandoned_running_run_is_closed_when_the_stage_runs_again(tmp_path, 
     killed = client.create_run(first.experiment_id, tags={"dvc_stage": stage}).info.run_id
     busy = client.create_run(first.experiment_id, tags={"dvc_stage": other}).info.run_id
     with stage_run(stage, "exp", root=tmp_path) as rerun:
-        assert client.get_run(killed).info.status == "KILLED"
+        assert client.get_run(killed).info.status == "FAILED"
     assert "later run" in client.get_run(killed).data.tags["closed_by"]
+    assert client.get_run(killed).data.tags["cecl.end_reason"] == "killed"
     assert client.get_run(busy).info.status == "RUNNING"
     assert client.get_run(rerun.run_id).info.status == "FINISHED"
 
@@ -258,3 +260,22 @@ def test_log_curve_logs_every_step_of_every_metric_in_one_batch(tmp_path, sqlite
     for key in ("val_accuracy", "test_accuracy"):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, key))
         assert history == [(r["epoch"], pytest.approx(r[key])) for r in rows]
+
+
+def test_an_interrupted_sweeps_open_trial_runs_end_failed(tmp_path, sqlite_uri) -> None:
+    """A sweep interrupted mid-trial (cecl/tune/sink.py ``abandon``): the unfinished trial's child run ends
+    FAILED with ``cecl.end_reason=interrupted`` (never KILLED or RUNNING); a finished trial keeps its end."""
+    from cecl.tune.sink import TrialRuns
+
+    with stage_run("sweep", "exp", root=tmp_path) as parent:
+        runs = TrialRuns(parent.run_id, sqlite_uri, {}, root=tmp_path)
+        done, open_ = {"method": "cecl", "temperature": 0.1}, {"method": "cecl", "temperature": 0.5}
+        client = MlflowClient(sqlite_uri)
+        client.set_terminated(runs.run_id(done), "FINISHED")
+        runs.finished.add(("cecl", 0.1, None))
+        cut = runs.run_id(open_)
+        runs.abandon()
+    assert client.get_run(cut).info.status == "FAILED"
+    assert client.get_run(cut).data.tags["cecl.end_reason"] == "interrupted"
+    assert client.get_run(runs.runs[("cecl", 0.1, None)]).info.status == "FINISHED"
+    assert "cecl.end_reason" not in client.get_run(runs.runs[("cecl", 0.1, None)]).data.tags

@@ -11,7 +11,9 @@ Not a scheduler: DVC decides what runs and records it, Ray places the work.
 - :mod:`cecl.launch.server` starts the MLflow server the parallel stages log to;
 - :mod:`cecl.launch.single` holds the workspace's launch lock (one launch at a time) and clears DVC's
   stale rwlock;
-- :mod:`cecl.launch.lockfile` puts dvc.lock's entries in the order a serial ``dvc repro`` writes them;
+- :mod:`cecl.launch.lockfile` puts dvc.lock's entries in the order a serial ``dvc repro`` writes them,
+  and prunes the entries of stages dvc.yaml no longer defines;
+- :mod:`cecl.launch.runlogs` names each launch's log folder by its UTC start time and pid;
 - :mod:`cecl.launch.__main__` is the command line and the loop that submits a stage once all its
   upstream stages succeeded.
 """

@@ -12,7 +12,8 @@ unless MLFLOW_TRACKING_URI is set.
 Failures: a failing stage runs again while its checkpoint advances (a pretrain stage resumes from its
 last epoch), else at most ``--retries`` times in a row (:mod:`cecl.launch.progress`); its dependents
 never start, independent stages finish, and the launcher exits 1 naming the stage and its log
-(``logs/launch/<stage>.log``). Training stages have no timeout unless ``--timeout`` sets one (a paper
+(``logs/launch/<launch id>/<stage>.log``: each launch its own folder, named by its UTC start time and pid,
+:mod:`cecl.launch.runlogs`). Training stages have no timeout unless ``--timeout`` sets one (a paper
 run is days); light stages stop after 2 h. Ctrl-C stops every stage process group; running the launcher
 again finishes the rest (finished stages are up to date in dvc.lock).
 
@@ -38,15 +39,16 @@ from cecl.launch import children, lockfile
 from cecl.launch.checkout import CheckoutSpec
 from cecl.launch.dag import Plan, PlanError, read_plan
 from cecl.launch.progress import RetryRule
+from cecl.launch.runlogs import new_launch_dir
 from cecl.launch.server import ServerError, ensure_experiment, mlflow_starting
 from cecl.launch.single import LaunchBusy, clear_stale_rwlock, one_launch
 from cecl.launch.slots import cluster_slots, is_training, local_slots, stage_sizes
 from cecl.launch.tasks import StageFailed, StageJob, run_stage
-from cecl.tracking import close_abandoned_local_runs
+from cecl.tracking import close_abandoned_local_runs, closed_note
 from cecl.verify import cache_refusal
 
-LOGS = Path("logs/launch")
-SERVER_PID = Path("mlflow-server.pid")  # under LOGS, next to the stages' pid files
+LOGS = Path("logs/launch")  # each launch's logs (and its stages' pid files) in a subfolder
+SERVER_PID = Path("mlflow-server.pid")  # under LOGS
 # Per stage kind; --timeout sets one for every stage. None: no limit (a paper pretrain run is days, and it
 # is retried while its checkpoint advances).
 TIMEOUT_S: dict[str, float | None] = {"training": None, "light": 2 * 3600.0}
@@ -195,11 +197,11 @@ def _ray_wait(refs: list):
         return ref, getattr(err, "cause", err)
 
 
-def _log_texts(root: Path, stages: Sequence[str]) -> str:
+def _log_texts(root: Path, folder: Path, stages: Sequence[str]) -> str:
     return "".join(
-        (root / LOGS / f"{s}.log").read_text(errors="replace")
+        (root / folder / f"{s}.log").read_text(errors="replace")
         for s in stages
-        if (root / LOGS / f"{s}.log").exists()
+        if (root / folder / f"{s}.log").exists()
     )
 
 
@@ -251,6 +253,8 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     leftovers = children.kill_recorded(logs) if logs.is_dir() else []
     if leftovers:
         print(f"[launch] stopped leftovers of an interrupted launch: {', '.join(leftovers)}", flush=True)
+    if spec is None and (note := lockfile.prune_note(root)):  # after the profile and the leftovers
+        print(f"[launch] {note}", flush=True)
     plan = read_plan(root, args.targets)
     if spec is None:
         try:
@@ -262,8 +266,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         print("\n".join(summary("", {})) + f" ({len(plan.order)} up to date)", flush=True)
         return 0
     logs.mkdir(parents=True, exist_ok=True)
-    for stage in plan.to_run:
-        (logs / f"{stage}.log").unlink(missing_ok=True)
+    run_logs = new_launch_dir(root, "launch")  # this launch's logs: never another launch's
     lock_before = lockfile.stage_names(root)
 
     import contextlib
@@ -278,7 +281,9 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         mlflow_ready = (
             None
             if uri
-            else stack.enter_context(mlflow_starting(root, logs / "mlflow-server.log", logs / SERVER_PID))
+            else stack.enter_context(
+                mlflow_starting(root, root / run_logs / "mlflow-server.log", logs / SERVER_PID)
+            )
         )
         warm_ready = stack.enter_context(warm.starting()) if spec is None else dict
         quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
@@ -321,7 +326,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             signal.signal(signum, _interrupt)
         print(
             f"[launch] {slots.describe()}; retries while the checkpoint advances, else {args.retries} in a "
-            f"row; logs in {LOGS}/",
+            f"row; logs in {run_logs}/",
             flush=True,
         )
         remote = ray.remote(run_stage)
@@ -345,7 +350,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
             job = StageJob(
                 stage=stage,
                 root=str(root),
-                log=str(LOGS / f"{stage}.log"),
+                log=str(run_logs / f"{stage}.log"),
                 timeout_s=_timeout(stage, args.timeout),
                 env=env,
                 drop_env=drop,
@@ -373,13 +378,13 @@ def launch(args: argparse.Namespace, root: Path) -> int:
 
         def on_done(stage: str, result: dict) -> None:
             if result.get("log_text"):
-                (logs / f"{stage}.log").write_text(result["log_text"])
+                (root / run_logs / f"{stage}.log").write_text(result["log_text"])
             tries = f", attempt {result['attempt']}" if result["attempt"] > 1 else ""
             print(f"[launch] done   {stage} in {result['seconds']:.1f} s{tries}", flush=True)
 
         def on_failed(stage: str, err: StageFailed) -> None:
             if err.log_text:
-                (logs / f"{stage}.log").write_text(err.log_text)
+                (root / run_logs / f"{stage}.log").write_text(err.log_text)
             print(f"[launch] FAILED {stage}: {err}", flush=True)
 
         try:
@@ -403,13 +408,12 @@ def launch(args: argparse.Namespace, root: Path) -> int:
         lockfile.serial_order(root, lock_before, plan.order)
         closed = close_abandoned_local_runs(root)  # a killed stage DVC then restored from its run-cache
         if closed:
-            print(
-                f"[launch] closed {closed} MLflow run(s) left RUNNING by killed stages (now KILLED)",
-                flush=True,
-            )
-    print("\n".join(summary(_log_texts(root, plan.to_run), plan.reasons)), flush=True)
+            print(f"[launch] {closed_note(closed)}", flush=True)
+    print("\n".join(summary(_log_texts(root, run_logs, plan.to_run), plan.reasons)), flush=True)
     print(
-        f"[launch] {len(done)} of {len(plan.to_run)} stage(s) finished in {time.monotonic() - started:.1f} s"
+        f"[launch] {len(done)} of {len(plan.to_run)} stage(s) finished in "
+        f"{time.monotonic() - started:.1f} s; logs in {run_logs}/",
+        flush=True,
     )
     if failed:
         blocked = [s for s in plan.to_run if s not in done and s not in failed]

@@ -70,9 +70,10 @@ def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 def kill_recorded(folder: Path, grace_s: float = 10.0) -> list[str]:
-    """Stop every still-running group recorded under ``folder`` (``*.pid``); returns their names."""
+    """Stop every still-running group recorded under ``folder`` (``*.pid``, subfolders included: a stage's
+    pid file sits beside its log, in its launch's folder); returns their names."""
     stopped = []
-    for pidfile in sorted(folder.glob("*.pid")):
+    for pidfile in sorted(folder.rglob("*.pid")):
         try:
             pid_text, _, started = pidfile.read_text().strip().partition(" ")
             pid = int(pid_text)

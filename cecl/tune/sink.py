@@ -131,10 +131,16 @@ class TrialRuns:
         return run_id
 
     def abandon(self) -> None:
-        """Mark child runs left open by an interrupted sweep as KILLED."""
+        """End child runs left open by an interrupted sweep FAILED, tagged ``cecl.end_reason=interrupted``
+        (runs end FINISHED or FAILED only, cecl/tracking.py)."""
+        from mlflow.entities import RunTag
+
+        from cecl.tracking import END_REASON_TAG
+
         for key, run_id in self.runs.items():
             if key not in self.finished:
-                self.client.set_terminated(run_id, "KILLED")
+                self.client.log_batch(run_id, tags=[RunTag(END_REASON_TAG, "interrupted")])
+                self.client.set_terminated(run_id, "FAILED")
 
 
 def _is_nan(value: Any) -> bool:
