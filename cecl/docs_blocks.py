@@ -9,6 +9,7 @@ whole, so that changing the documentation's tooling never makes DVC re-run a sta
   them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``, and the floors'
   ``floors/**/metrics.json``) in the checkout, in dvc.lock's stage order;
 - ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
+- ``results-machine``: the machines those results were computed on (their ``machine`` blocks);
 - ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
   reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
 - ``paper-vs-run``: what the paper states (its abstract: the only text of it we have), the reference anchors
@@ -239,6 +240,28 @@ def record_runs(root: Path, mlflow_ui: str = MLFLOW_UI) -> tuple[Path, list[str]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path, missing
+
+
+def results_machine(root: Path) -> str:
+    """One line: the machines the committed results were computed on, from every committed metrics.json's
+    ``machine`` block (cecl/machine.py: CPU model, vector ISA, torch threads, torch build, GPU)."""
+    seen: dict[str, set[str]] = {}
+    for kind in ("probe", "transfer", FLOORS_DIR.as_posix()):
+        for path in sorted((root / kind).rglob(METRICS_FILE)):
+            machine = json.loads(path.read_text(encoding="utf-8")).get("machine") or {}
+            for where, info in machine.items():
+                if isinstance(info, dict):
+                    label = (
+                        f"{info.get('cpu_model', '?')}, {info.get('cpu_isa', '?')}, "
+                        f"{info.get('torch_threads', '?')} torch threads, torch {info.get('torch', '?')}, "
+                        f"GPU {info.get('gpu', '?')}"
+                    )
+                    seen.setdefault(label, set()).add(where)
+    if not seen:
+        raise ValueError("no metrics.json with a machine block: run the pipeline first (make repro)")
+    parts = [f"{label} ({' and '.join(sorted(stages))})" for label, stages in seen.items()]
+    where = " (each `metrics.json`'s `machine`)."
+    return "The committed results were computed on: " + "; ".join(parts) + where
 
 
 # -- claims, convergence and sweep, from what aggregate and the sweep wrote ---------------------------
@@ -604,6 +627,7 @@ def _catalog():
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "results-tables": results_tables,
     "results-official": results_official,
+    "results-machine": results_machine,
     "claims-summary": claims_summary,
     "claims-tables": claims_tables,
     "paper-vs-run": paper_vs_run,
