@@ -713,7 +713,13 @@ def _refresh_run_record(root: Path) -> None:
     if not (root / "mlflow.db").is_file() and not os.environ.get("MLFLOW_TRACKING_URI"):
         print(f"kept {RUNS_FILE}: no MLflow store here (mlflow.db or MLFLOW_TRACKING_URI)")
         return
-    path, missing = record_runs(root)
+    from cecl.tracking import TrackingUnavailable
+
+    try:
+        path, missing = record_runs(root)
+    except TrackingUnavailable as error:
+        print(f"kept {RUNS_FILE}: {error}")
+        return
     print(f"wrote {path.relative_to(root)}" + (f"; no run for {len(missing)} result(s):" if missing else ""))
     for line in missing:
         print(f"  {line}")
