@@ -114,7 +114,11 @@ def test_a_cell_whose_runs_are_not_in_the_store_says_so_and_forwards_nowhere(rep
 def test_report_md_is_the_same_bytes_whatever_the_store_holds(report, tmp_path: Path) -> None:
     root, paths, runs = report
     keys = [TransferKey(BMNIST, FMNIST, m, s) for m in ("ce", "simclr", "supcon", "cecl") for s in (0, 1, 2)]
+    stale = tmp_path / "out" / "runs" / "probe@gone-cecl-0.html"  # a cell of an earlier report
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
     again = build_report(runs, keys, root, tmp_path / "out", mlflow_ui=UI, tracked=None, floors=floor_keys())
+    assert not stale.exists()
     assert again["report"].read_bytes() == paths["report"].read_bytes()
     page = next(p for k, p in again.items() if k.startswith("runs_"))
     assert _target(page) is None and "not logged" in page.read_text()

@@ -68,9 +68,11 @@ def page_href(stages: Sequence[str]) -> str:
 
 
 def _page(stages: Sequence[str], found: Mapping[str, TrackedRun | str], mlflow_ui: str) -> str:
+    """The HTML page of one cell: forwards to its runs when all are found, else lists why not."""
     runs = [found[s] for s in stages]
-    complete = all(isinstance(r, TrackedRun) for r in runs)
-    target = runs_url(mlflow_ui, [(r.run_id, r.experiment_id) for r in runs]) if complete else ""  # type: ignore[union-attr]
+    matched = [r for r in runs if isinstance(r, TrackedRun)]
+    complete = len(matched) == len(runs)
+    target = runs_url(mlflow_ui, [(r.run_id, r.experiment_id) for r in matched]) if complete else ""
     items = []
     for stage, run in zip(stages, runs, strict=True):
         if isinstance(run, TrackedRun):
@@ -103,13 +105,16 @@ def write_run_pages(
 ) -> list[Path]:
     """One page per distinct cell (its stages) under out_dir/RUNS_DIR; ``digests``: stage -> the digest
     of its outputs in this workspace; ``tracked``: cecl.tracking.finished_stage_runs (None: not read)."""
+    folder = Path(out_dir) / RUNS_DIR
+    for old in folder.glob("*.html") if folder.is_dir() else ():  # a previous report's cells
+        old.unlink()
     written = []
     for stages in dict.fromkeys(tuple(c) for c in cells if c):
         found = {
             stage: match_run(None if tracked is None else tracked.get(stage, []), digests.get(stage, ""))
             for stage in stages
         }
-        path = Path(out_dir) / RUNS_DIR / page_name(stages)
+        path = folder / page_name(stages)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, _page(stages, found, mlflow_ui))
         written.append(path)
