@@ -9,6 +9,7 @@ whole, so that changing the documentation's tooling never makes DVC re-run a sta
   them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``, and the floors'
   ``floors/**/metrics.json``) in the checkout, in dvc.lock's stage order;
 - ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
+- ``results-machine``: the machines those results were computed on (their ``machine`` blocks);
 - ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
   reports/claims.md (written by ``aggregate``); ``claims-tables``: that file's tables and caveats;
 - ``paper-vs-run``: what the paper states (its abstract: the only text of it we have), the reference anchors
@@ -16,6 +17,8 @@ whole, so that changing the documentation's tooling never makes DVC re-run a sta
   from reports/claims.md (:func:`claim_verdicts`);
 - ``convergence-table``: reports/tables/table_convergence.md;
 - ``sweep``: the tables of sweep/sensitivity.md (the ``sweep`` stage);
+- ``methods-table``, ``datasets-table``: what each registered method and dataset family supports, from
+  the registries and profiles/ (cecl/docs_catalog.py);
 - ``profile-costs``: every profile's cost plan on one H100 (cecl/plan on profiles/*.yaml as written, i.e.
   with the plug-ins' expected split sizes, whatever this checkout has prepared);
 - ``prerequisites``: the README's box (system, disk, time, GPU driver); its time is the recorded
@@ -23,6 +26,9 @@ whole, so that changing the documentation's tooling never makes DVC re-run a sta
 - images: docs/assets/convergence.png and heatmap.png, the plots of reports/report.html (which embeds
   reports/convergence.png and sweep/heatmap.png byte for byte; those two are DVC outputs, not in git), so
   the README and the site show them on the code host and in a fresh clone;
+- run links: each cell of the result tables links to its seeds' MLflow runs, from
+  docs/measurements/mlflow-runs.json (stage -> run id, experiment id and the sha256 of the metrics.json that
+  run wrote), which ``make docs-results`` rewrites from this workspace's MLflow store (``record_runs``);
 - ``stage-times``: the per-stage-kind wall times of a recorded ``make repro``
   (docs/measurements/repro-times.json; ``--record-times LOG`` writes it from the run's console log;
   ``--also "LABEL=LOG"`` adds one line per other run of the same commit, e.g. with the ISA capped).
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -47,7 +54,8 @@ from pathlib import Path
 import pandas as pd
 
 from cecl.report.collect import read_metrics
-from cecl.report.tables import Table, bias_table, classification_table, markdown, official_table
+from cecl.report.runlinks import runs_url
+from cecl.report.tables import CellLink, Table, bias_table, classification_table, markdown, official_table
 from cecl.runs import FLOORS_DIR, METRICS_FILE, FloorKey, RunKey, TransferKey
 
 BLOCK = re.compile(
@@ -61,6 +69,8 @@ CLAIMS_FILE = Path("reports/claims.md")
 CONVERGENCE_FILE = Path("reports/tables/table_convergence.md")
 SENSITIVITY_FILE = Path("sweep/sensitivity.md")
 REPORT_HTML = Path("reports/report.html")
+RUNS_FILE = Path("docs/measurements/mlflow-runs.json")  # stage -> the committed result's MLflow run
+MLFLOW_UI = "http://127.0.0.1:5000"  # `mlflow ui` as the README starts it
 ASSETS_DIR = Path("docs/assets")
 # docs/assets/<name> <- the image of report.html whose alt text contains these words (cecl/report and
 # stages/aggregate write them: "Online-probe validation accuracy per pretraining epoch", "... tau x w").
@@ -121,22 +131,137 @@ def _probe_tables(root: Path) -> tuple[list[Table], Table]:
     return [t for t in main if t.columns], official_table(probes, moved, methods, {})
 
 
-def _table_markdown(table: Table) -> str:
-    """aggregate's Markdown of ``table`` without its link to provenance.md (not in git, not in the site)."""
-    _, _, body = markdown(table).partition("\n\n")
-    return f"{table.caption}\n\n{body.strip()}"
+def _table_markdown(table: Table, link: CellLink | None = None) -> str:
+    """aggregate's Markdown of ``table`` without its link to provenance.md (not in git, not in the site);
+    with ``link`` (:func:`run_link`), each cell links to its MLflow runs and the caption says where."""
+    _, _, body = markdown(table, link=link).partition("\n\n")
+    where = (
+        f" Each cell links to its seeds' MLflow runs (the compare page; one run: its page) in the store that "
+        f"produced these results (`{RUNS_FILE}`; open where that store is served, e.g. `mlflow ui` on the "
+        "machine that ran them; your own rerun's cells link to yours in `reports/report.html`)."
+        if link is not None and any(link(stages) for stages in table.stages.values())
+        else ""
+    )
+    return f"{table.caption}{where}\n\n{body.strip()}"
 
 
 def results_tables(root: Path) -> str:
     tables, _ = _probe_tables(root)
     if not tables:
         return "No probe results."
-    return "\n\n".join(_table_markdown(t) for t in tables)
+    link = run_link(root)
+    return "\n\n".join(_table_markdown(t, link) for t in tables)
 
 
 def results_official(root: Path) -> str:
     _, table = _probe_tables(root)
-    return _table_markdown(table) if table.columns else "No probe results."
+    return _table_markdown(table, run_link(root)) if table.columns else "No probe results."
+
+
+# -- from a cell to its MLflow runs: the committed record of which run wrote each committed result -------
+
+
+def _metrics_path(key: RunKey | TransferKey | FloorKey) -> Path:
+    return (key.probe_dir if isinstance(key, RunKey) else key.out_dir) / METRICS_FILE
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_link(root: Path) -> CellLink | None:
+    """A cell's stages -> the MLflow URL of their runs in RUNS_FILE (None for a cell with an unrecorded
+    stage); None without RUNS_FILE. The record is what the docs carry: run ids are in no committed
+    result (equal runs write equal bytes), so ``record_runs`` writes it from the store that ran them."""
+    path = root / RUNS_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    runs, ui = record["runs"], record["tracking_ui"]
+
+    def link(stages: Sequence[str]) -> str | None:
+        found = [runs.get(stage) for stage in stages]
+        if not found or not all(found):
+            return None
+        return runs_url(ui, [(f["run_id"], f["experiment_id"]) for f in found if f])
+
+    return link
+
+
+def stale_run_records(root: Path) -> list[str]:
+    """The committed results whose RUNS_FILE entry is missing or names other bytes of metrics.json
+    (the record came from another run than the committed results), one line each."""
+    path = root / RUNS_FILE
+    runs = json.loads(path.read_text(encoding="utf-8"))["runs"] if path.is_file() else {}
+    probes, transfers = run_keys(root)
+    problems = []
+    for key in [*probes, *transfers, *floor_keys(root)]:
+        stage = key.stage("probe") if isinstance(key, RunKey) else key.stage()
+        entry = runs.get(stage)
+        if entry is None:
+            problems.append(f"{stage}: not in {RUNS_FILE}")
+        elif entry.get("metrics_sha256") != _sha256(root / _metrics_path(key)):
+            problems.append(f"{stage}: {RUNS_FILE} records a run that wrote another metrics.json")
+    return problems
+
+
+def record_runs(root: Path, mlflow_ui: str = MLFLOW_UI) -> tuple[Path, list[str]]:
+    """Write RUNS_FILE: for every committed probe, transfer and floor result, the newest FINISHED MLflow
+    run of its stage that wrote exactly these outputs (tag ``outputs_sha256``, as provenance.md matches
+    them), with the sha256 of its metrics.json (so a test can tell a stale record). Returns the file and
+    the stages without such a run (left out of the record, their cells unlinked)."""
+    import yaml
+
+    from cecl.report.provenance import match_run
+    from cecl.tracking import finished_stage_runs
+
+    params = yaml.safe_load(_read(root, Path("params.yaml"))) or {}
+    experiment = (params.get("tracking") or {}).get("experiment")
+    if not experiment:
+        raise ValueError("params.yaml has no tracking.experiment")
+    tracked = finished_stage_runs(experiment, root)
+    probes, transfers = run_keys(root)
+    record, missing = {}, []
+    for key in [*probes, *transfers, *floor_keys(root)]:
+        row = read_metrics(root, key)
+        found = match_run(tracked.get(row["stage"], []), row["outputs_sha256"])
+        if isinstance(found, str):
+            missing.append(f"{row['stage']}: {found}")
+            continue
+        record[row["stage"]] = {
+            "run_id": found.run_id,
+            "experiment_id": found.experiment_id,
+            "metrics_sha256": _sha256(root / _metrics_path(key)),
+        }
+    data = {"tracking_ui": mlflow_ui, "experiment": experiment, "runs": dict(sorted(record.items()))}
+    path = root / RUNS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path, missing
+
+
+def results_machine(root: Path) -> str:
+    """One line: the machines the committed results were computed on, from every committed metrics.json's
+    ``machine`` block (cecl/machine.py: CPU model, vector ISA, torch threads, torch build, GPU)."""
+    seen: dict[str, set[str]] = {}
+    for kind in ("probe", "transfer", FLOORS_DIR.as_posix()):
+        for path in sorted((root / kind).rglob(METRICS_FILE)):
+            machine = json.loads(path.read_text(encoding="utf-8")).get("machine") or {}
+            for where, info in machine.items():
+                if isinstance(info, dict):
+                    label = (
+                        f"{info.get('cpu_model', '?')}, {info.get('cpu_isa', '?')}, "
+                        f"{info.get('torch_threads', '?')} torch threads, torch {info.get('torch', '?')}, "
+                        f"GPU {info.get('gpu', '?')}"
+                    )
+                    seen.setdefault(label, set()).add(where)
+    if not seen:
+        raise ValueError("no metrics.json with a machine block: run the pipeline first (make repro)")
+    parts = [f"{label} ({' and '.join(sorted(stages))})" for label, stages in seen.items()]
+    where = " (each `metrics.json`'s `machine`)."
+    return "The committed results were computed on: " + "; ".join(parts) + where
 
 
 # -- claims, convergence and sweep, from what aggregate and the sweep wrote ---------------------------
@@ -490,11 +615,19 @@ def record_times(
     return path
 
 
+def _catalog():
+    """cecl/docs_catalog.py, imported when a page has its blocks (it loads torch and every plug-in)."""
+    from cecl import docs_catalog
+
+    return docs_catalog
+
+
 # -- blocks in files ------------------------------------------------------------------------------------
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "results-tables": results_tables,
     "results-official": results_official,
+    "results-machine": results_machine,
     "claims-summary": claims_summary,
     "claims-tables": claims_tables,
     "paper-vs-run": paper_vs_run,
@@ -503,6 +636,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "stage-times": stage_times,
     "prerequisites": prerequisites,
     "profile-costs": profile_costs,
+    "methods-table": lambda root: _catalog().methods_table(root),
+    "datasets-table": lambda root: _catalog().datasets_table(root),
 }
 
 
@@ -572,6 +707,24 @@ def update(root: Path, check: bool = False) -> list[Path]:
     return stale
 
 
+def _refresh_run_record(root: Path) -> None:
+    """RUNS_FILE from this workspace's MLflow store when it has one; else the committed record stays
+    (a clone that never ran has no runs to link to, and must not create an empty mlflow.db)."""
+    if not (root / "mlflow.db").is_file() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"kept {RUNS_FILE}: no MLflow store here (mlflow.db or MLFLOW_TRACKING_URI)")
+        return
+    from cecl.tracking import TrackingUnavailable
+
+    try:
+        path, missing = record_runs(root)
+    except TrackingUnavailable as error:
+        print(f"kept {RUNS_FILE}: {error}")
+        return
+    print(f"wrote {path.relative_to(root)}" + (f"; no run for {len(missing)} result(s):" if missing else ""))
+    for line in missing:
+        print(f"  {line}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cecl.docs_blocks", description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path.cwd())
@@ -604,6 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = record_times(root, args.record_times, args.machine, args.context, args.second, also)
             print(f"wrote {written}")
             return 0
+        if not args.check:
+            _refresh_run_record(root)
         stale = update(root, check=args.check)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: docs_blocks: {error}", file=sys.stderr)

@@ -26,6 +26,12 @@ OUTPUTS_TAG = "outputs_sha256"  # cecl.io.tree_digest of what the stage wrote (p
 # Why a run ended FAILED when no exception closed it: "killed" (its stage died by a signal and a later
 # stage run or launch closed it), "interrupted" (a sweep trial cut short). Runs end FINISHED or FAILED only.
 END_REASON_TAG = "cecl.end_reason"
+# Which number the tables report (docs/tracking.md): a run logging selected_test_* gets this tag and note.
+REPORTED_PREFIX, REPORTED_TAG = "selected_test_", "reported_metric"
+REPORTED_NOTE = (
+    "The tables report selected_test_*: the test score at the L2 strength selected on validation "
+    "(metrics.json 'test'). test_* is the probe's curve over the L2 grid; the runs table shows its last step."
+)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow's HTTP client retries a dead server for minutes (7 retries, backoff 2, 120 s timeouts). A stage
 # should instead fail within about 30 s, keeping its checkpoint, and resume when rerun; users can still
@@ -115,6 +121,9 @@ class RunLogger:
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        reported = sorted(k for k in metrics if k.startswith(REPORTED_PREFIX))
+        if reported:  # the run's description in the UI (mlflow.note.content) and a searchable tag
+            mlflow.set_tags({REPORTED_TAG: ", ".join(reported), "mlflow.note.content": REPORTED_NOTE})
 
     def log_curve(self, rows: Sequence[Mapping[str, float]], step: str = "epoch") -> None:
         """Per-step metrics (one mapping per step, its ``step`` key the step) in one MLflow batch call:

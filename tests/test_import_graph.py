@@ -43,6 +43,7 @@ LAYERS: list[set[str]] = [
         "cecl.launch",
         "cecl.compare",
         "cecl.docs_blocks",
+        "cecl.docs_catalog",
         "cecl.verify",
     },
 ]

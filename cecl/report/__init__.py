@@ -16,6 +16,7 @@ from cecl.report.claims import claims_markdown
 from cecl.report.collect import Collected, collect, ordered
 from cecl.report.plots import plot_convergence, write_convergence_csv
 from cecl.report.provenance import provenance_markdown
+from cecl.report.runlinks import RUNS_DIR, page_href, write_run_pages
 from cecl.report.sanity import EntryScale
 from cecl.report.summary import write_summary
 from cecl.report.tables import (
@@ -87,9 +88,20 @@ def _summary_paragraph(collected: Collected, notes: Mapping[str, str]) -> str:
 
 
 def _table_section(table: Table, empty: str | None) -> str:
+    """The table with each cell linked to its runs' page (runs/<cell>.html, cecl/report/runlinks.py)."""
     if not table.columns:
         return f"## {table.title}\n\n{empty or 'Nothing measured.'}"
-    return f"## {table.title}\n\n{markdown(table)}"
+    return f"## {table.title}\n\n{markdown(table, link=page_href)}"
+
+
+def _digests(collected: Collected) -> dict[str, str]:
+    """stage -> the digest of its outputs in this workspace (what its MLflow run is tagged with)."""
+    frames = (collected.pretrain, collected.probes, collected.transfers, collected.floors)
+    found: dict[str, str] = {}
+    for frame in frames:
+        if len(frame) and {"stage", "outputs_sha256"} <= set(frame.columns):
+            found.update(zip(frame["stage"], frame["outputs_sha256"], strict=True))
+    return found
 
 
 def build_report(
@@ -113,8 +125,10 @@ def build_report(
     provenance.md (links to ``tracked``, the MLflow runs by stage; not a DVC output) and report.md.
     Kinds are the file names with '.' as '_' ('table_bias_tex', 'convergence_png', ...), i.e.
     'table_<name>_<ext>', 'convergence_png', 'convergence_csv', 'summary', 'claims',
-    'provenance', 'report'. ``dataset_notes`` (entry -> one-line description) go into captions,
-    report.md and the claims' caveats. ``floors`` (cecl/runs.py FloorKey: raw pixels per entry, the
+    'provenance', 'report', and 'runs_<page>' for out_dir/runs/<page>.html, each table cell's page that
+    opens its MLflow runs (cecl/report/runlinks.py; like provenance.md, not a DVC output).
+    ``dataset_notes`` (entry -> one-line description) go into captions, report.md and the claims'
+    caveats. ``floors`` (cecl/runs.py FloorKey: raw pixels per entry, the
     untrained encoder per seed) add the floor rows to the bias and classification tables and the floors
     block to the claims; ``entry_scales`` (entry -> EntryScale(rho, training images)) enables the claims'
     paper-scale sanity rows. Raises FileNotFoundError / ValueError from collect().
@@ -171,11 +185,16 @@ def build_report(
     sections.append(configuration_markdown(collected.probes, collected.transfers))
     sections += list(extra_sections)
 
+    cells = [stages for table in tables.values() for stages in table.stages.values()]
+    for page in write_run_pages(out_dir, cells, _digests(collected), tracked, mlflow_ui):
+        paths[f"{RUNS_DIR}_{page.name.replace('.', '_')}"] = page
     paths["provenance"] = out_dir / PROVENANCE_FILE
     paths["provenance"].write_text(provenance_markdown(collected, root, mlflow_ui, tracked))
     sections.append(
         f"## Provenance\n\nEvery run's DVC stage, output md5 (dvc.lock) and MLflow run: "
-        f"[{PROVENANCE_FILE}]({PROVENANCE_FILE})."
+        f"[{PROVENANCE_FILE}]({PROVENANCE_FILE}). Each table cell links to a page in `{RUNS_DIR}/` "
+        "that opens its seeds' MLflow runs (MLflow's compare page; the run's own page for one run) in this "
+        "workspace's store (start `mlflow ui` first)."
     )
     paths["report"] = out_dir / "report.md"
     paths["report"].write_text("\n\n".join(section.strip("\n") for section in sections) + "\n")

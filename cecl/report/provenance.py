@@ -63,16 +63,22 @@ def mlflow_link(mlflow_ui: str, experiment_id: Any, run_id: Any) -> str:
     return f"[{run_id}]({mlflow_url(mlflow_ui, experiment_id, run_id)})"
 
 
-def run_cell(mlflow_ui: str, runs: Sequence[TrackedRun] | None, digest: str) -> str:
-    """The MLflow run that wrote outputs with ``digest`` (the newest of them), or why there is none."""
+def match_run(runs: Sequence[TrackedRun] | None, digest: str) -> TrackedRun | str:
+    """The newest of a stage's ``runs`` that wrote outputs with ``digest``, or why there is none."""
     if runs is None:
         return NOT_LOGGED
     if not runs:
         return NO_RUNS
     matching = [run for run in runs if run.outputs_sha256 == digest]
-    if not matching:
-        return f"none of this stage's {len(runs)} run(s) wrote these bytes"
-    newest = matching[0]
+    return matching[0] if matching else f"none of this stage's {len(runs)} run(s) wrote these bytes"
+
+
+def run_cell(mlflow_ui: str, runs: Sequence[TrackedRun] | None, digest: str) -> str:
+    """The MLflow run that wrote outputs with ``digest`` (the newest of them), or why there is none."""
+    newest = match_run(runs, digest)
+    if isinstance(newest, str):
+        return newest
+    matching = [run for run in runs or () if run.outputs_sha256 == digest]
     more = f" (+{len(matching) - 1} earlier with equal outputs)" if len(matching) > 1 else ""
     return mlflow_link(mlflow_ui, newest.experiment_id, newest.run_id) + more
 

@@ -27,7 +27,7 @@ protocol, each protocol gets its own column group.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +112,8 @@ class Table:
     formats: tuple[str, ...] = ("md", "csv", "tex")
     tidy: pd.DataFrame = field(default_factory=pd.DataFrame)
     marks: dict[tuple[str, int], str] = field(default_factory=dict)  # footnote marks (EDGE_MARKS)
+    # the DVC stages (= MLflow run names) whose metrics.json a cell summarises, in seed order
+    stages: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def has_single_seed_cells(self) -> bool:
@@ -156,7 +158,7 @@ def _build(
     """Summaries of every (method, column) cell and the tidy rows; the caption gets the cell legend.
 
     ``mark_edges``: footnote-mark the cells of probes selected at a grid edge (EDGE_MARKS)."""
-    cells, tidy, marks = {}, [], {}
+    cells, tidy, marks, stages = {}, [], {}, {}
     for index, column in enumerate(columns):
         for method in methods:
             rows = _rows(frame, column, method)
@@ -164,6 +166,8 @@ def _build(
             values = [float(v) for v in rows[column.metric]] if len(rows) else []
             summary = summarize(values)
             cells[(method, index)] = summary
+            if len(rows) and "stage" in rows.columns:
+                stages[(method, index)] = tuple(str(s) for s in rows["stage"])
             if mark_edges and _mark(rows):
                 marks[(method, index)] = _mark(rows)
             if summary.n:
@@ -183,7 +187,9 @@ def _build(
                         "values": ";".join(format_value(v) for v in values),
                     }
                 )
-    table = Table(name, title, caption, list(methods), list(columns), cells, marks=marks, **options)
+    table = Table(
+        name, title, caption, list(methods), list(columns), cells, marks=marks, stages=stages, **options
+    )
     table.tidy = pd.DataFrame(tidy, columns=list(TIDY_COLUMNS))
     table.caption = caption + " " + cell_legend(table)
     return table
@@ -238,7 +244,11 @@ def _protocol_columns(
 def _protocol_text(frame: pd.DataFrame, protocols: Sequence[str]) -> str:
     selected = ", ".join(f"`{s}`" for s in ordered(frame["selected_on"])) if len(frame) else "?"
     names = ", ".join(f"`{p}`" for p in protocols)
-    return f"Protocol {names}; the probe's L2 strength selected on the {selected} split (see report.md)."
+    return (
+        f"Protocol {names}; the probe's L2 strength selected on the {selected} split (see report.md). A "
+        "cell's runs report it in MLflow as `selected_test_<metric>` (tag `reported_metric`; metrics.json "
+        "`test`), not `test_<metric>`, the probe's curve over the L2 grid."
+    )
 
 
 def with_references(
@@ -510,33 +520,42 @@ def convergence_table(
 # -- rendering ---------------------------------------------------------------------------------------
 
 
-def _strings(table: Table, pm: str) -> list[list[str]]:
-    return [
-        [
-            format_summary(
+CellLink = Callable[[Sequence[str]], str | None]  # a cell's stages -> the href of its runs (None: no link)
+
+
+def _strings(table: Table, pm: str, link: CellLink | None = None) -> list[list[str]]:
+    """Each cell's text; with ``link``, a Markdown link to its stages' runs where ``link`` gives one."""
+    rows = []
+    for method in table.methods:
+        row = []
+        for i, column in enumerate(table.columns):
+            text = format_summary(
                 table.cells[(method, i)],
                 table.scale if column.scale is None else column.scale,
                 table.decimals,
                 pm,
             ).replace("(n=1)", "(one fit)" if method == FLOOR_LABELS["pixels"] else "(n=1)")
-            + table.marks.get((method, i), "")
-            for i, column in enumerate(table.columns)
-        ]
-        for method in table.methods
-    ]
+            text += table.marks.get((method, i), "")
+            stages = table.stages.get((method, i))
+            href = link(stages) if link is not None and stages else None
+            row.append(f"[{text}]({href})" if href else text)
+        rows.append(row)
+    return rows
 
 
 def provenance_pointer(href: str = PROVENANCE_FILE) -> str:
     return f" Run ids and output hashes: [{PROVENANCE_FILE}]({href})."
 
 
-def markdown(table: Table, provenance_href: str = PROVENANCE_FILE) -> str:
+def markdown(table: Table, provenance_href: str = PROVENANCE_FILE, link: CellLink | None = None) -> str:
     """Caption paragraph (pointing to provenance.md at ``provenance_href``), then a pipe table with
-    columns '<group> <label>'."""
+    columns '<group> <label>'; ``link`` turns each cell into a link to its MLflow runs (runlinks.py)."""
     if not table.columns:  # e.g. convergence when no entry was monitored long enough
         return f"{table.caption}{provenance_pointer(provenance_href)}\n\nNo columns: nothing to tabulate.\n"
     headers = [f"{c.group} {c.label}" for c in table.columns]
-    flat = pd.DataFrame(_strings(table, "±"), index=pd.Index(table.methods, name="method"), columns=headers)
+    flat = pd.DataFrame(
+        _strings(table, "±", link), index=pd.Index(table.methods, name="method"), columns=headers
+    )
     # disable_numparse: tabulate would otherwise re-format our "91.0" strings as numbers ("91").
     body = flat.to_markdown(disable_numparse=True, colalign=("left", *["right"] * flat.shape[1]))
     return f"{table.caption}{provenance_pointer(provenance_href)}\n\n{body}\n"
