@@ -120,9 +120,14 @@ def test_device_views_use_each_samples_own_numbers() -> None:
     ]
     numbers = torch.rand(2, 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
     augment = BatchAugment(SUPCON_RECIPE)
-    views = device_views(images, numbers, SIZE, augment)
-    swapped = device_views(images[::-1], numbers.flip(0), SIZE, augment)
-    assert torch.equal(views, swapped.flip(0))
+    for batched in (False, True):  # the CPU's per-view loop and the accelerators' batched crop
+        views = device_views(images, numbers, SIZE, augment, batched)
+        swapped = device_views(images[::-1], numbers.flip(0), SIZE, augment, batched)
+        assert torch.equal(views, swapped.flip(0))
+    loop, one_go = (device_views(images, numbers, SIZE, augment, batched) for batched in (False, True))
+    # the crops differ by one grey level at most (rounding); the jitter then scales a difference by its
+    # brightness, contrast and saturation factors, each at most 1 + 0.4: at most 1.4 ** 3 levels
+    assert (loop - one_go).abs().max() <= 1.4**3 / 255 + 1e-6
 
 
 def test_a_corrupt_file_is_one_line_naming_it(tmp_path: Path) -> None:
