@@ -557,6 +557,37 @@ def phase_decode(emit: Lines, dry: bool) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     emit("decode", device=str(device), batch=n, size=f"{w}x{h}", images_per_s=n * repeats / seconds)
+    _crops(emit, decode_on(blobs, names, device), 16 if dry else 224, repeats)
+
+
+def _crops(emit: Lines, images: list, size: int, repeats: int) -> None:
+    """Host and total ms per batch of the device path's crops (2 views per image, the SupContrast boxes):
+    the per-view loop against the batched crop (cecl/data/resized_crops.py), and their largest difference
+    in grey levels (at most 1 expected: rounding)."""
+    import torch
+
+    from cecl.data.augment import SUPCON_RECIPE, BatchAugment, Uniforms
+    from cecl.data.resized_crops import batched_resized_crops
+    from cecl.data.streaming import crop_boxes, per_view_crops
+
+    device = images[0].device
+    uniforms = torch.rand(len(images), 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
+    boxes, _ = crop_boxes(images, uniforms, BatchAugment(SUPCON_RECIPE))
+    outputs = {}
+    for name, crop in (("per_view", per_view_crops), ("batched", batched_resized_crops)):
+        outputs[name] = crop(images, boxes, size)  # warm-up
+        _sync(device)
+        host = total = 0.0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            crop(images, boxes, size)
+            host += time.perf_counter() - started  # queued: what the host pays
+            _sync(device)
+            total += time.perf_counter() - started
+        emit("crop", path=name, device=str(device), views=len(boxes), size=size,
+             host_ms=1000 * host / repeats, total_ms=1000 * total / repeats)  # fmt: skip
+    difference = (outputs["per_view"].int() - outputs["batched"].int()).abs().max()
+    emit("crop_check", device=str(device), max_grey_levels=int(difference))
 
 
 def phase_eval(emit: Lines, dry: bool) -> None:
