@@ -191,3 +191,24 @@ def test_nvjpeg_decodes_like_the_cpu_and_views_stay_on_the_gpu(prepared) -> None
     (views, targets), *_ = _views(source, 0, 4)
     assert views.device.type == "cuda" and targets.device.type == "cuda"
     assert views.shape == (4, 2, 3, SIZE, SIZE)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_the_gpu_the_batched_crop_matches_the_loop_and_prefetch_changes_nothing(prepared) -> None:
+    """The batched crop on CUDA within one grey level of the per-view loop there; the prefetching thread's
+    own stream gives the same batches as inline decoding."""
+    from cecl.data.resized_crops import batched_resized_crops
+    from cecl.data.streaming import crop_boxes, per_view_crops
+
+    spec, out, _ = prepared
+    data, names = _files(spec, out)
+    images = decode_on(data, names, torch.device("cuda"))
+    numbers = torch.rand(len(images), 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
+    boxes, _ = crop_boxes(images, numbers, BatchAugment(SUPCON_RECIPE))
+    loop, batched = per_view_crops(images, boxes, SIZE), batched_resized_crops(images, boxes, SIZE)
+    assert batched.is_cuda and int((loop.int() - batched.int()).abs().max()) <= 1
+    inline = spec.batch_source(out, "train", "cuda", seed=0)
+    inline.prefetch = 0
+    ahead = spec.batch_source(out, "train", "cuda", seed=0)
+    for a, b in zip(_views(inline, 0, 4), _views(ahead, 0, 4), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -37,7 +37,8 @@ _END = object()
 def _record(item: Any, stream: torch.cuda.Stream) -> None:
     """Mark the tensors of ``item`` (a tensor or a tuple/list of them) as used on ``stream``."""
     if isinstance(item, torch.Tensor):
-        item.record_stream(stream)
+        if item.is_cuda:
+            item.record_stream(stream)
     elif isinstance(item, tuple | list):
         for part in item:
             _record(part, stream)
@@ -54,13 +55,17 @@ def prefetched(items: Iterator[T], device: torch.device, depth: int = 1) -> Iter
         yield from items
         return
     cuda = device.type == "cuda"
-    side = torch.cuda.Stream(device) if cuda else None
+    # the thread's CUDA device is not the caller's (it is per thread): the index is fixed here
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    side = torch.cuda.Stream(index) if cuda else None
     ready: queue.Queue[tuple[Any, Any, BaseException | None]] = queue.Queue()
     slots = threading.Semaphore(depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
+            if index is not None:
+                torch.cuda.set_device(index)
             with torch.cuda.stream(side) if side is not None else nullcontext():
                 while True:
                     slots.acquire()
