@@ -12,12 +12,13 @@ as wheels (.whl/, installed here with ``pip --target`` when missing). The run mu
 * in real mode it exits at once (well under 5 s, before importing the project) with one line when CUDA is
   unusable: benchmarking the CPU and skipping the CUDA tests would otherwise "pass".
 
-Phases: ``env`` (GPU, driver, torch / CUDA / cuDNN / NCCL / torchvision versions with a warning when they
-differ from requirements/base.lock; whether nvJPEG's hardware decoder can be used), ``tests`` (the CUDA
-tests: tests/test_cuda.py, the CUDA cases of tests/test_no_sync.py, the nvJPEG decode test; one line per
-test), ``train:<config>`` for each of CONFIGS (images/s, ms/step, host syncs per step, peak allocated and
-reserved GiB next to ``make plan``'s estimate from cecl/plan), ``decode`` (JPEG decode images/s on the
-device, the ImageNet path's ``decode_on``), ``eval`` (the kNN monitor and one probe evaluation at real
+Phases: ``env`` (GPU, driver, torch / CUDA / cuDNN / NCCL / torchvision versions with a warning when
+they differ from requirements/base.lock; whether nvJPEG's hardware decoder can be used), ``tests`` (the
+CUDA tests: tests/test_cuda.py, the CUDA cases of tests/test_no_sync.py, the nvJPEG decode and
+batched-crop / prefetch tests; one line per test), ``train:<config>`` for each of CONFIGS (images/s,
+ms/step, host syncs per step, peak allocated and reserved GiB next to ``make plan``'s estimate from
+cecl/plan), ``decode`` (JPEG decode images/s on the device, the ImageNet path's ``decode_on``; host and
+total ms of its per-view and batched crops), ``eval`` (the kNN monitor and one probe evaluation at real
 sizes), ``checkpoint`` (seconds to save a ResNet-50 training state), then a closing block to paste into
 cecl/plan/throughput.yaml.
 
