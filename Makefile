@@ -162,7 +162,8 @@ gpu-session: ## the GPU check on a lent GPU host (DRY=1: every phase on the CPU 
 # its nvidia-* libraries, 71 s to install here (measured); not part of `make test`: CI (.ci/run) runs it after.
 OLDEST_VENV := .venv-oldest-torch
 OLDEST_TESTS := tests/test_grad_cache.py tests/test_no_sync.py tests/test_per_rank_augment.py \
-  tests/test_gpu_decode.py tests/test_distributed_training.py tests/test_gpu_session.py
+  tests/test_gpu_decode.py tests/test_distributed_training.py tests/test_gpu_session.py \
+  tests/test_resized_crops.py tests/test_prefetch.py tests/test_streaming_prefetch.py
 test-oldest-torch: install ## the CPU-runnable GPU-path tests once more under torch 2.11 (CI runs it)
 	test -x $(OLDEST_VENV)/bin/python || python3.11 -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.11.0 torchvision==0.26.0

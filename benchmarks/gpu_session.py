@@ -12,12 +12,13 @@ as wheels (.whl/, installed here with ``pip --target`` when missing). The run mu
 * in real mode it exits at once (well under 5 s, before importing the project) with one line when CUDA is
   unusable: benchmarking the CPU and skipping the CUDA tests would otherwise "pass".
 
-Phases: ``env`` (GPU, driver, torch / CUDA / cuDNN / NCCL / torchvision versions with a warning when they
-differ from requirements/base.lock; whether nvJPEG's hardware decoder can be used), ``tests`` (the CUDA
-tests: tests/test_cuda.py, the CUDA cases of tests/test_no_sync.py, the nvJPEG decode test; one line per
-test), ``train:<config>`` for each of CONFIGS (images/s, ms/step, host syncs per step, peak allocated and
-reserved GiB next to ``make plan``'s estimate from cecl/plan), ``decode`` (JPEG decode images/s on the
-device, the ImageNet path's ``decode_on``), ``eval`` (the kNN monitor and one probe evaluation at real
+Phases: ``env`` (GPU, driver, torch / CUDA / cuDNN / NCCL / torchvision versions with a warning when
+they differ from requirements/base.lock; whether nvJPEG's hardware decoder can be used), ``tests`` (the
+CUDA tests: tests/test_cuda.py, the CUDA cases of tests/test_no_sync.py, the nvJPEG decode and
+batched-crop / prefetch tests; one line per test), ``train:<config>`` for each of CONFIGS (images/s,
+ms/step, host syncs per step, peak allocated and reserved GiB next to ``make plan``'s estimate from
+cecl/plan), ``decode`` (JPEG decode images/s on the device, the ImageNet path's ``decode_on``; host and
+total ms of its per-view and batched crops), ``eval`` (the kNN monitor and one probe evaluation at real
 sizes), ``checkpoint`` (seconds to save a ResNet-50 training state), then a closing block to paste into
 cecl/plan/throughput.yaml.
 
@@ -76,6 +77,7 @@ TESTS = [
     "tests/test_cuda.py",
     "tests/test_no_sync.py::test_cuda_steady_state_steps_do_not_synchronise",
     "tests/test_gpu_decode.py::test_nvjpeg_decodes_like_the_cpu_and_views_stay_on_the_gpu",
+    "tests/test_gpu_decode.py::test_on_the_gpu_the_batched_crop_matches_the_loop_and_prefetch_changes_nothing",
 ]
 TEST_DESELECT = ["tests/test_cuda.py::test_compiled_step_equals_eager[cpu]"]
 
@@ -557,6 +559,37 @@ def phase_decode(emit: Lines, dry: bool) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     emit("decode", device=str(device), batch=n, size=f"{w}x{h}", images_per_s=n * repeats / seconds)
+    _crops(emit, decode_on(blobs, names, device), 16 if dry else 224, repeats)
+
+
+def _crops(emit: Lines, images: list, size: int, repeats: int) -> None:
+    """Host and total ms per batch of the device path's crops (2 views per image, the SupContrast boxes):
+    the per-view loop against the batched crop (cecl/data/resized_crops.py), and their largest difference
+    in grey levels (at most 1 expected: rounding)."""
+    import torch
+
+    from cecl.data.augment import SUPCON_RECIPE, BatchAugment, Uniforms
+    from cecl.data.resized_crops import batched_resized_crops
+    from cecl.data.streaming import crop_boxes, per_view_crops
+
+    device = images[0].device
+    uniforms = torch.rand(len(images), 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
+    boxes, _ = crop_boxes(images, uniforms, BatchAugment(SUPCON_RECIPE))
+    outputs = {}
+    for name, crop in (("per_view", per_view_crops), ("batched", batched_resized_crops)):
+        outputs[name] = crop(images, boxes, size)  # warm-up
+        _sync(device)
+        host = total = 0.0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            crop(images, boxes, size)
+            host += time.perf_counter() - started  # queued: what the host pays
+            _sync(device)
+            total += time.perf_counter() - started
+        emit("crop", path=name, device=str(device), views=len(boxes), size=size,
+             host_ms=1000 * host / repeats, total_ms=1000 * total / repeats)  # fmt: skip
+    difference = (outputs["per_view"].int() - outputs["batched"].int()).abs().max()
+    emit("crop_check", device=str(device), max_grey_levels=int(difference))
 
 
 def phase_eval(emit: Lines, dry: bool) -> None:

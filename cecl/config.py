@@ -157,6 +157,16 @@ class MonitorParams(Strict):
     temperature: float = Field(0.1, gt=0.0)  # knn: vote weight exp(similarity / temperature)
 
 
+class CheckpointParams(Strict):
+    """When pretraining saves its resumable checkpoint (cecl/train/checkpoint.py ``checkpoint_due``): after
+    every ``every_epochs``-th epoch, or once ``every_minutes`` have passed since the last save, and always
+    after the last epoch. The default (every epoch) is the behaviour before the option; it never changes
+    results (a resume is exact from any saved epoch), so it is left out of the run's fingerprint."""
+
+    every_epochs: int = Field(1, ge=1)
+    every_minutes: float | None = Field(None, gt=0)  # null: by epochs only
+
+
 class ProbeParams(Strict):
     """The final linear probe (cecl/eval/linear_probe.py): the L2 grid and L-BFGS's stopping rule."""
 
@@ -201,6 +211,7 @@ class PretrainParams(Strict):
     micro_batch: int | None = Field(None, ge=2)
     optimizer: OptimizerParams = OptimizerParams()
     monitor: MonitorParams = MonitorParams()
+    checkpoint: CheckpointParams = CheckpointParams()
     # linear_probe: frozen encoder, linear classifier fitted afterwards (stages/probe.py); joint: BiasCon's
     # end-to-end training, CE on a linear head + joint_weight x the method's loss, that head is scored at
     # the pretraining epoch selected on validation (cecl/methods/joint.py).

@@ -120,9 +120,14 @@ def test_device_views_use_each_samples_own_numbers() -> None:
     ]
     numbers = torch.rand(2, 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
     augment = BatchAugment(SUPCON_RECIPE)
-    views = device_views(images, numbers, SIZE, augment)
-    swapped = device_views(images[::-1], numbers.flip(0), SIZE, augment)
-    assert torch.equal(views, swapped.flip(0))
+    for batched in (False, True):  # the CPU's per-view loop and the accelerators' batched crop
+        views = device_views(images, numbers, SIZE, augment, batched)
+        swapped = device_views(images[::-1], numbers.flip(0), SIZE, augment, batched)
+        assert torch.equal(views, swapped.flip(0))
+    loop, one_go = (device_views(images, numbers, SIZE, augment, batched) for batched in (False, True))
+    # the crops differ by one grey level at most (rounding); the jitter then scales a difference by its
+    # brightness, contrast and saturation factors, each at most 1 + 0.4: at most 1.4 ** 3 levels
+    assert (loop - one_go).abs().max() <= 1.4**3 / 255 + 1e-6
 
 
 def test_a_corrupt_file_is_one_line_naming_it(tmp_path: Path) -> None:
@@ -186,3 +191,24 @@ def test_nvjpeg_decodes_like_the_cpu_and_views_stay_on_the_gpu(prepared) -> None
     (views, targets), *_ = _views(source, 0, 4)
     assert views.device.type == "cuda" and targets.device.type == "cuda"
     assert views.shape == (4, 2, 3, SIZE, SIZE)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_the_gpu_the_batched_crop_matches_the_loop_and_prefetch_changes_nothing(prepared) -> None:
+    """The batched crop on CUDA within one grey level of the per-view loop there; the prefetching thread's
+    own stream gives the same batches as inline decoding."""
+    from cecl.data.resized_crops import batched_resized_crops
+    from cecl.data.streaming import crop_boxes, per_view_crops
+
+    spec, out, _ = prepared
+    data, names = _files(spec, out)
+    images = decode_on(data, names, torch.device("cuda"))
+    numbers = torch.rand(len(images), 2, Uniforms.COLUMNS, generator=torch.Generator().manual_seed(0))
+    boxes, _ = crop_boxes(images, numbers, BatchAugment(SUPCON_RECIPE))
+    loop, batched = per_view_crops(images, boxes, SIZE), batched_resized_crops(images, boxes, SIZE)
+    assert batched.is_cuda and int((loop.int() - batched.int()).abs().max()) <= 1
+    inline = spec.batch_source(out, "train", "cuda", seed=0)
+    inline.prefetch = 0
+    ahead = spec.batch_source(out, "train", "cuda", seed=0)
+    for a, b in zip(_views(inline, 0, 4), _views(ahead, 0, 4), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

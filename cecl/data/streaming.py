@@ -19,7 +19,8 @@ depends only on (seed, e)) and exact multi-process training carry over:
   With ``decode="device"`` (automatic when training on CUDA, see :class:`StreamingSource`) the workers
   only read each training sample's JPEG bytes and draw its augmentation numbers (from the same
   per-sample seed), and the batch is decoded on the device (``torchvision.io.decode_jpeg`` of the list),
-  cropped image by image and jittered there by the batched augmentation of cecl/data/augment.py. The
+  cropped and resized in one batched operation (cecl/data/resized_crops.py) and jittered there by the
+  batched augmentation of cecl/data/augment.py. The
   loaders are built once per source and keep their workers between epochs (``persistent_workers``).
 
 :func:`cecl.eval.features.features_of` extracts frozen features from either source in batches, for the
@@ -43,7 +44,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cecl import distributed
-from cecl.data.augment import AugmentParams, BatchAugment, Uniforms, make_views, to_float
+from cecl.data.augment import AugmentParams, BatchAugment, Uniforms, ViewDraws, make_views, to_float
+from cecl.data.prefetch import prefetched
+from cecl.data.resized_crops import batched_resized_crops
 from cecl.datasets.base import TensorSplit
 from cecl.datasets.errors import DataIntegrityError
 from cecl.datasets.sources.images import decode_rgb
@@ -395,20 +398,37 @@ def decode_on(data: list[Tensor], names: list[str], device: torch.device) -> lis
     return images
 
 
-def device_views(images: list[Tensor], uniforms: Tensor, size: int, augment: BatchAugment) -> Tensor:
+def device_views(
+    images: list[Tensor], uniforms: Tensor, size: int, augment: BatchAugment, batched: bool | None = None
+) -> Tensor:
     """Decoded images (uint8 [3, h_i, w_i] on the device) -> float views [b, V, 3, size, size] in [0, 1].
 
     The recipe's draws come from each sample's own numbers (``uniforms`` [b, V, K] on the CPU,
     :class:`~cecl.data.augment.Uniforms`); the crop boxes are computed on the CPU from each image's size
-    (known to the host without waiting for the device), rounded to whole pixels, and each view is cut
-    and resized to ``size`` by torchvision's ``resized_crop`` (bilinear, antialiased, as the PIL path's
-    RandomResizedCrop): images of different sizes cannot be stacked before. The flip, jitter and
-    grayscale are then :meth:`BatchAugment.apply` on the stacked views, on the device.
-    """
-    from torchvision.transforms.v2.functional import resized_crop
+    (known to the host without waiting for the device) and rounded to whole pixels. All views are cut
+    and resized to ``size`` at once by :func:`~cecl.data.resized_crops.batched_resized_crops` (the
+    antialiased bilinear filter of torchvision's ``resized_crop``, as the PIL path's RandomResizedCrop,
+    in a few batched matrix products instead of one call per view: :func:`per_view_crops` is the loop it
+    replaces, kept as its reference). The flip, jitter and grayscale are then :meth:`BatchAugment.apply`
+    on the stacked views, on the device.
 
+    ``batched`` None: batched off the CPU only. The batched products are sized for an accelerator, where
+    the host's cost is what matters; on a CPU the arithmetic is the cost and the loop's uint8 kernels are
+    about 20x cheaper (benchmarks/crop.py ``--cpu-pixels``: 213 ms against 4409 ms per 256 views).
+    """
     b, v, _ = uniforms.shape
     device = images[0].device
+    boxes, draws = crop_boxes(images, uniforms, augment)
+    batched = device.type != "cpu" if batched is None else batched
+    crops = (batched_resized_crops if batched else per_view_crops)(images, boxes, size)
+    views = augment.apply(to_float(crops), draws.after_crop(device))
+    return views.reshape(b, v, 3, size, size)
+
+
+def crop_boxes(images: list[Tensor], uniforms: Tensor, augment: BatchAugment) -> tuple[Tensor, ViewDraws]:
+    """The whole-pixel crop boxes [b V, 4] (top, left, height, width; int64 on the CPU) of every view,
+    image-major, and the views' draws, from each sample's numbers ``uniforms`` [b, V, K]."""
+    b, v, _ = uniforms.shape
     heights = torch.tensor([float(im.shape[-2]) for im in images]).repeat_interleave(v)
     widths = torch.tensor([float(im.shape[-1]) for im in images]).repeat_interleave(v)
     draws = augment.draw(b * v, heights, widths, heights, Uniforms(uniforms.reshape(b * v, -1)))
@@ -417,13 +437,21 @@ def device_views(images: list[Tensor], uniforms: Tensor, size: int, augment: Bat
     left, top = (boxes[:, 0] * widths).round(), (boxes[:, 1] * heights).round()
     width = (boxes[:, 2] * widths).round().clamp(min=1).minimum(widths - left)
     height = (boxes[:, 3] * heights).round().clamp(min=1).minimum(heights - top)
-    pixels = torch.stack([top, left, height, width], dim=1).long().tolist()  # CPU numbers: no device sync
-    crops = [
-        resized_crop(images[j // v], t, lft, hgt, wdt, [size, size], antialias=True)
-        for j, (t, lft, hgt, wdt) in enumerate(pixels)
-    ]
-    views = augment.apply(to_float(torch.stack(crops)), draws.after_crop(device))
-    return views.reshape(b, v, 3, size, size)
+    return torch.stack([top, left, height, width], dim=1).long(), draws  # CPU numbers: no device sync
+
+
+def per_view_crops(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+    """The per-view loop (one torchvision ``resized_crop`` per view, several launches each): the reference
+    :func:`~cecl.data.resized_crops.batched_resized_crops` is tested and benchmarked against."""
+    from torchvision.transforms.v2.functional import resized_crop
+
+    v = len(boxes) // len(images)
+    return torch.stack(
+        [
+            resized_crop(images[j // v], t, lft, hgt, wdt, [size, size], antialias=True)
+            for j, (t, lft, hgt, wdt) in enumerate(boxes.tolist())
+        ]
+    )
 
 
 class _Requests:
@@ -465,7 +493,8 @@ class StreamingSource:
     """A split served from its files by DataLoader workers (see the module docstring).
 
     Memory: the index (paths, targets, sizes) and at most ``workers x prefetch_factor`` batches in
-    flight (with ``workers: 0`` one batch); no attribute ever holds decoded images of the split.
+    flight (with ``workers: 0`` one batch), plus ``prefetch`` decoded batches on the device path; no
+    attribute ever holds decoded images of the split.
 
     ``decode`` picks where training views are decoded: ``pil`` in the workers (PIL + torchvision's
     transforms v2 on each image), ``device`` on the source's device in batches (:func:`decode_on`,
@@ -473,6 +502,7 @@ class StreamingSource:
     source's device is CUDA, else ``pil``. Both keep the per-sample seeding; their views differ (two
     implementations of the recipe: YIQ hue, continuous crop boxes rounded to pixels on the device).
     Evaluation reads (``eval_batches``) and un-augmented training views always take the PIL path.
+    ``prefetch``: batches the device path prepares ahead of the step in a background thread (0: inline).
     """
 
     def __init__(
@@ -486,6 +516,7 @@ class StreamingSource:
         prefetch_factor: int = 2,
         multiprocessing_context: str | None = None,
         decode: Decode = "auto",
+        prefetch: int = 1,
     ) -> None:
         self.index = index
         self.seed = seed
@@ -495,6 +526,7 @@ class StreamingSource:
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.decode = decode
+        self.prefetch = prefetch
         self._loaders: dict[tuple[bool, bool], tuple[DataLoader, _Switch]] = {}  # (device decode, eval)
 
     @property
@@ -527,6 +559,7 @@ class StreamingSource:
             prefetch_factor=self.prefetch_factor,
             multiprocessing_context=self.multiprocessing_context,
             decode=self.decode,
+            prefetch=self.prefetch,
         )
 
     def loader(self, requests: _Requests) -> DataLoader:
@@ -614,10 +647,16 @@ class StreamingSource:
         world_size: int | None = None,
     ) -> Iterator[Batch]:
         """Augmented training batches decoded on the device: the workers read bytes, the device decodes
-        the batch (:func:`decode_on`) and makes the views (:func:`device_views`)."""
+        the batch (:func:`decode_on`) and makes the views (:func:`device_views`); with ``prefetch`` k > 0
+        a background thread (a CUDA stream on a GPU) makes the next k batches while the step runs on this
+        one (cecl/data/prefetch.py): the same batches in the same order."""
         rank = distributed.rank() if rank is None else rank
         world_size = distributed.world_size() if world_size is None else world_size
         requests = _Requests(self.shard_indices(epoch, batch_size, rank, world_size), epoch, n_views, True)
+        yield from prefetched(self._decoded(requests), self.device, self.prefetch)
+
+    def _decoded(self, requests: _Requests) -> Iterator[Batch]:
+        """The device-decoded batches of ``requests``, made inline (:meth:`device_batches` prefetches)."""
         augment = BatchAugment(self.transforms.augment)
         for buffer, offsets, targets, uniforms, indices in _unwrapped(self.loader(requests)):
             data = split_buffer(buffer, offsets)

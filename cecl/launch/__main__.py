@@ -236,7 +236,7 @@ def launch(args: argparse.Namespace, root: Path) -> int:
     # A CUDA profile on a host without a usable GPU: one line, before params.yaml or any stage changes.
     if not args.address and (problem := device_problem(profile or root / "params.yaml")):
         raise LaunchError(problem)
-    sizes = stage_sizes(params)  # slots per pretrain stage: its entry's pretrain.processes
+    sizes = stage_sizes(params, args.light_share)  # pretrain processes; on GPUs: the sweep, large probes
     checkpoints = {key.stage("pretrain"): str(key.checkpoint) for key in params.runs()}
     if not args.address:
         try:

@@ -365,16 +365,39 @@ def plan_entry(
     return plan
 
 
-def probe_gib(params: Params, entry: str, sizes: dict[str, int]) -> float:
+def probe_gib(params: Params, entry: str, sizes: dict[str, int], encoder_entry: str | None = None) -> float:
     """The final linear probe's peak GiB on ``entry``'s splits: its float32 features of train, val and
     test, and one fit on train (cecl/eval/linear_probe.py ``probe_memory_bytes``, in row blocks above
-    ``BLOCK_ROWS``). It runs on a whole GPU of its own in the probe stage, after pretraining."""
+    ``BLOCK_ROWS``). ``encoder_entry``: the entry whose encoder makes the features (a transfer's source;
+    default ``entry``). The launcher gives a probe a whole GPU when this exceeds a light stage's share
+    of the card (cecl/launch/slots.py ``stage_sizes``)."""
     from cecl.eval.linear_probe import probe_memory_bytes
 
-    recipe, spec = params.recipe(entry), params.spec(entry)
-    dim = feature_dim(recipe.model.backbone, recipe.model.options().model_dump(), spec.shape()[0])
+    model, spec = params.recipe(encoder_entry or entry).model, params.spec(entry)
+    channels = params.spec(encoder_entry or entry).shape()[0]
+    dim = feature_dim(model.backbone, model.options().model_dump(), channels)
     held = sizes["val"] + sizes["test"]
     return probe_memory_bytes(sizes["train"], dim, spec.n_classes, held) / GIB
+
+
+def probe_stage_gib(params: Params) -> dict[str, float]:
+    """Planned peak GiB of every probe and transfer stage's final probe, by DVC stage name (entries of a
+    plug-in that declares no split sizes are left out: nothing to plan)."""
+    sizes = {entry: split_sizes(params, entry)[0] for entry in params.pretrain.datasets}
+    for key in params.transfers():
+        sizes.setdefault(key.target, split_sizes(params, key.target)[0])
+    memo: dict[tuple[str, str], float] = {}
+
+    def gib(target: str, source: str) -> float | None:
+        if sizes[target] is None:
+            return None
+        if (target, source) not in memo:
+            memo[target, source] = probe_gib(params, target, sizes[target], source)  # type: ignore[arg-type]
+        return memo[target, source]
+
+    planned = {key.stage("probe"): gib(key.dataset, key.dataset) for key in params.runs()}
+    planned |= {key.stage(): gib(key.target, key.source) for key in params.transfers()}
+    return {stage: value for stage, value in planned.items() if value is not None}
 
 
 def trial_epochs(trials: int, epochs: int, scheduler: str, grace: int, factor: float) -> float:

@@ -1,4 +1,5 @@
-"""Atomic per-epoch checkpoints, valid only for the code, params, data and bytes that made them.
+"""Atomic checkpoints, valid only for the code, params, data and bytes that made them; saved after every
+epoch by default, ``pretrain.checkpoint`` sets a cadence in epochs or minutes (:func:`checkpoint_due`).
 
 Two digests guard a resume. The *fingerprint* (``RunSetup.fingerprint``) covers the run's params, its
 data (manifest digests) and its code: :func:`code_digest` hashes the files of the stage's code
@@ -79,6 +80,19 @@ def code_digest(stage: str = "pretrain", root: Path | None = None) -> str:
             if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
                 digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def checkpoint_due(
+    epoch: int, total_epochs: int, every_epochs: int, every_minutes: float | None, since_save: float
+) -> bool:
+    """Whether to save after ``epoch`` (1-based) of ``total_epochs``: the last epoch always, else every
+    ``every_epochs``-th, or when ``since_save`` seconds (since the last save, or the run's start) reach
+    ``every_minutes``. Pure, so the cadence is tested without a clock; a skipped save costs only the
+    epochs redone after a kill (a resume is exact from any saved epoch), never a different result.
+    """
+    if epoch >= total_epochs or epoch % every_epochs == 0:
+        return True
+    return every_minutes is not None and since_save >= 60.0 * every_minutes
 
 
 def _cleanup_partials(path: Path) -> None:

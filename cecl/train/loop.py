@@ -3,9 +3,10 @@
 Each epoch: shuffle, make the method's augmented views in batch, step the optimiser on the method's
 loss, then score the encoder on the validation split with the run's monitor (cecl/eval/monitor.py:
 kNN, or a linear probe on bias benchmarks, every ``pretrain.monitor.every`` epochs; the convergence
-curve), and save a checkpoint.
-All randomness of epoch ``e`` comes from generators seeded by (seed, e), so a run resumed from the
-checkpoint of epoch e-1 is identical to an uninterrupted one.
+curve), and save a checkpoint (after every epoch by default; ``pretrain.checkpoint`` sets a cadence in
+epochs or minutes, the last epoch always saved). All randomness of epoch ``e`` comes from generators
+seeded by (seed, e), so a run resumed from the checkpoint of any saved epoch is identical to an
+uninterrupted one.
 
 Under ``pretrain.protocol: joint`` (BiasCon) the method is wrapped in :class:`JointMethod` (CE on a
 linear head + ``joint_weight`` x the method's loss) and the monitor scores the jointly trained
@@ -55,7 +56,7 @@ from cecl.eval.monitor import Monitor, score
 from cecl.methods import Method, build_method
 from cecl.methods.joint import JointMethod
 from cecl.train import grad_cache
-from cecl.train.checkpoint import load_checkpoint, save_checkpoint
+from cecl.train.checkpoint import checkpoint_due, load_checkpoint, save_checkpoint
 from cecl.train.device import AUTOCAST_DTYPES, compute_threads, persist_inductor_cache
 from cecl.train.schedule import learning_rate
 from cecl.train.setup import RunSetup
@@ -443,6 +444,7 @@ def _pretrain(
             if on_epoch is not None and main_process:
                 on_epoch(record)
 
+    last_save = time.monotonic()  # pretrain.checkpoint.every_minutes counts from here, then each save
     for epoch in range(len(history), total_epochs):
         started = time.perf_counter()
         method.train()
@@ -478,7 +480,12 @@ def _pretrain(
             monitor_seconds=time.perf_counter() - monitor_started,
         )
         history.append(record)
-        if checkpoint_path is not None and main_process:
+        cadence = cfg.checkpoint
+        due = checkpoint_due(
+            epoch + 1, total_epochs, cadence.every_epochs, cadence.every_minutes, time.monotonic() - last_save
+        )
+        if checkpoint_path is not None and main_process and due:
+            last_save = time.monotonic()
             save_checkpoint(
                 checkpoint_path,
                 {

@@ -59,7 +59,7 @@ class RunSetup:
                 "options": self.options.model_dump(),
                 "model": self.recipe.model.model_dump(),
                 "augment": self.recipe.augment.model_dump(),
-                "pretrain": self.recipe.pretrain.model_dump(exclude={"methods", "datasets"}),
+                "pretrain": self.recipe.pretrain.model_dump(exclude={"methods", "datasets", "checkpoint"}),
                 "device": self.device,
                 "compute": self.compute.model_dump(),
                 "data": {name: split["sha256"] for name, split in manifest["splits"].items()},
