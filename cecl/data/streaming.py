@@ -44,10 +44,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from cecl import distributed
 from cecl.data.augment import AugmentParams, BatchAugment, Uniforms, make_views, to_float
-from cecl.datasets.base import TensorSplit
-from cecl.datasets.errors import DataIntegrityError
-from cecl.datasets.sources.images import decode_rgb
-from cecl.datasets.splitting import seeded_rng
+from cecl.data.errors import DataIntegrityError
+from cecl.data.images import decode_rgb
+from cecl.data.rng import seeded_rng
+from cecl.data.splits import TensorSplit
 
 if TYPE_CHECKING:
     from PIL import Image

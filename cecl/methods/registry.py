@@ -1,7 +1,8 @@
-"""Methods by name: ``@register_method(name, Options)`` on a builder, ``build_method(name, ctx, options)``.
+"""Methods by name: ``@register_method(name)`` on a builder, ``build_method(name, ctx, options)``.
 
-Each method's options schema is declared beside its builder (in the method's module) and
-cecl/config.py assembles ``method_options`` from :func:`options_schemas`, so a method is listed once.
+Each method's options schema is declared in cecl/plugin_options.py (torch-free, so that reading a params
+file loads no method code) and taken from there when the method registers: cecl/config.py validates
+``method_options`` with the same table, so a schema is written once.
 A builder receives a :class:`MethodContext` (how to make the encoder, head sizes, classes, views), never
 the params file, so methods do not depend on the config.
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from cecl.methods.base import Method
 from cecl.models import Encoder, ProjectionHead
+from cecl.plugin_options import METHOD_OPTIONS, OWN_HEADS
 from cecl.schema import Strict
 
 
@@ -37,23 +39,20 @@ Builder = Callable[[MethodContext, Any], Method]
 B = TypeVar("B", bound=Builder)
 _BUILDERS: dict[str, Builder] = {}
 _OPTIONS: dict[str, type[Strict]] = {}
-_OWN_HEADS: set[str] = set()  # methods whose projector widths are their own options, not model.proj_hidden
 
 
-def register_method(name: str, options: type[Strict], *, own_heads: bool = False) -> Callable[[B], B]:
-    """Register ``builder(ctx, options) -> Method`` under ``name`` with its options schema.
-
-    ``own_heads``: the builder sizes its projector from its own options and never reads
-    ``ctx.proj_hidden``, so the config refuses a ``model.proj_hidden`` that would not reach it.
-    """
+def register_method(name: str) -> Callable[[B], B]:
+    """Register ``builder(ctx, options) -> Method`` under ``name``; its options schema is the one
+    cecl/plugin_options.py declares for ``name`` (``OWN_HEADS``: the builder sizes its projector from its
+    own options and never reads ``ctx.proj_hidden``)."""
+    if name not in METHOD_OPTIONS:
+        raise ValueError(f"method {name!r} has no options schema in cecl/plugin_options.py METHOD_OPTIONS")
 
     def wrap(builder: B) -> B:
         if name in _BUILDERS:
             raise ValueError(f"method {name!r} is already registered")
         _BUILDERS[name] = builder
-        _OPTIONS[name] = options
-        if own_heads:
-            _OWN_HEADS.add(name)
+        _OPTIONS[name] = METHOD_OPTIONS[name]
         return builder
 
     return wrap
@@ -66,7 +65,7 @@ def available() -> tuple[str, ...]:
 
 def builds_own_heads(name: str) -> bool:
     """Whether method ``name`` ignores ``model.proj_hidden`` (see ``register_method``)."""
-    return name in _OWN_HEADS
+    return name in OWN_HEADS
 
 
 def options_schemas() -> dict[str, type[Strict]]:

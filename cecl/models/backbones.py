@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
+from cecl.plugin_options import BACKBONE_OPTIONS, NoOptions, ResNetOptions, SmallCNNOptions
 from cecl.schema import Strict
 
 Factory = Callable[[int, Any], tuple[nn.Module, int]]
@@ -39,13 +40,17 @@ class _Backbone:
 _REGISTRY: dict[str, _Backbone] = {}
 
 
-def register_backbone(name: str, options: type[Strict]) -> Callable[[Factory], Factory]:
-    """Decorator: register ``factory(in_channels, options) -> (trunk, feature_dim)`` under ``name``.
+def register_backbone(name: str) -> Callable[[Factory], Factory]:
+    """Decorator: register ``factory(in_channels, options) -> (trunk, feature_dim)`` under ``name``, with
+    the options schema cecl/plugin_options.py declares for it (torch-free: the config reads it there).
 
     The trunk maps normalised images [B, C, H, W] to features [B, feature_dim] (pooling included).
     """
-    if not (isinstance(options, type) and issubclass(options, Strict)):
-        raise TypeError(f"options schema of backbone {name!r} must be a cecl.schema.Strict subclass")
+    if name not in BACKBONE_OPTIONS:
+        raise ValueError(
+            f"backbone {name!r} has no options schema in cecl/plugin_options.py BACKBONE_OPTIONS"
+        )
+    options = BACKBONE_OPTIONS[name]
 
     def decorator(factory: Factory) -> Factory:
         if name in _REGISTRY:
@@ -224,22 +229,9 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-class SmallCNNOptions(Strict):
-    width: int = Field(16, ge=1, strict=True)  # channels of the first conv (doubles per stage); no bools
-
-
-class NoOptions(Strict):
-    pass
-
-
-class ResNetOptions(Strict):
-    # 3x3 stride-1 conv1 and no max-pool (SupContrast / CECL on 32x32 inputs)
-    cifar_stem: bool = Field(False, strict=True)
-
-
 # The pooling module goes last, so the conv/BN indices (and the ``trunk.*`` state-dict keys) are the
 # old encoders' ones.
-@register_backbone("small_cnn", SmallCNNOptions)
+@register_backbone("small_cnn")
 def small_cnn(in_channels: int, options: SmallCNNOptions) -> tuple[nn.Module, int]:
     w = options.width
     trunk = nn.Sequential(
@@ -253,7 +245,7 @@ def small_cnn(in_channels: int, options: SmallCNNOptions) -> tuple[nn.Module, in
     return trunk, 4 * w
 
 
-@register_backbone("simple_conv_net", NoOptions)
+@register_backbone("simple_conv_net")
 def simple_conv_net(in_channels: int, options: NoOptions) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     for c_in, c_out in zip((in_channels, 16, 32, 64), (16, 32, 64, 128), strict=True):
@@ -280,12 +272,12 @@ def _resnet(arch: str, in_channels: int, options: ResNetOptions) -> nn.Module:
     return net
 
 
-@register_backbone("resnet18", ResNetOptions)
+@register_backbone("resnet18")
 def resnet18(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
     return _resnet("resnet18", in_channels, options), 512
 
 
-@register_backbone("resnet50", ResNetOptions)
+@register_backbone("resnet50")
 def resnet50(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
     return _resnet("resnet50", in_channels, options), 2048
 
