@@ -1,12 +1,12 @@
-"""The option schemas of every plug-in (methods, backbones), torch-free, and which names exist.
+"""The option schemas of the built-in methods and backbones, torch-free.
 
 Why here and not beside each plug-in's code: the params schema (cecl/config.py) validates every
-``method_options`` section and the backbone's options whenever a params file is read, by every stage;
-the plug-ins' modules import torch (and the methods every loss). Declared here, the schemas are read
-without them, so a light stage (aggregate) loads no torch, and the config imports no plug-in package.
-The registries (cecl/methods/registry.py, cecl/models/backbones.py) take each plug-in's schema from
-these tables when it registers (a plug-in missing here is a one-line error), so a schema is written
-once; tests/test_training.py and tests/test_models.py check the registries against the tables.
+``method_options`` section and the backbone's options whenever a params file is read, by every stage,
+and the plug-ins' modules import torch (the methods every loss). Declared here, the schemas are read
+without them, so a light stage (aggregate) loads no torch and prepare no method. The registries
+(cecl/methods/registry.py, cecl/models/backbones.py) take a built-in plug-in's schema from these tables
+when it registers, so a schema is written once. A plug-in added later (docs/extend-method.md) passes its
+own schema to its registry, and the config consults the registry for a name that is not here.
 """
 
 from __future__ import annotations
@@ -158,18 +158,6 @@ METHOD_OPTIONS: dict[str, type[Strict]] = {
 OWN_HEADS = frozenset({"simsiam", "byol", "nnclr"})
 
 
-def method_names() -> tuple[str, ...]:
-    """Every method, in table order."""
-    return tuple(METHOD_OPTIONS)
-
-
-def method_options_schema(name: str) -> type[Strict]:
-    """Method ``name``'s options schema; an unknown name is a one-line error naming the known ones."""
-    if name not in METHOD_OPTIONS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_OPTIONS)}")
-    return METHOD_OPTIONS[name]
-
-
 # -------------------------------------------------------------------------------------------- backbones
 
 
@@ -192,14 +180,3 @@ BACKBONE_OPTIONS: dict[str, type[Strict]] = {
     "resnet18": ResNetOptions,
     "resnet50": ResNetOptions,
 }
-
-
-def backbone_names() -> tuple[str, ...]:
-    return tuple(BACKBONE_OPTIONS)
-
-
-def backbone_options_schema(name: object) -> type[Strict]:
-    """Backbone ``name``'s options schema; an unknown name is a one-line error naming the known ones."""
-    if not isinstance(name, str) or name not in BACKBONE_OPTIONS:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_OPTIONS)}")
-    return BACKBONE_OPTIONS[name]

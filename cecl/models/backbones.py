@@ -40,17 +40,20 @@ class _Backbone:
 _REGISTRY: dict[str, _Backbone] = {}
 
 
-def register_backbone(name: str) -> Callable[[Factory], Factory]:
-    """Decorator: register ``factory(in_channels, options) -> (trunk, feature_dim)`` under ``name``, with
-    the options schema cecl/plugin_options.py declares for it (torch-free: the config reads it there).
+def register_backbone(name: str, options: type[Strict] | None = None) -> Callable[[Factory], Factory]:
+    """Decorator: register ``factory(in_channels, options) -> (trunk, feature_dim)`` under ``name``.
 
+    A built-in backbone passes no ``options``: its schema is cecl/plugin_options.py's (torch-free: the config
+    reads it there). An added backbone passes its own (a cecl.schema.Strict subclass).
     The trunk maps normalised images [B, C, H, W] to features [B, feature_dim] (pooling included).
     """
-    if name not in BACKBONE_OPTIONS:
-        raise ValueError(
-            f"backbone {name!r} has no options schema in cecl/plugin_options.py BACKBONE_OPTIONS"
-        )
-    options = BACKBONE_OPTIONS[name]
+    if (options is None) != (name in BACKBONE_OPTIONS):
+        where = "declares no options" if options is None else "is declared in cecl/plugin_options.py"
+        raise ValueError(f"backbone {name!r}: its options schema {where}; a schema is declared once")
+    if options is None:
+        options = BACKBONE_OPTIONS[name]
+    if not (isinstance(options, type) and issubclass(options, Strict)):
+        raise TypeError(f"options schema of backbone {name!r} must be a cecl.schema.Strict subclass")
 
     def decorator(factory: Factory) -> Factory:
         if name in _REGISTRY:
