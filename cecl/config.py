@@ -1,15 +1,16 @@
-"""Typed, validated parameters: the one schema behind params.yaml, assembled from the plug-in registries.
+"""Typed, validated parameters: the one schema behind params.yaml, assembled from the plug-ins' schemas.
 
 Every stage calls :func:`load_params` before doing any work, so a typo or a bad value fails in well
 under a second with one line naming the key (``params.yaml: pretrain.batch_size: ...``), instead of
 after minutes of training. Dataset entries are validated by their family's own schema
-(``cecl.datasets``), method options by the method's (``cecl.methods``), backbone options by the
-backbone's (``cecl.models``): nothing here lists datasets, methods or backbones.
+(``cecl.datasets``, torch-free), method and backbone options by theirs (cecl/plugin_options.py, the
+torch-free tables the method and backbone registries register from): nothing here lists datasets,
+methods or backbones, and reading a params file loads no torch and no plug-in code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,16 +20,43 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cecl.datasets import DatasetOptions, DatasetSpec, families, spec_for
+from cecl.plugin_options import BACKBONE_OPTIONS, METHOD_OPTIONS, OWN_HEADS
 from cecl.runs import FloorKey, RunKey, TransferKey
 from cecl.schema import Strict
 
 if TYPE_CHECKING:
-    from cecl.data.augment import AugmentParams
-
-# The method and backbone registries (cecl.methods, cecl.models: torch and every loss) are imported when a
-# value is validated, not with this module: a stage that reads params.yaml loads only what it uses.
+    from cecl.data.recipe import AugmentParams
 
 NESTED = "@"  # a nested schema's error message starts with "@<dotted key>: " (see _format_error)
+
+
+def _method_schemas(names: Iterable[str]) -> Mapping[str, type[Strict]]:
+    """Every method's options schema by name. The built-in methods' come from cecl/plugin_options.py
+    (torch-free); only a name outside that table (a method module added with its own schema,
+    docs/extend-method.md, or a typo) makes the config consult the method registry, which loads torch."""
+    if all(name in METHOD_OPTIONS for name in names):
+        return METHOD_OPTIONS
+    from cecl.methods import options_schemas
+
+    return options_schemas()
+
+
+def _own_heads(method: str) -> bool:
+    if method in METHOD_OPTIONS:
+        return method in OWN_HEADS
+    from cecl.methods import builds_own_heads
+
+    return builds_own_heads(method)
+
+
+def _backbone_schemas(name: str) -> Mapping[str, type[Strict]]:
+    """Every backbone's options schema by name: as :func:`_method_schemas`, the registry only for a name
+    outside cecl/plugin_options.py."""
+    if name in BACKBONE_OPTIONS:
+        return BACKBONE_OPTIONS
+    from cecl.models import available_backbones, backbone_options_schema
+
+    return {backbone: backbone_options_schema(backbone) for backbone in available_backbones()}
 
 
 class ConfigError(ValueError):
@@ -107,21 +135,18 @@ class ModelParams(Strict):
 
     @model_validator(mode="after")
     def _known_backbone(self) -> ModelParams:
-        from cecl.models import available_backbones, backbone_options_schema
-
-        if self.backbone not in available_backbones():
-            known = ", ".join(available_backbones())
+        schemas = _backbone_schemas(self.backbone)
+        if self.backbone not in schemas:
+            known = ", ".join(schemas)
             raise ValueError(f"{NESTED}model.backbone: unknown backbone {self.backbone!r}; known: {known}")
         try:
-            backbone_options_schema(self.backbone).model_validate(self.backbone_options)
+            schemas[self.backbone].model_validate(self.backbone_options)
         except ValidationError as err:
             raise _nested("model.backbone_options", err) from None
         return self
 
     def options(self) -> Strict:
-        from cecl.models import backbone_options_schema
-
-        return backbone_options_schema(self.backbone).model_validate(self.backbone_options)
+        return _backbone_schemas(self.backbone)[self.backbone].model_validate(self.backbone_options)
 
 
 class OptimizerParams(Strict):
@@ -221,9 +246,7 @@ class PretrainParams(Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from cecl.methods import available
-
-        known = available()
+        known = tuple(_method_schemas(methods))
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(known)}")
@@ -290,9 +313,7 @@ class SweepParams(Strict):
     @classmethod
     def _known_grids(cls, grids: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
         """A method can be swept over the SWEEP_AXES its own options schema has; values are checked by it."""
-        from cecl.methods import options_schemas
-
-        schemas = options_schemas()
+        schemas = _method_schemas(grids)
         for method, axes in grids.items():
             if method not in schemas:
                 raise ValueError(f"cannot sweep unknown method {method!r}; known: {', '.join(schemas)}")
@@ -396,9 +417,7 @@ class Params(Strict):
         raw = {} if raw is None else raw
         if not isinstance(raw, Mapping):
             return raw
-        from cecl.methods import options_schemas
-
-        schemas = options_schemas()
+        schemas = _method_schemas(raw)
         unknown = [name for name in raw if name not in schemas]
         if unknown:
             raise ValueError(
@@ -416,12 +435,10 @@ class Params(Strict):
     @classmethod
     def _sections_dvc_tracks(cls, raw: Any) -> Any:
         # dvc.yaml tracks method_options.<method> of every pretrained method: DVC refuses a missing key.
-        from cecl.methods import options_schemas
-
         if isinstance(raw, Mapping) and isinstance(raw.get("pretrain"), Mapping):
             given = raw.get("method_options") or {}
             for method in raw["pretrain"].get("methods") or []:
-                if isinstance(given, Mapping) and method not in given and method in options_schemas():
+                if isinstance(given, Mapping) and method not in given and method in _method_schemas([method]):
                     raise ValueError(
                         f"{NESTED}method_options.{method}: missing; every method in pretrain.methods needs "
                         "a section (`{}` keeps its defaults)"
@@ -482,9 +499,7 @@ class Params(Strict):
     def _proj_hidden_reaches_every_method(self) -> None:
         """A set ``model.proj_hidden`` must not be silently ignored: simsiam, byol and nnclr size their
         projectors from their own ``method_options`` (``builds_own_heads``)."""
-        from cecl.methods import builds_own_heads
-
-        own = [m for m in self.pretrain.methods if builds_own_heads(m)]
+        own = [m for m in self.pretrain.methods if _own_heads(m)]
         if not own:
             return
         for name in self.pretrain.datasets:

@@ -15,10 +15,10 @@ from cecl import runs
 from cecl.config import Params
 from cecl.eval.encoder import probe_encoder, score_classifier
 from cecl.eval.linear_probe import ProbeResult
-from cecl.io import atomic_dir, ensure_writable, tree_digest
+from cecl.io import ensure_writable, tree_digest
 from cecl.machine import machine_info
 from cecl.pipeline import load_splits, run_tags
-from cecl.records import write_metrics, write_rows
+from cecl.records import metrics_record, run_record, write_evaluation
 from cecl.saved_model import load_saved_model
 from cecl.tracking import stage_run
 from cecl.train.device import AUTOCAST_DTYPES, resolve_device
@@ -72,48 +72,30 @@ def evaluate_encoder(
                 else score_classifier(saved.encoder, *saved.head(), splits, evaluator)
             )
         run.log_curve(result.curve, step="epoch" if protocol == "joint" else "grid_index")
-        metrics = {
-            "run": {
-                "stage": name,
-                "kind": kind,
-                "dataset": target,
-                "family": spec.family,
-                "source": key.source if isinstance(key, runs.TransferKey) else None,
-                "method": key.method,
-                "seed": key.seed,
-                "pretrain_stage": pretrained.stage("pretrain"),
-                # The encoder folder's digest, not its MLflow run id: metrics.json stays byte-identical
-                # between equal runs, and provenance.md finds the runs by these digests.
-                "pretrain_outputs_sha256": tree_digest(pretrained.model_dir),
-            },
-            "evaluator": spec.evaluator().name,
-            "protocol": protocol,
-            "selected_on": "val",
-            "val_description": spec.val_description(),
-            "data_verified": spec.data_verified(runs.data_dir(target)),
-            # The probe: {"l2", "iterations"} (cecl/eval/linear_probe.py); joint: {"epoch"} of pretraining.
-            "selected": result.selected,
-            # "weak" / "strong": selected at that edge of the L2 grid (widen it); null inside or joint
-            "selected_at_edge": result.selected_at_edge,
-            "val_accuracy": result.val[spec.evaluator().primary],
-            "val": result.val,
-            "test": result.test,
-            # The best test accuracy over the L2 grid (selects on test: optimistic), the counterpart of the
-            # released code's best-over-epochs. Joint: null (one classifier, selected on validation).
-            "official_protocol": result.official,
-            "config": params.method_options[key.method].model_dump(),
-            # where the encoder was trained and where it was probed (cecl/machine.py; make compare shows them)
-            "machine": {"pretrain": saved.machine, "probe": machine_info()},
-        }
-        if own_head is not None:
-            metrics["own_head"] = {
-                "epoch": own_head.selected["epoch"],
-                "val": own_head.val,
-                "test": own_head.test,
-            }
-        with atomic_dir(out) as tmp:
-            write_metrics(tmp / runs.METRICS_FILE, metrics)
-            write_rows(tmp / runs.CURVE_FILE, result.curve)
+        metrics = metrics_record(
+            run=run_record(
+                stage=name,
+                kind=kind,
+                dataset=target,
+                family=spec.family,
+                source=key.source if isinstance(key, runs.TransferKey) else None,
+                method=key.method,
+                seed=key.seed,
+                pretrain_stage=pretrained.stage("pretrain"),
+                pretrain_outputs_sha256=tree_digest(pretrained.model_dir),
+            ),
+            evaluator=evaluator.name,
+            declared=evaluator.metrics,
+            primary=evaluator.primary,
+            protocol=protocol,
+            val_description=spec.val_description(),
+            data_verified=spec.data_verified(runs.data_dir(target)),
+            result=result,
+            config=params.method_options[key.method].model_dump(),
+            machine={"pretrain": saved.machine, "probe": machine_info()},
+            own_head=own_head,
+        )
+        write_evaluation(out, metrics, result.curve)
         run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
         if own_head is not None:
             run.log_metrics({f"own_head_test_{k}": v for k, v in own_head.test.items()})

@@ -7,7 +7,8 @@
   ``cecl.train.loop.build_training`` does before a method builds its encoder first
   (tests/test_floors.py checks the weights equal those of every method's untrained encoder at that seed).
 
-Both go through :func:`cecl.eval.encoder.probe_encoder`, the probe stage's call: the same features
+:func:`evaluate_floor` is the floor stage's one call. Both floors go through
+:func:`cecl.eval.encoder.probe_encoder`, the probe stage's call: the same features
 extraction, the same L2 grid selected on validation, the same test scoring. A method that does not
 beat its floors has learned nothing a linear classifier on the pixels (or a random network) does not
 already give.
@@ -26,8 +27,13 @@ from cecl import runs
 from cecl.config import Params
 from cecl.eval.encoder import Splits, probe_encoder
 from cecl.eval.linear_probe import ProbeResult
+from cecl.io import ensure_writable
+from cecl.machine import machine_info
 from cecl.models import Encoder
-from cecl.pipeline import build_encoder
+from cecl.pipeline import build_encoder, load_splits
+from cecl.records import metrics_record, run_record, write_evaluation
+from cecl.tracking import stage_run
+from cecl.train.device import AUTOCAST_DTYPES, resolve_device
 
 # Features a pixel floor may have: the probe's [D, K] weights and the [N, D] float64 standardised copy must
 # stay small. 3 x 64 x 64 (every 64-pixel dataset of the profiles) passes; ImageNet at 224 x 224 does not.
@@ -108,3 +114,63 @@ def floor_config(params: Params, key: runs.FloorKey) -> dict[str, Any]:
         side = pixel_side(spec.channels, spec.image_size)
         return {"features": "pixels"} if side is None else {"features": "pixels", "pooled_to": side}
     return {"features": "init", "model": params.recipe(key.dataset).model.model_dump()}
+
+
+def evaluate_floor(params: Params, key: runs.FloorKey) -> None:
+    """Probe the floor ``key``; write its metrics.json (the probe's schema, cecl/records.py) and curve.csv
+    to ``key.out_dir``: the floor stage's one library call."""
+    check_floor(params, key)
+    spec = params.spec(key.dataset)
+    out = key.out_dir
+    ensure_writable(out)
+    device = resolve_device(params.device)
+    name = key.stage()
+    probe_params = params.recipe(key.dataset).probe
+    verified = spec.data_verified(runs.data_dir(key.dataset))
+    tags = {
+        "dataset": key.dataset,
+        "floor": key.kind,
+        "seed": "" if key.seed is None else str(key.seed),
+        "family": spec.family,
+        "device": str(device),
+        "data_verified": verified,
+    }
+    logged = {"probe": probe_params.model_dump(), "protocol": "linear_probe"}
+    with stage_run(name, params.tracking.experiment, logged, tags) as run:
+        splits = load_splits(spec, device)
+        print(f"[{name}] probing the {key.kind} floor on {spec.describe()}", flush=True)
+        autocast = params.compute.autocast
+        result = probe_floor(
+            params,
+            key,
+            splits,
+            device,
+            progress=lambda line: print(f"[{name}] {line}", flush=True),
+            autocast=AUTOCAST_DTYPES[autocast] if autocast else None,
+        )
+        run.log_curve(result.curve, step="grid_index")
+        evaluator = spec.evaluator()
+        metrics = metrics_record(  # the probe's schema: the report reads floors as it reads probes
+            run=run_record(
+                stage=name,
+                kind="floor",
+                dataset=key.dataset,
+                family=spec.family,
+                method=key.kind,
+                seed=key.seed,
+            ),
+            evaluator=evaluator.name,
+            declared=evaluator.metrics,
+            primary=evaluator.primary,
+            protocol="linear_probe",
+            val_description=spec.val_description(),
+            data_verified=verified,
+            result=result,
+            config=floor_config(params, key),
+            machine={"pretrain": None, "probe": machine_info()},
+        )
+        write_evaluation(out, metrics, result.curve)
+        run.log_metrics({f"selected_test_{k}": v for k, v in result.test.items()})
+        run.record_outputs(out)
+        run.log_artifact(out)
+        print(f"[{name}] test {result.test} ({result.selected}, selected on validation)", flush=True)

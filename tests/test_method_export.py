@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from cecl.methods.contrastive import CECLOptions
 from cecl.methods.cross_entropy import CrossEntropyMethod
 from cecl.methods.joint import JointMethod
 from cecl.methods.registry import MethodContext, build_method
 from cecl.models import build_backbone
+from cecl.plugin_options import CECLOptions
 from cecl.saved_model import load_saved_model, save_model
 
 CPU = torch.device("cpu")

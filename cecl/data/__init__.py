@@ -1,5 +1,6 @@
-"""Batched view augmentations (per image and per view random crops, flips, colour jitter, grayscale)."""
+"""The data path below the dataset plug-ins: the augmentation recipe (recipe.py, torch-free) and its
+batched application (augment.py), the in-memory split (splits.py), image decoding (images.py), data
+errors (errors.py) and the loaders that serve splits and image folders (streaming.py).
 
-from cecl.data.augment import AugmentParams, BatchAugment, make_views, to_float
-
-__all__ = ["AugmentParams", "BatchAugment", "make_views", "to_float"]
+Nothing is imported here, so that reading a recipe (cecl/config.py, cecl/datasets) does not load torch.
+"""

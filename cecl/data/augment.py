@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 
-from cecl.schema import Strict
+# The recipe's schema lives in cecl/data/recipe.py (torch-free); re-exported for the code that augments.
+from cecl.data.recipe import SUPCON_RECIPE as SUPCON_RECIPE
+from cecl.data.recipe import AugmentParams as AugmentParams
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -52,36 +53,6 @@ def colour_constants(
     to_rgb = torch.linalg.inv(to_yiq)
     luma = torch.tensor(_LUMA, dtype=dtype)  # rounded from the Python floats, as new_tensor did
     return tuple(t.to(device=device, dtype=dtype) for t in (luma, to_yiq, to_rgb))  # type: ignore[return-value]
-
-
-class AugmentParams(Strict):
-    """Batched tensor augmentations applied independently to each view (see cecl/data/augment.py)."""
-
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
-    color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # strength s: ColorJitter(0.4s,0.4s,0.4s,0.1s)
-    color_jitter_p: float = Field(0.8, ge=0.0, le=1.0)
-    grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
-    hflip_p: float = Field(0.0, ge=0.0, le=1.0)  # horizontal flip (CIFAR-style recipes; never for digits)
-
-    def needs_colour(self) -> bool:
-        """Whether the recipe has colour operations (only defined on 3-channel images)."""
-        return (self.color_jitter > 0 and self.color_jitter_p > 0) or self.grayscale_p > 0
-
-    @field_validator("crop_scale", "crop_ratio")
-    @classmethod
-    def _ordered_positive(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        low, high = bounds
-        if not 0.0 < low <= high:
-            raise ValueError(f"needs 0 < low <= high, got {list(bounds)}")
-        return bounds
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_at_most_one(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if bounds[1] > 1.0:
-            raise ValueError(f"crop scale cannot exceed 1, got {list(bounds)}")
-        return bounds
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -148,14 +119,6 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 1, H, W] luma."""
     weights = colour_constants(images.device, images.dtype)[0].view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
-
-
-# SupContrast's recipe for natural images (the released CECL code applies it to every dataset; BiasCon's
-# contrastive recipe for faces too): RandomResizedCrop(scale 0.2-1), horizontal flip, ColorJitter(0.4,
-# 0.4, 0.4, 0.1) with p 0.8 (strength 1 in AugmentParams' convention), RandomGrayscale(0.2).
-SUPCON_RECIPE = AugmentParams(
-    crop_scale=(0.2, 1.0), color_jitter=1.0, color_jitter_p=0.8, grayscale_p=0.2, hflip_p=0.5
-)
 
 
 @dataclass(frozen=True)

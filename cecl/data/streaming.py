@@ -45,12 +45,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from cecl import distributed
 from cecl.data.augment import AugmentParams, BatchAugment, Uniforms, ViewDraws, make_views, to_float
+from cecl.data.errors import DataIntegrityError
+from cecl.data.images import decode_rgb
 from cecl.data.prefetch import prefetched
 from cecl.data.resized_crops import batched_resized_crops
-from cecl.datasets.base import TensorSplit
-from cecl.datasets.errors import DataIntegrityError
-from cecl.datasets.sources.images import decode_rgb
-from cecl.datasets.splitting import seeded_rng
+from cecl.data.rng import seeded_rng
+from cecl.data.splits import TensorSplit
 
 if TYPE_CHECKING:
     from PIL import Image

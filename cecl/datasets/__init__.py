@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from cecl.datasets.base import BiasAttribute, DatasetOptions, DatasetSpec, TensorSplit
+from cecl.datasets.base import BiasAttribute, DatasetOptions, DatasetSpec
 from cecl.datasets.errors import DataIntegrityError, DataUnavailable
 from cecl.datasets.store import Split
 
@@ -41,6 +41,16 @@ def spec_for(name: str, options: DatasetOptions) -> DatasetSpec:
     if options.family not in _FAMILIES:
         raise ValueError(f"unknown dataset family {options.family!r}; known: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[options.family](name, options)
+
+
+def __getattr__(name: str) -> Any:
+    """``cecl.datasets.TensorSplit``, the split a spec serves (defined in cecl/data/splits.py with torch):
+    imported on first use, so that importing the plug-ins to read their options does not load torch."""
+    if name == "TensorSplit":
+        from cecl.data.splits import TensorSplit
+
+        return TensorSplit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _SKIP = {"base", "errors", "store", "sources"}

@@ -20,18 +20,25 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from cecl.data.augment import AugmentParams
+from cecl.data.recipe import AugmentParams
 from cecl.datasets.errors import DataIntegrityError
 from cecl.datasets.store import MANIFEST, Split, file_sha256, load_split, save_split
-from cecl.eval import Classification, Evaluator, GroupBias
 from cecl.io import atomic_dir, write_json
 from cecl.schema import Strict
+
+if TYPE_CHECKING:
+    import torch
+
+    from cecl.data.splits import TensorSplit
+    from cecl.eval import Evaluator
+
+# torch (the evaluators, TensorSplit) is imported where a split is served or scored, not here: reading a
+# family's options and sizes (cecl/config.py; the aggregate stage) stays torch-free.
 
 MANIFEST_VERSION = 2
 SPLITS = ("train", "val", "test")
@@ -56,29 +63,6 @@ class BiasAttribute:
     name: str
     n_values: int
     aligned: np.ndarray  # bool [n_classes, n_values]
-
-
-@dataclass(frozen=True)
-class TensorSplit:
-    """One split on a device: images uint8 [N, C, H, W], targets int64 [N], bias int64 [N] or None."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    bias: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    def subset(self, index: torch.Tensor) -> TensorSplit:
-        bias = None if self.bias is None else self.bias[index]
-        return TensorSplit(self.images[index], self.targets[index], bias)
-
-    @staticmethod
-    def from_split(split: Split, device: torch.device) -> TensorSplit:
-        bias = None if split.bias is None else torch.from_numpy(split.bias).to(device)
-        return TensorSplit(
-            torch.from_numpy(split.images).to(device), torch.from_numpy(split.targets).to(device), bias
-        )
 
 
 class DatasetSpec(ABC):
@@ -140,6 +124,8 @@ class DatasetSpec(ABC):
         return self.options.augment or self.default_augment()
 
     def evaluator(self) -> Evaluator:
+        from cecl.eval import Classification, GroupBias
+
         bias = self.bias_attribute()
         if bias is None:
             return Classification(self.n_classes)
@@ -271,4 +257,6 @@ class DatasetSpec(ABC):
 
     def tensors(self, data_dir: Path, split: str, device: torch.device) -> TensorSplit:
         """How batches are served: the whole split in memory on ``device`` (uint8)."""
+        from cecl.data.splits import TensorSplit
+
         return TensorSplit.from_split(self.load(data_dir, split), device)

@@ -1,11 +1,7 @@
-"""Errors about data: wrong digests, impossible values, missing source files (one-line messages)."""
+"""Errors about data, as the dataset plug-ins name them: defined in cecl/data/errors.py (below the
+plug-ins, where the loaders raise them too) and re-exported here."""
 
 from __future__ import annotations
 
-
-class DataIntegrityError(ValueError):
-    """The data is not what it should be (wrong digest, impossible values); the message is one line."""
-
-
-class DataUnavailable(FileNotFoundError):
-    """The raw files of a dataset are not where they should be; the message says how to get them."""
+from cecl.data.errors import DataIntegrityError as DataIntegrityError
+from cecl.data.errors import DataUnavailable as DataUnavailable

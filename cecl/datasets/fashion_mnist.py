@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from cecl.data.augment import AugmentParams
+from cecl.data.recipe import AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import DatasetOptions, DatasetSpec
 from cecl.datasets.sources.fashion_mnist import FASHION_MNIST_SHA256, load_fashion_mnist

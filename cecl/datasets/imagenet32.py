@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from cecl.data.augment import SUPCON_RECIPE, AugmentParams
+from cecl.data.recipe import SUPCON_RECIPE, AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import IMAGENET_MEAN, IMAGENET_STD, DatasetOptions, DatasetSpec
 from cecl.datasets.errors import DataIntegrityError, DataUnavailable

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from cecl.data.augment import SUPCON_RECIPE, AugmentParams
+from cecl.data.recipe import SUPCON_RECIPE, AugmentParams
 from cecl.datasets import register_dataset
 from cecl.datasets.base import (
     IMAGENET_MEAN,

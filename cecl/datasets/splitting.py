@@ -6,19 +6,12 @@ split never depends on which other splits or entries were built before it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 
+from cecl.data.rng import seeded_rng as seeded_rng
 from cecl.datasets.store import array_sha256
-
-
-def seeded_rng(seed: int, *purpose: object) -> np.random.Generator:
-    """A generator seeded from ``seed`` and a purpose (e.g. rho and split), independent of call order."""
-    text = ":".join(repr(part) for part in (seed, *purpose))
-    entropy = int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little")
-    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def holdout_indices(

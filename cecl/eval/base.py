@@ -9,10 +9,21 @@ import torch
 
 
 class Evaluator(ABC):
-    """``evaluator(logits [N, K], targets [N], bias [N] | None) -> {metric: float}`` (fractions)."""
+    """``evaluator(logits [N, K], targets [N], bias [N] | None) -> {metric: float}`` (fractions).
+
+    ``metrics`` declares the names every call returns (it may return more, e.g. top-5 only with more than
+    5 classes); metrics.json's builder (cecl/records.py) checks the scores against it, and ``primary`` is
+    one of them, so a metric name is spelled once, where the evaluator declares it.
+    """
 
     name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # the metrics every call returns, in the order it returns them
     primary: ClassVar[str]  # the metric used to select epochs on the validation split
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.primary not in cls.metrics:
+            raise TypeError(f"{cls.__name__}: primary metric {cls.primary!r} is not among {cls.metrics}")
 
     def __init__(self, n_classes: int) -> None:
         if n_classes < 2:

@@ -15,7 +15,8 @@ from cecl.eval.base import Evaluator
 
 class Classification(Evaluator):
     name = "classification"
-    primary = "accuracy"
+    metrics = ("accuracy", "mean_per_class_accuracy")  # and "top5_accuracy" with more than 5 classes
+    primary = metrics[0]
 
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
@@ -25,11 +26,9 @@ class Classification(Evaluator):
         counts = torch.bincount(targets, minlength=self.n_classes).double()
         hits = torch.bincount(targets, weights=correct, minlength=self.n_classes)
         present = counts > 0
-        metrics = {
-            "accuracy": float(correct.mean()),
-            "mean_per_class_accuracy": float((hits[present] / counts[present]).mean()),
-        }
+        accuracy, per_class = float(correct.mean()), float((hits[present] / counts[present]).mean())
+        scores = dict(zip(self.metrics, (accuracy, per_class), strict=True))
         if self.n_classes > 5:
             top5 = logits.topk(5, dim=1).indices
-            metrics["top5_accuracy"] = float((top5 == targets[:, None]).any(dim=1).double().mean())
-        return metrics
+            scores["top5_accuracy"] = float((top5 == targets[:, None]).any(dim=1).double().mean())
+        return scores

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from cecl.config import ProbeParams
+from cecl.data.splits import TensorSplit
 from cecl.data.streaming import BatchSource
-from cecl.datasets.base import TensorSplit
 from cecl.eval.base import Evaluator
 from cecl.eval.features import features_of
 from cecl.eval.linear_probe import ProbeResult, linear_probe, logits_of

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from cecl import distributed
 from cecl.data.augment import to_float
+from cecl.data.splits import TensorSplit
 from cecl.data.streaming import BatchSource, TensorBatchSource
-from cecl.datasets.base import TensorSplit
 
 # Input elements (images x channels x pixels) of one feature-extraction forward: 2**24 floats = 64 MiB of
 # input, 1024 images up to 3 x 64 x 64 (every dataset of the profiles: 1024 images per forward), 111

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cecl.config import MonitorParams, ProbeParams
+from cecl.data.splits import TensorSplit
 from cecl.data.streaming import BatchSource
-from cecl.datasets.base import TensorSplit
 from cecl.eval.base import Evaluator
 from cecl.eval.features import features_of
 from cecl.eval.linear_probe import linear_probe, logits_of

@@ -29,8 +29,11 @@ import math
 from collections.abc import Iterator
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from cecl.plugin_options import POSITIVE_FINITE
 
 # Elements of one similarity block (rows * N). Small enough to stay cache-resident on a CPU; on an
 # accelerator, kernel-launch overhead dominates for small blocks, so they get a larger budget.
@@ -51,14 +54,16 @@ def eager_checks(device: torch.device) -> bool:
 
 
 def check_positive(name: str, value: float) -> float:
-    """A strictly positive finite float (temperatures)."""
+    """A strictly positive finite float (temperatures): validated by the options schemas' own type
+    (cecl/plugin_options.py ``PositiveFinite``), so a constructor and params.yaml accept the same values."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not number > 0.0 or number == float("inf"):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return number
+    try:
+        return POSITIVE_FINITE.validate_python(number)
+    except ValidationError:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
 
 
 def check_nonnegative(name: str, value: float) -> float:

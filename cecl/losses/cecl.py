@@ -48,6 +48,7 @@ from cecl.losses._common import (
     row_logsumexp,
     view_positive_dots,
 )
+from cecl.plugin_options import CECLOptions, default_of
 
 Variant = Literal["official", "hinge"]
 VARIANTS: tuple[str, ...] = ("official", "hinge")
@@ -69,8 +70,8 @@ class CECLLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        base_temperature: float = 0.07,
+        temperature: float = default_of(CECLOptions, "temperature"),
+        base_temperature: float = default_of(CECLOptions, "base_temperature"),
         weight: float = 0.5,
         variant: Variant = "official",
         *,

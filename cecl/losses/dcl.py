@@ -38,6 +38,7 @@ from cecl.losses._common import (
     normalized_anchors,
     row_logsumexp,
 )
+from cecl.plugin_options import DCLOptions, DCLWOptions, default_of
 
 
 class DCLLoss(nn.Module):
@@ -54,7 +55,7 @@ class DCLLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.1,
+        temperature: float = default_of(DCLOptions, "temperature"),
         weighted: bool = False,
         sigma: float = 0.5,
         *,
@@ -96,6 +97,10 @@ class DCLWLoss(DCLLoss):
     """DCLW: ``DCLLoss`` with the von Mises-Fisher weighting (sigma = 0.5) always on."""
 
     def __init__(
-        self, temperature: float = 0.1, sigma: float = 0.5, *, block_rows: int | None = None
+        self,
+        temperature: float = default_of(DCLWOptions, "temperature"),
+        sigma: float = 0.5,
+        *,
+        block_rows: int | None = None,
     ) -> None:
         super().__init__(temperature, weighted=True, sigma=sigma, block_rows=block_rows)

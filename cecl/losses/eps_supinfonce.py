@@ -37,6 +37,7 @@ from cecl.losses._common import (
     masked_logsumexp,
     normalized_anchors,
 )
+from cecl.plugin_options import EpsSupInfoNCEOptions, default_of
 
 
 class EpsSupInfoNCELoss(TemperatureScaledLoss):
@@ -50,7 +51,12 @@ class EpsSupInfoNCELoss(TemperatureScaledLoss):
     ``forward(features [B, V, D], labels [B] | None) -> scalar``. Features need not be normalised.
     """
 
-    def __init__(self, temperature: float = 0.1, base_temperature: float = 0.1, epsilon: float = 0.1) -> None:
+    def __init__(
+        self,
+        temperature: float = default_of(EpsSupInfoNCEOptions, "temperature"),
+        base_temperature: float = default_of(EpsSupInfoNCEOptions, "base_temperature"),
+        epsilon: float = 0.1,
+    ) -> None:
         super().__init__(temperature, base_temperature)
         self.epsilon = check_nonnegative("epsilon", epsilon)
 

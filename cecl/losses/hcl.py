@@ -40,6 +40,7 @@ from cecl.losses._common import (
     normalized_anchors,
     row_logsumexp,
 )
+from cecl.plugin_options import HCLOptions, default_of
 
 
 class HCLLoss(nn.Module):
@@ -56,7 +57,7 @@ class HCLLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        temperature: float = default_of(HCLOptions, "temperature"),
         beta: float = 1.0,
         tau_plus: float = 0.1,
         *,

@@ -35,6 +35,7 @@ from cecl.losses._common import (
     masked_logsumexp,
     normalized_anchors,
 )
+from cecl.plugin_options import NPairOptions, default_of
 
 
 class NPairLoss(nn.Module):
@@ -47,7 +48,9 @@ class NPairLoss(nn.Module):
     ``forward(features [B, V, D], labels [B] | None) -> scalar``. Features need not be normalised.
     """
 
-    def __init__(self, temperature: float = 1.0, symmetric: bool = True) -> None:
+    def __init__(
+        self, temperature: float = default_of(NPairOptions, "temperature"), symmetric: bool = True
+    ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.symmetric = check_bool("symmetric", symmetric)

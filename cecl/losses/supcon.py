@@ -29,6 +29,7 @@ from cecl.losses._common import (
     row_logsumexp,
     view_positive_dots,
 )
+from cecl.plugin_options import TemperatureOptions, default_of
 
 
 class SupConLoss(TemperatureScaledLoss):
@@ -43,7 +44,11 @@ class SupConLoss(TemperatureScaledLoss):
     """
 
     def __init__(
-        self, temperature: float = 0.1, base_temperature: float = 0.07, *, block_rows: int | None = None
+        self,
+        temperature: float = default_of(TemperatureOptions, "temperature"),
+        base_temperature: float = default_of(TemperatureOptions, "base_temperature"),
+        *,
+        block_rows: int | None = None,
     ) -> None:
         super().__init__(temperature, base_temperature)
         self.block_rows = check_block_rows(block_rows)

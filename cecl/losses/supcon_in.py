@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cecl.losses._base import TemperatureScaledLoss
 from cecl.losses._common import autocast_disabled, check_inputs, masked_logsumexp, normalized_anchors
+from cecl.plugin_options import TemperatureOptions, default_of
 
 
 class SupConInLoss(TemperatureScaledLoss):
@@ -36,7 +37,11 @@ class SupConInLoss(TemperatureScaledLoss):
     ``forward(features [B, V, D], labels [B] | None) -> scalar``. Features need not be normalised.
     """
 
-    def __init__(self, temperature: float = 0.1, base_temperature: float = 0.07) -> None:
+    def __init__(
+        self,
+        temperature: float = default_of(TemperatureOptions, "temperature"),
+        base_temperature: float = default_of(TemperatureOptions, "base_temperature"),
+    ) -> None:
         super().__init__(temperature, base_temperature)
 
     def per_anchor(self, features: Tensor, labels: Tensor | None = None) -> Tensor:

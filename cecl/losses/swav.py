@@ -49,6 +49,7 @@ from cecl.losses._common import (
     check_positive,
     compute_dtype,
 )
+from cecl.plugin_options import SwAVOptions, default_of
 
 
 def check_scores(scores: Tensor) -> tuple[int, int, int]:
@@ -82,7 +83,10 @@ class SwaVLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.1, sinkhorn_iterations: int = 3, sinkhorn_epsilon: float = 0.05
+        self,
+        temperature: float = default_of(SwAVOptions, "temperature"),
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)

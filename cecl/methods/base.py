@@ -15,7 +15,7 @@ split is what gradient caching needs (cecl/train/grad_cache.py: embed in chunks,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ class Method(nn.Module, ABC):
 
     n_views: int = 2
     augments: bool = True  # False: the loop feeds the images un-augmented (vanilla cross-entropy)
+    # The best-epoch hook (joint training): True makes the loop score ``self.classifier`` on validation
+    # every monitored epoch and keep the best epoch's encoder and classifier in ``best_epoch`` and
+    # ``best_state`` (and in the checkpoint), which ``export`` saves. The loop reads this flag, never the
+    # method's type.
+    selects_best_epoch: ClassVar[bool] = False
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()

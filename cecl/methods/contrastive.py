@@ -9,10 +9,8 @@ process the gather is the identity.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from cecl import losses
@@ -20,6 +18,7 @@ from cecl.distributed import GatherLoss
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, ProjectionHead
+from cecl.plugin_options import LOSS_METHODS
 from cecl.schema import Strict
 
 
@@ -42,76 +41,6 @@ class ContrastiveMethod(Method):
         return self.loss(projected, labels)
 
 
-# ------------------------------------------------------------------ options (validated in params.yaml)
-
-
-class TemperatureOptions(Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    base_temperature: float = Field(0.07, gt=0.0)
-
-
-class CECLOptions(TemperatureOptions):
-    weight: float = Field(0.5, ge=0.0, le=1.0)  # w: the label part L_a's share
-    variant: Literal["official", "hinge"] = "official"
-
-
-class EpsSupInfoNCEOptions(Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    base_temperature: float = Field(0.1, gt=0.0)
-    epsilon: float = Field(0.1, ge=0.0)
-
-
-class DCLOptions(Strict):
-    temperature: float = Field(0.1, gt=0.0)
-
-
-class DCLWOptions(DCLOptions):
-    sigma: float = Field(0.5, gt=0.0)
-
-
-class HCLOptions(Strict):
-    temperature: float = Field(0.5, gt=0.0)
-    beta: float = Field(1.0, ge=0.0)
-    tau_plus: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-class TripletOptions(Strict):
-    margin: float = Field(0.2, ge=0.0)
-    reduction: Literal["mean", "mean_nonzero"] = "mean"
-
-
-class NPairOptions(Strict):
-    temperature: float = Field(1.0, gt=0.0)
-    symmetric: bool = True
-
-
-class BarlowTwinsOptions(Strict):
-    lambda_param: float = Field(5e-3, ge=0.0)
-
-
-class VICRegOptions(Strict):
-    lambda_param: float = Field(25.0, ge=0.0)
-    mu_param: float = Field(25.0, ge=0.0)
-    nu_param: float = Field(1.0, ge=0.0)
-
-
-# Methods that are "encoder + projection head + a [B, V, D] loss" differ only in the loss (same name).
-LOSS_METHODS: dict[str, type[Strict]] = {
-    "simclr": TemperatureOptions,
-    "supcon": TemperatureOptions,
-    "cecl": CECLOptions,
-    "supcon_in": TemperatureOptions,
-    "eps_supinfonce": EpsSupInfoNCEOptions,
-    "dcl": DCLOptions,
-    "dclw": DCLWOptions,
-    "hcl": HCLOptions,
-    "triplet": TripletOptions,
-    "npair": NPairOptions,
-    "barlow_twins": BarlowTwinsOptions,
-    "vicreg": VICRegOptions,
-}
-
-
 def _loss_method(loss_name: str) -> Callable[[MethodContext, Strict], Method]:
     def build(ctx: MethodContext, options: Strict) -> Method:
         encoder = ctx.make_encoder()
@@ -121,5 +50,5 @@ def _loss_method(loss_name: str) -> Callable[[MethodContext, Strict], Method]:
     return build
 
 
-for _name, _options in LOSS_METHODS.items():
-    register_method(_name, _options)(_loss_method(_name))
+for _name in LOSS_METHODS:  # their options schemas: cecl/plugin_options.py
+    register_method(_name)(_loss_method(_name))

@@ -16,7 +16,7 @@ from cecl.distributed import gather_with_grad
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder
-from cecl.schema import Strict
+from cecl.plugin_options import CEOptions
 
 
 class CrossEntropyMethod(Method):
@@ -42,12 +42,6 @@ class CrossEntropyMethod(Method):
         return {**self.encoder.payload(), "classifier": {"state_dict": state, "epoch": last_epoch}}
 
 
-class CEOptions(Strict):
-    # The references' vanilla model (ReBias, BiasCon) trains on the images as they are; True gives it the
-    # dataset's augmentation recipe (one view).
-    augment: bool = False
-
-
-@register_method("ce", CEOptions)
+@register_method("ce")
 def _build(ctx: MethodContext, options: CEOptions) -> Method:
     return CrossEntropyMethod(ctx.make_encoder(), ctx.n_classes, augment=options.augment)

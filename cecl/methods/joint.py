@@ -34,6 +34,8 @@ from cecl.methods.cross_entropy import CrossEntropyMethod
 class JointMethod(Method):
     """``inner`` + a linear head trained jointly: CE(classifier(encoder(views[:, 0]))) + w * inner loss."""
 
+    selects_best_epoch = True  # the loop keeps best_epoch / best_state (cecl/methods/base.py)
+
     def __init__(self, inner: Method, n_classes: int, weight: float) -> None:
         super().__init__(inner.encoder)  # shared: one set of encoder parameters
         if weight < 0:

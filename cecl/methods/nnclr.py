@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
 from cecl.distributed import gather_no_grad, gather_with_grad
@@ -55,7 +54,7 @@ from cecl.methods.queue import fifo_slots
 from cecl.methods.registry import register_method
 from cecl.methods.siamese import PredictorMethod, predictor_method, two_views
 from cecl.models import Encoder
-from cecl.schema import Strict
+from cecl.plugin_options import NNCLROptions, default_of
 
 
 @torch.no_grad()
@@ -87,7 +86,7 @@ class NNCLR(PredictorMethod):
         self,
         encoder: Encoder,
         *,
-        temperature: float = 0.1,
+        temperature: float = default_of(NNCLROptions, "temperature"),
         queue_size: int = 4096,
         proj_dim: int = 128,
         proj_hidden: int = 512,
@@ -146,12 +145,4 @@ class NNCLR(PredictorMethod):
         self._pending.clear()
 
 
-class NNCLROptions(Strict):
-    temperature: float = Field(0.1, gt=0.0)
-    queue_size: int = Field(4096, ge=1)  # support set; keep it below the training-set size
-    proj_hidden: int = Field(512, ge=1)
-    pred_hidden: int = Field(512, ge=1)
-    batch_norm: bool = True
-
-
-register_method("nnclr", NNCLROptions, own_heads=True)(predictor_method(NNCLR))
+register_method("nnclr")(predictor_method(NNCLR))

@@ -35,18 +35,19 @@ symmetrised loss.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from cecl.distributed import gather_no_grad, gather_with_grad
-from cecl.losses._common import autocast_disabled, check_count, compute_dtype
+from cecl.losses._common import autocast_disabled, check_count, check_positive, compute_dtype
 from cecl.methods.base import Method
 from cecl.methods.momentum import check_momentum, momentum_copy, momentum_update
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, head_output_dim
-from cecl.schema import Strict
+from cecl.plugin_options import MoCoOptions, SupMoCoOptions, default_of
 
 
 def moco_logits(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float) -> Tensor:
@@ -94,12 +95,12 @@ def fifo_slots(queue_ptr: Tensor, count: int, size: int) -> tuple[Tensor, int]:
 class MomentumQueueMethod(Method):
     """Shared machinery: momentum key networks, the key queue, the gathered global-batch loss.
 
-    ``temperature=None`` takes the class's ``default_temperature`` (MoCo v2 0.2, SupMoCo 0.1).
+    ``temperature=None`` takes the default of the class's ``Options`` schema (cecl/plugin_options.py).
     """
 
     n_views = 2
     stores_labels = False
-    default_temperature = 0.2
+    Options: ClassVar[type[MoCoOptions]] = MoCoOptions  # its temperature's default and validation
 
     def __init__(
         self,
@@ -112,12 +113,11 @@ class MomentumQueueMethod(Method):
         key_dim: int | None = None,
     ) -> None:
         super().__init__(encoder)
-        temperature = self.default_temperature if temperature is None else temperature
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if temperature is None:
+            temperature = default_of(self.Options, "temperature")
         check_count("queue_size", queue_size)
         self.head = head
-        self.temperature = float(temperature)
+        self.temperature = check_positive("temperature", temperature)
         self.momentum = check_momentum(momentum)
         self.key_encoder = momentum_copy(encoder)
         self.key_head = momentum_copy(head)
@@ -202,7 +202,7 @@ class SupMoCo(MomentumQueueMethod):
     """Supervised MoCo: positives are the own key and the same-label keys of the queue."""
 
     stores_labels = True
-    default_temperature = 0.1
+    Options = SupMoCoOptions
 
     def per_sample_loss(self, queries: Tensor, keys: Tensor, labels: Tensor) -> Tensor:
         if labels is None:
@@ -218,16 +218,6 @@ class SupMoCo(MomentumQueueMethod):
         )
 
 
-class MoCoOptions(Strict):
-    temperature: float = Field(0.2, gt=0.0)  # MoCo v2
-    queue_size: int = Field(4096, ge=1)  # keep it below the training-set size
-    momentum: float = Field(0.99, ge=0.0, le=1.0)  # 0.999 is MoCo's ImageNet value
-
-
-class SupMoCoOptions(MoCoOptions):
-    temperature: float = Field(0.1, gt=0.0)
-
-
 def _queue_method(cls: type[MomentumQueueMethod]):
     def build(ctx: MethodContext, options: MoCoOptions) -> Method:
         if ctx.views != 2:
@@ -238,5 +228,5 @@ def _queue_method(cls: type[MomentumQueueMethod]):
     return build
 
 
-register_method("moco_v2", MoCoOptions)(_queue_method(MoCoV2))
-register_method("supmoco", SupMoCoOptions)(_queue_method(SupMoCo))
+register_method("moco_v2")(_queue_method(MoCoV2))
+register_method("supmoco")(_queue_method(SupMoCo))

@@ -1,7 +1,8 @@
-"""Methods by name: ``@register_method(name, Options)`` on a builder, ``build_method(name, ctx, options)``.
+"""Methods by name: ``@register_method(name)`` on a builder, ``build_method(name, ctx, options)``.
 
-Each method's options schema is declared beside its builder (in the method's module) and
-cecl/config.py assembles ``method_options`` from :func:`options_schemas`, so a method is listed once.
+The built-in methods' options schemas are declared in cecl/plugin_options.py (torch-free, so that reading
+a params file loads no method code) and taken from there when the method registers; a method module added
+later passes its own schema (docs/extend-method.md), and the config then consults this registry.
 A builder receives a :class:`MethodContext` (how to make the encoder, head sizes, classes, views), never
 the params file, so methods do not depend on the config.
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from cecl.methods.base import Method
 from cecl.models import Encoder, ProjectionHead
+from cecl.plugin_options import METHOD_OPTIONS, OWN_HEADS
 from cecl.schema import Strict
 
 
@@ -37,21 +39,27 @@ Builder = Callable[[MethodContext, Any], Method]
 B = TypeVar("B", bound=Builder)
 _BUILDERS: dict[str, Builder] = {}
 _OPTIONS: dict[str, type[Strict]] = {}
-_OWN_HEADS: set[str] = set()  # methods whose projector widths are their own options, not model.proj_hidden
+_OWN_HEADS: set[str] = set()  # added methods whose projector widths are their own options
 
 
-def register_method(name: str, options: type[Strict], *, own_heads: bool = False) -> Callable[[B], B]:
-    """Register ``builder(ctx, options) -> Method`` under ``name`` with its options schema.
+def register_method(
+    name: str, options: type[Strict] | None = None, *, own_heads: bool = False
+) -> Callable[[B], B]:
+    """Register ``builder(ctx, options) -> Method`` under ``name``.
 
-    ``own_heads``: the builder sizes its projector from its own options and never reads
-    ``ctx.proj_hidden``, so the config refuses a ``model.proj_hidden`` that would not reach it.
+    A built-in method passes no ``options``: its schema is cecl/plugin_options.py's (``OWN_HEADS`` there).
+    An added method passes its schema (and ``own_heads``: the builder sizes its projector from its own
+    options and never reads ``ctx.proj_hidden``, so the config refuses a ``model.proj_hidden``).
     """
+    if (options is None) != (name in METHOD_OPTIONS):
+        where = "declares no options" if options is None else "is declared in cecl/plugin_options.py"
+        raise ValueError(f"method {name!r}: its options schema {where}; a schema is declared once")
 
     def wrap(builder: B) -> B:
         if name in _BUILDERS:
             raise ValueError(f"method {name!r} is already registered")
         _BUILDERS[name] = builder
-        _OPTIONS[name] = options
+        _OPTIONS[name] = METHOD_OPTIONS[name] if options is None else options
         if own_heads:
             _OWN_HEADS.add(name)
         return builder
@@ -66,7 +74,7 @@ def available() -> tuple[str, ...]:
 
 def builds_own_heads(name: str) -> bool:
     """Whether method ``name`` ignores ``model.proj_hidden`` (see ``register_method``)."""
-    return name in _OWN_HEADS
+    return name in OWN_HEADS or name in _OWN_HEADS
 
 
 def options_schemas() -> dict[str, type[Strict]]:

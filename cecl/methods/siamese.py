@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
 from cecl.distributed import gather_with_grad
@@ -203,18 +202,6 @@ class BYOL(PredictorMethod):
         momentum_update(self.projector, self.target_projector, self.momentum)
 
 
-class SimSiamOptions(Strict):
-    pred_hidden: int = Field(32, ge=1)  # the paper's bottleneck: proj_dim / 4
-    batch_norm: bool = True  # BN in projector/predictor (the paper's heads; off = exact across processes)
-
-
-class BYOLOptions(Strict):
-    momentum: float = Field(0.99, ge=0.0, le=1.0)  # constant (the paper ramps 0.996 -> 1)
-    proj_hidden: int = Field(512, ge=1)
-    pred_hidden: int = Field(512, ge=1)
-    batch_norm: bool = True
-
-
 def predictor_method(cls: type[PredictorMethod]):
     """Encoder + projector + predictor (SimSiam, BYOL, NNCLR); the method builds its heads. Two views."""
 
@@ -226,5 +213,5 @@ def predictor_method(cls: type[PredictorMethod]):
     return build
 
 
-register_method("simsiam", SimSiamOptions, own_heads=True)(predictor_method(SimSiam))
-register_method("byol", BYOLOptions, own_heads=True)(predictor_method(BYOL))
+register_method("simsiam")(predictor_method(SimSiam))
+register_method("byol")(predictor_method(BYOL))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from cecl.distributed import GatherLoss
@@ -39,7 +38,7 @@ from cecl.losses.swav import SwaVLoss
 from cecl.methods.base import Method
 from cecl.methods.registry import MethodContext, register_method
 from cecl.models import Encoder, head_output_dim
-from cecl.schema import Strict
+from cecl.plugin_options import SwAVOptions
 
 
 class SwAV(Method):
@@ -127,14 +126,7 @@ class SwAV(Method):
         self.normalize_prototypes()
 
 
-class SwAVOptions(Strict):
-    n_prototypes: int = Field(30, ge=1)  # a few per class for 10-class digits (the paper: 3000 on ImageNet)
-    temperature: float = Field(0.1, gt=0.0)
-    sinkhorn_iterations: int = Field(3, ge=1)
-    sinkhorn_epsilon: float = Field(0.05, gt=0.0)
-
-
-@register_method("swav", SwAVOptions)
+@register_method("swav")
 def _build(ctx: MethodContext, options: SwAVOptions) -> Method:
     """Encoder + projection head + prototypes; Sinkhorn codes, swapped prediction over all views."""
     encoder = ctx.make_encoder()

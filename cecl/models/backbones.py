@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
+from cecl.plugin_options import BACKBONE_OPTIONS, NoOptions, ResNetOptions, SmallCNNOptions
 from cecl.schema import Strict
 
 Factory = Callable[[int, Any], tuple[nn.Module, int]]
@@ -39,11 +40,18 @@ class _Backbone:
 _REGISTRY: dict[str, _Backbone] = {}
 
 
-def register_backbone(name: str, options: type[Strict]) -> Callable[[Factory], Factory]:
+def register_backbone(name: str, options: type[Strict] | None = None) -> Callable[[Factory], Factory]:
     """Decorator: register ``factory(in_channels, options) -> (trunk, feature_dim)`` under ``name``.
 
+    A built-in backbone passes no ``options``: its schema is cecl/plugin_options.py's (torch-free: the config
+    reads it there). An added backbone passes its own (a cecl.schema.Strict subclass).
     The trunk maps normalised images [B, C, H, W] to features [B, feature_dim] (pooling included).
     """
+    if (options is None) != (name in BACKBONE_OPTIONS):
+        where = "declares no options" if options is None else "is declared in cecl/plugin_options.py"
+        raise ValueError(f"backbone {name!r}: its options schema {where}; a schema is declared once")
+    if options is None:
+        options = BACKBONE_OPTIONS[name]
     if not (isinstance(options, type) and issubclass(options, Strict)):
         raise TypeError(f"options schema of backbone {name!r} must be a cecl.schema.Strict subclass")
 
@@ -224,22 +232,9 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-class SmallCNNOptions(Strict):
-    width: int = Field(16, ge=1, strict=True)  # channels of the first conv (doubles per stage); no bools
-
-
-class NoOptions(Strict):
-    pass
-
-
-class ResNetOptions(Strict):
-    # 3x3 stride-1 conv1 and no max-pool (SupContrast / CECL on 32x32 inputs)
-    cifar_stem: bool = Field(False, strict=True)
-
-
 # The pooling module goes last, so the conv/BN indices (and the ``trunk.*`` state-dict keys) are the
 # old encoders' ones.
-@register_backbone("small_cnn", SmallCNNOptions)
+@register_backbone("small_cnn")
 def small_cnn(in_channels: int, options: SmallCNNOptions) -> tuple[nn.Module, int]:
     w = options.width
     trunk = nn.Sequential(
@@ -253,7 +248,7 @@ def small_cnn(in_channels: int, options: SmallCNNOptions) -> tuple[nn.Module, in
     return trunk, 4 * w
 
 
-@register_backbone("simple_conv_net", NoOptions)
+@register_backbone("simple_conv_net")
 def simple_conv_net(in_channels: int, options: NoOptions) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     for c_in, c_out in zip((in_channels, 16, 32, 64), (16, 32, 64, 128), strict=True):
@@ -280,12 +275,12 @@ def _resnet(arch: str, in_channels: int, options: ResNetOptions) -> nn.Module:
     return net
 
 
-@register_backbone("resnet18", ResNetOptions)
+@register_backbone("resnet18")
 def resnet18(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
     return _resnet("resnet18", in_channels, options), 512
 
 
-@register_backbone("resnet50", ResNetOptions)
+@register_backbone("resnet50")
 def resnet50(in_channels: int, options: ResNetOptions) -> tuple[nn.Module, int]:
     return _resnet("resnet50", in_channels, options), 2048
 

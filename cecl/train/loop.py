@@ -424,7 +424,7 @@ def _pretrain(
     training = build_training(setup, device)
     monitor = build_monitor(setup, train, val)
     method, optimizer = training.method, training.optimizer
-    joint = isinstance(method, JointMethod)
+    joint = method.selects_best_epoch  # the best-epoch hook (cecl/methods/base.py)
     main_process = distributed.is_main_process()
     progress = progress and main_process
     history: list[EpochRecord] = []

@@ -14,13 +14,12 @@ and no JPEG draft (DCT-domain downscaling) is used, which would change the pixel
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from cecl.data.images import decode_rgb as decode_rgb
 from cecl.datasets.errors import DataIntegrityError
 
 # Suffixes treated as images by the folder datasets; anything else (Thumbs.db, .DS_Store, README) is
@@ -32,24 +31,6 @@ def is_image_name(name: str) -> bool:
     """Whether an archive member or file name looks like an image (by suffix; AppleDouble ``._x`` not)."""
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
-
-
-def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
-    """Decode ``data`` (any format PIL reads: greyscale, palette, CMYK, RGBA ...) into an RGB image.
-
-    The pixels are loaded here, so a truncated or corrupt file fails now with a one-line
-    DataIntegrityError naming ``name``, not later inside a transform.
-    """
-    try:
-        with warnings.catch_warnings():
-            # PIL warns for palette images with byte transparency; convert("RGB") drops alpha anyway.
-            warnings.simplefilter("ignore", UserWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataIntegrityError(f"{name}: not a readable image ({reason})") from None
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
