@@ -50,3 +50,15 @@ def test_prepare_loads_no_loss_or_method(stage: str) -> None:
     assert "cecl.datasets.biased_mnist" in modules
     heavy = _heavy(modules, ("cecl.losses", "cecl.methods", "cecl.models"))
     assert not heavy, f"the {stage} stage imports {heavy[:8]}"
+
+
+def test_the_torch_free_option_tables_name_exactly_the_registered_built_ins() -> None:
+    """cecl/plugin_options.py declares the built-ins' schemas so that reading params loads no torch; the
+    registries hold the builders. A name in one and not the other would let the config accept a method or
+    backbone that no builder trains (or refuse one that exists): the two must list the same names."""
+    from cecl.methods.registry import available
+    from cecl.models.backbones import available_backbones
+    from cecl.plugin_options import BACKBONE_OPTIONS, METHOD_OPTIONS
+
+    assert set(available()) == set(METHOD_OPTIONS)
+    assert set(available_backbones()) == set(BACKBONE_OPTIONS)
