@@ -215,8 +215,9 @@ def test_profile_recipes_run_end_to_end_on_every_dataset(
     the CPU with the profile's compute settings (bf16 autocast, fused optimiser in the GPU tiers): prepare
     (the real reading code on files in each dataset's real format, verify off), pretrain, probe, transfer
     to the Caltechs, aggregate. Every method runs through the same loop in tests/test_training.py."""
+    from cecl.floors import evaluate_floor
     from cecl.runs import RunKey, TransferKey
-    from stages import aggregate, floor, prepare, pretrain, probe, transfer
+    from stages import aggregate, prepare, pretrain, probe, transfer
 
     raw = _shrunk_profile(tmp_path, profile)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -239,7 +240,7 @@ def test_profile_recipes_run_end_to_end_on_every_dataset(
         probe.main(key)
     # aggregate reads both floors of every entry (ImageNet's 224 px pixels pooled to 64 x 64)
     for floor_key in params.floors():
-        floor.evaluate(params, floor_key)
+        evaluate_floor(params, floor_key)
     transfers = [
         TransferKey(s, t, "cecl", 0) for s in params.transfer.sources for t in params.transfer.targets
     ]
