@@ -6,8 +6,9 @@ pipeline wrote, and profiles/). It lives outside cecl/report, which the aggregat
 whole, so that changing the documentation's tooling never makes DVC re-run a stage.
 
 - ``results-tables``: the bias and classification tables (cecl/report/tables.py, as ``aggregate`` renders
-  them) from every ``probe/**/metrics.json`` (and ``transfer/**/metrics.json``, and the floors'
-  ``floors/**/metrics.json``) in the checkout, in dvc.lock's stage order;
+  them; ``results-tables-plain``, the README's, without run links) from every ``probe/**/metrics.json``
+  (and ``transfer/**/metrics.json``, and the floors' ``floors/**/metrics.json``) in the checkout, in
+  dvc.lock's stage order;
 - ``results-official``: validation-selected vs the official protocol's test-selected accuracy, same source;
 - ``results-machine``: the machines those results were computed on (their ``machine`` blocks);
 - ``claims-summary``: one line per claim and entry, CECL minus each baseline and the direction, from
@@ -145,11 +146,13 @@ def _table_markdown(table: Table, link: CellLink | None = None) -> str:
     return f"{table.caption}{where}\n\n{body.strip()}"
 
 
-def results_tables(root: Path) -> str:
+def results_tables(root: Path, linked: bool = True) -> str:
+    """The result tables; ``linked=False`` for the README, which is read as plain text on the code host,
+    where links into the committing machine's MLflow store lead nowhere (the site's copy links)."""
     tables, _ = _probe_tables(root)
     if not tables:
         return "No probe results."
-    link = run_link(root)
+    link = run_link(root) if linked else None
     return "\n\n".join(_table_markdown(t, link) for t in tables)
 
 
@@ -626,6 +629,7 @@ def _catalog():
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "results-tables": results_tables,
+    "results-tables-plain": lambda root: results_tables(root, linked=False),
     "results-official": results_official,
     "results-machine": results_machine,
     "claims-summary": claims_summary,
