@@ -61,11 +61,13 @@ def sample_report(root: Path) -> tuple[Path, list[list[list[str]]], list[Path]]:
 
 
 def markdown_table_cells(table: str) -> list[list[str]]:
-    """Rows of cell texts of one pipe table as a reader sees them (bold and code marks, escapes gone)."""
+    """Rows of cell texts of one pipe table as a reader sees them (bold and code marks, escapes gone, a
+    link ``[text](target)`` read as its text: report.md's cells link to their runs)."""
     rows = [line for line in table.splitlines() if line.startswith("|")]
     del rows[1]  # the alignment row
     split = [re.split(r"(?<!\\)\|", row.strip().strip("|")) for row in rows]
-    return [[c.strip().replace("\\|", "|").replace("**", "").replace("`", "") for c in row] for row in split]
+    cells = [[c.strip().replace("\\|", "|").replace("**", "").replace("`", "") for c in row] for row in split]
+    return [[re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", c) for c in row] for row in cells]
 
 
 def markdown_tables(text: str) -> list[list[list[str]]]:
